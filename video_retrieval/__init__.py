@@ -1,0 +1,31 @@
+"""Video-text retrieval and moment localization.
+
+Public API (imported lazily so light commands stay fast)::
+
+    from video_retrieval import load_frames, Index, localize
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_frames": "video_retrieval.decode",
+    "probe_video": "video_retrieval.decode",
+    "Frames": "video_retrieval.decode",
+    "VideoDecodeError": "video_retrieval.errors",
+    "UserError": "video_retrieval.errors",
+    "write_video": "video_retrieval.videowrite",
+    "Index": "video_retrieval.index_store",
+    "localize": "video_retrieval.localize",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'video_retrieval' has no attribute {name!r}")
