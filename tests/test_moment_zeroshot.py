@@ -1,0 +1,32 @@
+import numpy as np
+
+from video_retrieval.moment_zeroshot import clip_similarities, zero_shot_windows
+
+
+def test_zero_shot_finds_the_bump():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(0, 0.02, size=40)
+    scores[10:18] += 1.0  # clips 10..17 -> [20 s, 36 s]
+    w = zero_shot_windows(scores, clip_len=2.0, duration=80.0, top=5)
+    assert w.shape[1] == 3 and 1 <= len(w) <= 5
+    assert np.all(np.diff(w[:, 2]) <= 0)  # sorted by score
+    s, e = w[0, :2]
+    inter = max(0.0, min(e, 36) - max(s, 20))
+    iou = inter / (max(e, 36) - min(s, 20))
+    assert iou >= 0.7, w[0]
+    assert np.all(w[:, 0] >= 0) and np.all(w[:, 1] <= 80.0)
+
+
+def test_zero_shot_clamps_to_duration_and_handles_flat_scores():
+    w = zero_shot_windows(np.ones(5), clip_len=2.0, duration=9.0)
+    np.testing.assert_allclose(w, [[0.0, 9.0, 0.0]])
+    scores = np.zeros(5)
+    scores[4] = 1.0
+    w = zero_shot_windows(scores, clip_len=2.0, duration=9.0)
+    assert w[:, 1].max() <= 9.0
+    assert len(zero_shot_windows(np.zeros(0), 2.0, 0.0)) == 0
+
+
+def test_clip_similarities_is_cosine():
+    v = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    np.testing.assert_allclose(clip_similarities(v, [3.0, 0.0]), [1.0, 0.0, np.sqrt(0.5)])
