@@ -1,0 +1,38 @@
+"""decord side of video decoding: ``get_batch`` of frame indices, with consistency checks.
+
+decord (0.6, unmaintained) trusts container metadata: its frame count can exceed what the file
+really holds (``get_batch`` may then hang, decord #373) and it mangles rotated files (measured here:
+a 64x48 H.264 file with a 90-degree display matrix comes back as a [64,48,4] array). So the caller
+only uses decord after the PyAV scan, and ``decode_indices`` refuses (raises) whenever decord's
+view of the file disagrees with that scan; the caller then falls back to PyAV.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from video_retrieval.decode_pyav import FrameIndex
+
+
+class DecordMismatch(RuntimeError):
+    """decord disagrees with the PyAV frame index; use PyAV for this file."""
+
+
+def decode_indices(path: str, index: FrameIndex, ids: np.ndarray, threads: int = 1) -> np.ndarray:
+    """Decode frames ``ids`` (sorted unique presentation-order indices) -> uint8 [N,H,W,3]."""
+    import decord
+
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=max(0, int(threads)))
+    n = len(vr)
+    if n != len(index.pts):
+        raise DecordMismatch(f"decord counts {n} frames, the packet scan {len(index.pts)}")
+    ids = np.asarray(ids, dtype=np.int64)
+    ts = np.asarray(vr.get_frame_timestamp(np.concatenate([[0], ids]).tolist()), dtype=np.float64)
+    ts = ts[:, 0] - ts[0, 0]
+    tol = 0.5 * (float(np.min(np.diff(index.times))) if len(index.times) > 1 else 1e-3)
+    if np.any(np.abs(ts[1:] - index.times[ids]) > tol):
+        raise DecordMismatch("decord frame timestamps differ from the packet PTS")
+    frames = vr.get_batch(ids.tolist()).asnumpy()
+    if frames.shape != (len(ids), index.height, index.width, 3) or frames.dtype != np.uint8:
+        raise DecordMismatch(f"decord returned {frames.dtype} {frames.shape}")
+    return frames

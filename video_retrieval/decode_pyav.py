@@ -1,0 +1,260 @@
+"""PyAV (bundled FFmpeg) side of video decoding: the frame index and seek-then-decode.
+
+``scan_video`` reads the packets of the first video stream once (no decoding apart from the first
+frame), which gives the exact presentation timestamp of every frame the file really contains (true
+PTS for variable-frame-rate files, only the packets that are present for truncated files), the
+keyframes (where a seek can land) and the rotation metadata. ``decode_pts`` then decodes exactly
+the frames with the given PTS: it seeks to the keyframe at or before each wanted frame and decodes
+forward, and only seeks when a keyframe lies between the decoder's position and the next wanted
+frame, so nearby frames share one seek and far apart frames skip whole GOPs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+from video_retrieval.errors import VideoDecodeError
+
+
+@dataclass
+class FrameIndex:
+    """Every frame of a video stream, in presentation order."""
+
+    pts: np.ndarray  # int64 [N] raw PTS in stream time base, sorted ascending, unique
+    times: np.ndarray  # float64 [N] seconds from the first frame (times[0] == 0)
+    key_pts: np.ndarray  # int64 [K] raw PTS of keyframes, sorted
+    time_base: float
+    duration: float  # seconds: end of the last frame minus start of the first
+    fps: float  # average frame rate of the stream (header value, else N / duration)
+    width: int  # coded width (before rotation)
+    height: int
+    rotation: int  # counter-clockwise degrees to rotate decoded pixels for display: 0/90/180/270
+    codec: str
+    header_frames: int  # frame count in the container header (0 when not given)
+
+
+def _open(path: str):
+    try:
+        container = av.open(path, metadata_errors="ignore")
+    except av.error.FFmpegError as exc:
+        raise VideoDecodeError(path, f"not a readable video file ({_short(exc)})") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoDecodeError(path, "no video stream in the file (audio-only or data file?)")
+    return container
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def check_path(path: str | os.PathLike) -> str:
+    """The path as a string; raises VideoDecodeError for missing paths, folders and empty files."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise VideoDecodeError(path, "no such file")
+    if os.path.isdir(path):
+        raise VideoDecodeError(path, "is a directory, not a video file")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(path, "empty file (0 bytes)")
+    return path
+
+
+def scan_video(path: str) -> FrameIndex:
+    """Build the frame index of ``path`` from its packets; raises VideoDecodeError when unusable."""
+    container = _open(path)
+    try:
+        return _scan(path, container)
+    finally:
+        container.close()
+
+
+def _scan(path: str, container) -> FrameIndex:
+    stream = container.streams.video[0]
+    ctx = stream.codec_context
+    pts_list: list[int] = []
+    durations: list[int] = []
+    keys: list[int] = []
+    first_frame = None
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:  # end-of-stream flush packet
+                continue
+            if first_frame is None:
+                try:
+                    for frame in packet.decode():
+                        first_frame = frame
+                        break
+                except av.error.FFmpegError:
+                    pass
+            if getattr(packet, "is_discard", False):
+                continue
+            ts = packet.pts if packet.pts is not None else packet.dts
+            if ts is None:
+                continue
+            pts_list.append(int(ts))
+            durations.append(int(packet.duration or 0))
+            if packet.is_keyframe:
+                keys.append(int(ts))
+    except av.error.FFmpegError:
+        pass  # damaged or truncated data: keep the packets read so far
+    if first_frame is None and pts_list:
+        try:  # flush the decoder: a short stream may output its first frame only now
+            for frame in ctx.decode(None):
+                first_frame = frame
+                break
+        except av.error.FFmpegError:
+            pass
+    if not pts_list or first_frame is None:
+        raise VideoDecodeError(
+            path, "no decodable video frames (empty, truncated or corrupt stream)"
+        )
+
+    tb = float(stream.time_base) if stream.time_base else 1.0
+    pts_arr = np.asarray(pts_list, dtype=np.int64)
+    order = np.argsort(pts_arr, kind="stable")
+    pts_sorted, first = np.unique(pts_arr[order], return_index=True)
+    dur_sorted = np.asarray(durations, dtype=np.int64)[order][first]
+    times = (pts_sorted - pts_sorted[0]).astype(np.float64) * tb
+    n = len(pts_sorted)
+    rate = stream.average_rate or stream.guessed_rate
+    if n > 1:
+        step = float(np.median(np.diff(times)))
+    else:
+        step = 1.0 / float(rate) if rate else 0.04
+    last_dur = dur_sorted[-1] * tb if dur_sorted[-1] > 0 else step
+    duration = float(times[-1] + last_dur)
+    fps = float(rate) if rate else n / duration
+    if not keys:
+        keys = [int(pts_sorted[0])]
+    rotation = int(round(float(getattr(first_frame, "rotation", 0) or 0) / 90.0)) % 4 * 90
+    return FrameIndex(
+        pts=pts_sorted,
+        times=times,
+        key_pts=np.unique(np.asarray(keys, dtype=np.int64)),
+        time_base=tb,
+        duration=duration,
+        fps=fps,
+        width=int(first_frame.width),
+        height=int(first_frame.height),
+        rotation=rotation,
+        codec=ctx.name,
+        header_frames=int(stream.frames or 0),
+    )
+
+
+def decode_pts(
+    path: str, index: FrameIndex, wanted: np.ndarray, threads: int = 1
+) -> dict[int, np.ndarray]:
+    """Decode the frames whose raw PTS are in ``wanted``; returns {pts: uint8 [H,W,3] RGB}.
+
+    Frames that cannot be decoded (damaged data) are missing from the result.
+    """
+    wanted = np.unique(np.asarray(wanted, dtype=np.int64))
+    out: dict[int, np.ndarray] = {}
+    if len(wanted) == 0:
+        return out
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = max(0, int(threads))
+        reader = _Reader(container, stream, index.key_pts)
+        for target in wanted:
+            frame = reader.frame_at(int(target))
+            if frame is not None:
+                out[int(target)] = frame.to_ndarray(format="rgb24")
+    finally:
+        container.close()
+    return out
+
+
+class _Reader:
+    """Forward decoder over one stream that seeks only when it pays off."""
+
+    def __init__(self, container, stream, key_pts: np.ndarray):
+        self.container = container
+        self.stream = stream
+        self.key_pts = key_pts
+        self.frames = None  # generator of decoded frames since the last seek
+        self.last_pts: int | None = None  # PTS of the last frame taken from the generator
+        self.pending = None  # a decoded frame past the last target, kept for the next one
+
+    def _gen(self):
+        for packet in self.container.demux(self.stream):
+            try:
+                yield from packet.decode()
+            except av.error.FFmpegError:
+                continue
+
+    def _seek(self, key: int) -> None:
+        self.container.seek(int(key), stream=self.stream, backward=True, any_frame=False)
+        self.frames = self._gen()
+        self.last_pts = None
+        self.pending = None
+
+    def frame_at(self, target: int):
+        ki = int(np.searchsorted(self.key_pts, target, side="right")) - 1
+        keys = [int(self.key_pts[max(ki, 0)])]
+        if ki > 0:
+            keys.append(int(self.key_pts[ki - 1]))  # one keyframe earlier, for imprecise seeks
+        keys.append(None)  # last resort: decode from the start of the file
+        continue_ok = (
+            self.frames is not None
+            and self.last_pts is not None
+            and self.last_pts < target
+            and keys[0] <= self.last_pts
+        )
+        if continue_ok:
+            frame = self._forward_to(target)
+            if frame is not None:
+                return frame
+        for key in keys:
+            if key is None:
+                self.container.seek(0, backward=True, any_frame=False)
+                self.frames = self._gen()
+                self.last_pts = None
+                self.pending = None
+            else:
+                self._seek(key)
+            frame = self._forward_to(target)
+            if frame is not None:
+                return frame
+        return None
+
+    def _forward_to(self, target: int):
+        """Decode forward to the frame with PTS == target (or the last one before it)."""
+        prev = None
+        candidates = []
+        if self.pending is not None:
+            candidates.append(self.pending)
+            self.pending = None
+        while True:
+            if candidates:
+                frame = candidates.pop()
+            else:
+                try:
+                    frame = next(self.frames)
+                except (StopIteration, av.error.FFmpegError):
+                    self.frames = None
+                    return prev if prev is not None and self.last_pts is not None else None
+            pts = frame.pts
+            if pts is None:
+                continue
+            if pts == target:
+                self.last_pts = pts
+                return frame
+            if pts > target:
+                if prev is None:
+                    # landed after the target (seek overshoot): caller retries from an earlier key
+                    self.pending = frame
+                    self.last_pts = pts
+                    return None
+                self.pending = frame
+                return prev
+            prev = frame
+            self.last_pts = pts
