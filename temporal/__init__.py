@@ -8,13 +8,17 @@ from __future__ import annotations
 from video_retrieval.temporal.base import Aggregator
 from video_retrieval.temporal.features import TextFeatures, VideoFeatures
 from video_retrieval.temporal.mean_pool import MeanPool
+from video_retrieval.temporal.query_scored import QueryScored
 from video_retrieval.temporal.seq_lstm import SeqLSTM
 from video_retrieval.temporal.seq_transformer import SeqTransformer
+from video_retrieval.temporal.tight_transformer import TightTransformer
 
 AGGREGATORS: dict[str, type] = {
     "mean": MeanPool,
     "seq_lstm": SeqLSTM,
     "seq_transformer": SeqTransformer,
+    "query_scored": QueryScored,
+    "tight_transformer": TightTransformer,
 }
 
 

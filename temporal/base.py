@@ -47,6 +47,20 @@ def normalized_masked_mean(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return l2norm(masked_mean(l2norm(g), mask, dim=1))
 
 
+def masked_softmax(x: torch.Tensor, mask: torch.Tensor | None, dim: int = -1) -> torch.Tensor:
+    """Softmax over ``dim`` restricted to ``mask`` (True = valid; broadcastable to ``x``).
+
+    Masked items get -inf before the softmax and exactly zero weight after; a slice with no valid
+    item gets all-zero weights (not NaN).
+    """
+    if mask is None:
+        return torch.softmax(x, dim=dim)
+    mask = mask.bool()
+    x = x.masked_fill(~mask, torch.finfo(x.dtype).min)  # finite "-inf": no NaN on empty slices
+    p = torch.softmax(x, dim=dim)
+    return torch.where(mask, p, torch.zeros((), dtype=p.dtype, device=p.device))
+
+
 class Aggregator(nn.Module):
     """Base class. Subclasses set the class attributes and implement ``embed_video`` (query
     independent) or ``similarity`` (query dependent)."""

@@ -73,6 +73,9 @@ def key_padding_bias(mask: torch.Tensor, heads: int, dtype: torch.dtype) -> torc
     b, n = mask.shape
     bias = (1.0 - mask.to(dtype)) * MASK_BIAS  # [B, N] over keys
     bias = bias[:, None, :].expand(b, n, n)
+    # nn.MultiheadAttention expects batch-major [b * heads + h]. CLIP4Clip's module_cross uses
+    # ``repeat(n_head, 1, 1)`` (head-major), which pairs masks with the wrong batch rows when
+    # clips in a batch have different lengths; we use the layout PyTorch documents.
     return bias.repeat_interleave(heads, dim=0)
 
 
@@ -96,18 +99,14 @@ def default_heads(width: int) -> int:
 
 
 def init_weights_clip4clip(module: nn.Module) -> None:
-    """CLIP4Clip ``PreTrainedModel.init_weights``: Linear/Embedding N(0, 0.02), zero bias,
-    LayerNorm weight 1 / bias 0."""
+    """CLIP4Clip ``PreTrainedModel.init_weights`` applied module-wise: Linear (including the
+    attention ``out_proj``) and Embedding N(0, 0.02) with zero bias, LayerNorm weight 1 / bias 0.
+    As there, ``MultiheadAttention.in_proj_weight`` is not a Linear and keeps PyTorch's init."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=INIT_STD)
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.MultiheadAttention):
-            nn.init.normal_(m.in_proj_weight, mean=0.0, std=INIT_STD)
-            nn.init.zeros_(m.in_proj_bias)
-            nn.init.normal_(m.out_proj.weight, mean=0.0, std=INIT_STD)
-            nn.init.zeros_(m.out_proj.bias)
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)

@@ -47,6 +47,8 @@ def garbage_padded(video: VideoFeatures, extra=2, seed=7) -> VideoFeatures:
 
 
 QI = ["mean", "seq_lstm", "seq_transformer"]
+QD = ["query_scored", "tight_transformer"]
+ALL = QI + QD
 
 
 def build(name, **kw):
@@ -80,7 +82,7 @@ def test_query_independent_shapes_norms_and_consistency(name):
     assert math.isclose(agg.logit_scale.exp().item(), 100.0, rel_tol=1e-5)
 
 
-@pytest.mark.parametrize("name", QI)
+@pytest.mark.parametrize("name", ALL)
 def test_padding_changes_nothing(name):
     agg = build(name)
     text, video = make_text(), make_video()
@@ -89,7 +91,7 @@ def test_padding_changes_nothing(name):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", QI)
+@pytest.mark.parametrize("name", ALL)
 def test_blockwise_equals_full(name):
     agg = build(name)
     text, video = make_text(n=5), make_video(b=4)
@@ -104,9 +106,9 @@ def test_blockwise_equals_full(name):
     torch.testing.assert_close(torch.cat(rows), full, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", QI)
+@pytest.mark.parametrize("name", ALL)
 def test_gradients_reach_all_parameters(name):
-    agg = build(name)
+    agg = build(name, **({"learnable_tau": True} if name == "query_scored" else {}))
     agg.train()
     text, video = make_text(n=3), make_video(b=3)
     sim = agg.similarity(text, video)
@@ -115,8 +117,12 @@ def test_gradients_reach_all_parameters(name):
     ) + torch.nn.functional.cross_entropy(sim.T, torch.arange(3))
     loss.backward()
     for pname, p in agg.named_parameters():
-        if name == "seq_transformer" and pname == "frame_position_embeddings.weight":
-            assert p.grad[:T].abs().sum() > 0 and p.grad[T:].abs().sum() == 0
+        if not p.requires_grad:
+            assert name == "tight_transformer" and pname == "logit_scale"
+            continue
+        if pname in ("frame_position_embeddings.weight", "position_embeddings.weight"):
+            n_used = T + (name == "tight_transformer")
+            assert p.grad[:n_used].abs().sum() > 0 and p.grad[n_used:].abs().sum() == 0
             continue
         assert p.grad is not None and p.grad.abs().sum() > 0, pname
 
@@ -186,3 +192,82 @@ def test_seq_transformer_init_from_clip_width_mismatch_keeps_init():
     assert agg.init_from_clip(tiny_clip(width=64, heads=1)) is False
     torch.testing.assert_close(agg.frame_position_embeddings.weight, before)
     assert abs(before.std().item() - 0.02) < 0.005
+
+
+@pytest.mark.parametrize("name", QD)
+def test_query_dependent_shapes_and_no_video_embedding(name):
+    agg = build(name)
+    assert agg.query_dependent is True
+    sim = agg.similarity(make_text(), make_video())
+    assert sim.shape == (4, 3) and torch.isfinite(sim).all()
+    with pytest.raises(NotImplementedError):
+        agg.embed_video(make_video())
+
+
+def qs_reference(t, frames, mask, tau):
+    """Direct (slow) CLIP-Hitchhiker formula for one text and one video."""
+    f = frames[mask]
+    c = torch.nn.functional.cosine_similarity(t[None], f, dim=-1)
+    w = torch.softmax(c / tau, dim=0)
+    u = (w[:, None] * f).sum(0)
+    return torch.nn.functional.cosine_similarity(t, u, dim=0)
+
+
+def test_query_scored_matches_direct_formula():
+    agg = build("query_scored")
+    text, video = make_text(), make_video()
+    sim = agg.similarity(text, video)
+    for i in range(4):
+        for j in range(3):
+            ref = qs_reference(text.sentence[i], video.frames[j], video.mask[j], 0.1)
+            torch.testing.assert_close(sim[i, j], 100 * ref, rtol=1e-4, atol=1e-4)
+
+
+def test_query_scored_limits_hand_checked():
+    # text along x; frames: f1 = (1, 0) (cos 1), f2 = (0, 2) (cos 0)
+    text = TextFeatures(torch.tensor([[2.0, 0.0]]))
+    video = VideoFeatures(
+        torch.tensor([[[1.0, 0.0], [0.0, 2.0], [5.0, 5.0]]]), torch.tensor([[True, True, False]])
+    )
+    hot = build_aggregator("query_scored", 2, tau=1e6).cosine(text, video)
+    # mean of raw frames = (0.5, 1) -> cos = 0.5 / sqrt(1.25)
+    torch.testing.assert_close(hot, torch.tensor([[0.5 / 1.25**0.5]]), rtol=1e-4, atol=1e-5)
+    cold = build_aggregator("query_scored", 2, tau=1e-4).cosine(text, video)
+    torch.testing.assert_close(cold, torch.tensor([[1.0]]))  # the best frame
+    # tau -> large with unit-norm frames equals CLIP4Clip mean pooling
+    v = make_video()
+    v = VideoFeatures(torch.nn.functional.normalize(v.frames, dim=-1), v.mask)
+    t = make_text()
+    torch.testing.assert_close(
+        build_aggregator("query_scored", D, tau=1e6).similarity(t, v),
+        build_aggregator("mean", D).similarity(t, v),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+def test_query_scored_weights_prefer_matching_frame():
+    agg = build("query_scored")
+    text, video = make_text(n=1), make_video(b=1, lengths=[T])
+    video.frames[0, 2] = text.sentence[0] * 3
+    w = agg.frame_weights(text, video)
+    assert w.shape == (1, 1, T) and w[0, 0].argmax().item() == 2
+    torch.testing.assert_close(w.sum(-1), torch.ones(1, 1))
+
+
+def test_tight_transformer_init_from_clip_and_pair_logits():
+    agg = build("tight_transformer")
+    clip = tiny_clip()
+    assert agg.init_from_clip(clip) is True
+    torch.testing.assert_close(agg.position_embeddings.weight[:16], clip.positional_embedding)
+    torch.testing.assert_close(
+        agg.transformer.resblocks[3].mlp.c_proj.weight,
+        clip.transformer.resblocks[3].mlp.c_proj.weight,
+    )
+    text, video = make_text(n=2), make_video(b=3)
+    sim = agg.similarity(text, video)
+    direct = agg.pair_logits(text.sentence[1:2], video.frames[2:3], video.mask[2:3])
+    torch.testing.assert_close(sim[1, 2:3], direct, rtol=1e-5, atol=1e-5)
+    # small pair chunks give the same result
+    agg.pair_chunk = 2
+    torch.testing.assert_close(agg.similarity(text, video), sim, rtol=1e-5, atol=1e-5)
