@@ -1,0 +1,259 @@
+"""Inputs for ``vr cache`` (video lists, captions.jsonl) and torch datasets over a FeatureCache.
+
+Training (frozen backbone): :class:`CachedPairDataset` has one item per video; each time a video is
+drawn one of its captions is sampled at random (MSR-VTT training practice), so an epoch sees every
+video once. Evaluation: :class:`CachedCaptionDataset` has one item per caption (all captions, in
+order). Both yield the same batch from their ``collate``::
+
+    {"video": VideoFeatures (fp32), "text": TextFeatures (fp32),
+     "video_index": LongTensor [B] (cache video index), "text_index": LongTensor [B] (cache caption index)}
+
+Videos whose decoding failed (manifest ``failures``) are left out, with their captions, unless
+``include_failed=True`` (their features are fully masked).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from video_retrieval.errors import UserError
+from video_retrieval.feature_cache import CaptionItem, FeatureCache, VideoItem
+
+VIDEO_EXTENSIONS = (
+    ".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts",
+)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# inputs
+# ------------------------------------------------------------------------------------------------
+def _unique_ids(paths: list[Path], root: Path | None) -> list[str]:
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    ids = []
+    for p in paths:
+        try:
+            rel = p.relative_to(root) if root is not None else p
+        except ValueError:
+            rel = p
+        ids.append(str(rel.with_suffix("")))
+    if len(set(ids)) != len(ids):
+        ids = [str(p.with_suffix("")) for p in paths]
+    return ids
+
+
+def videos_from_list_or_dir(path: str | os.PathLike) -> list[VideoItem]:
+    """Videos of a folder (recursively, by extension, sorted) or of a list file (one path per
+    line, relative paths are relative to the list file; blank lines and ``#`` comments skipped)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    if path.is_dir():
+        files = sorted(
+            p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
+        )
+        if not files:
+            raise UserError(f"{path}: no video files ({', '.join(VIDEO_EXTENSIONS)})")
+        root = path
+    else:
+        if path.suffix.lower() in VIDEO_EXTENSIONS:
+            files = [path]
+        else:
+            files = []
+            for line in path.read_text().splitlines():
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                p = Path(line)
+                files.append(p if p.is_absolute() else path.parent / p)
+            if not files:
+                raise UserError(f"{path}: the list names no videos")
+        root = path.parent
+    return [VideoItem(id=i, path=str(p)) for i, p in zip(_unique_ids(files, root), files)]
+
+
+def items_from_captions_jsonl(
+    path: str | os.PathLike, split: str | None = None
+) -> tuple[list[VideoItem], list[CaptionItem]]:
+    """Videos (in order of first mention) and captions of a ``captions.jsonl`` file with rows
+    ``{"video": path relative to the file, "caption": str, "split": str (optional)}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such captions file")
+    videos: list[VideoItem] = []
+    index: dict[str, int] = {}
+    captions: list[CaptionItem] = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            video, caption = row["video"], row["caption"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}:{n}: expected {{'video', 'caption'}} JSON ({exc})") from exc
+        row_split = row.get("split")
+        if split is not None and row_split != split:
+            continue
+        if not str(caption).strip():
+            raise UserError(f"{path}:{n}: empty caption")
+        vpath = Path(video)
+        vpath = vpath if vpath.is_absolute() else path.parent / vpath
+        key = str(vpath)
+        if key not in index:
+            index[key] = len(videos)
+            videos.append(VideoItem(id=Path(video).stem, path=key, split=row_split))
+        captions.append(CaptionItem(text=str(caption), video_index=index[key], split=row_split))
+    if not captions:
+        raise UserError(f"{path}: no captions" + (f" in split {split!r}" if split else ""))
+    ids = _unique_ids([Path(v.path) for v in videos], path.parent)
+    for v, i in zip(videos, ids):
+        v.id = i
+    return videos, captions
+
+
+# ------------------------------------------------------------------------------------------------
+# datasets
+# ------------------------------------------------------------------------------------------------
+class _CacheBatches(Dataset):
+    def __init__(self, cache: FeatureCache | str | os.PathLike, words=None, patches=None):
+        self.cache = cache if isinstance(cache, FeatureCache) else FeatureCache.open(cache)
+        self.words = self.cache.has_words if words is None else bool(words)
+        self.patches = self.cache.has_patches if patches is None else bool(patches)
+
+    def collate(self, items: list[dict]) -> dict:
+        """Gather the batch's features from the memmaps in one read per array."""
+        vi = torch.as_tensor([it["video_index"] for it in items], dtype=torch.long)
+        ti = torch.as_tensor([it["text_index"] for it in items], dtype=torch.long)
+        return {
+            "video": self.cache.video_features(vi, patches=self.patches),
+            "text": self.cache.text_features(ti, words=self.words),
+            "video_index": vi,
+            "text_index": ti,
+        }
+
+
+class CachedPairDataset(_CacheBatches):
+    """One item per video (that has a caption); each access samples one of its captions at
+    random with torch's RNG (seeded per DataLoader worker and epoch by torch)."""
+
+    def __init__(
+        self,
+        cache,
+        split: str | None = None,
+        video_indices=None,
+        words: bool | None = None,
+        patches: bool | None = None,
+        include_failed: bool = False,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(cache, words, patches)
+        if video_indices is None:
+            video_indices = self.cache.video_indices(split, include_failed=include_failed)
+        caps = self.cache.video_captions
+        allowed = set(self.cache.text_indices(split, include_failed=True).tolist())
+        self.video_ids = []
+        self.caption_choices = []
+        for v in np.asarray(video_indices, dtype=np.int64).tolist():
+            choices = [j for j in caps[v] if j in allowed]
+            if choices:
+                self.video_ids.append(int(v))
+                self.caption_choices.append(choices)
+        if not self.video_ids:
+            raise UserError(
+                f"{self.cache.path}: no captioned videos"
+                + (f" in split {split!r}" if split else "")
+            )
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        choices = self.caption_choices[i]
+        k = (
+            int(torch.randint(len(choices), (1,), generator=self.generator))
+            if len(choices) > 1
+            else 0
+        )
+        return {"video_index": self.video_ids[i], "text_index": choices[k]}
+
+
+class CachedCaptionDataset(_CacheBatches):
+    """One item per caption (every caption, in cache order): for evaluation. Videos repeat when
+    they have several captions; deduplicate by ``video_index`` to build the video side."""
+
+    def __init__(
+        self,
+        cache,
+        split: str | None = None,
+        text_indices=None,
+        words: bool | None = None,
+        patches: bool | None = None,
+        include_failed: bool = False,
+    ):
+        super().__init__(cache, words, patches)
+        if text_indices is None:
+            text_indices = self.cache.text_indices(split, include_failed=include_failed)
+        self.text_ids = np.asarray(text_indices, dtype=np.int64).tolist()
+        self.t2v = self.cache.text_to_video.tolist()
+
+    def __len__(self) -> int:
+        return len(self.text_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        t = self.text_ids[i]
+        return {"video_index": self.t2v[t], "text_index": t}
+
+
+def pair_loader(
+    cache,
+    batch_size: int = 64,
+    shuffle: bool = True,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    **kwargs,
+) -> DataLoader:
+    """Training loader: shuffled videos, one random caption each."""
+    ds = CachedPairDataset(cache, **kwargs)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        collate_fn=ds.collate,
+    )
+
+
+def caption_loader(cache, batch_size: int = 256, num_workers: int = 0, **kwargs) -> DataLoader:
+    """Evaluation loader over all captions, in order (not shuffled)."""
+    ds = CachedCaptionDataset(cache, **kwargs)
+    return DataLoader(
+        ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=ds.collate
+    )
+
+
+def eval_arrays(cache: FeatureCache, split: str | None = None, words=None, patches=None):
+    """Everything a retrieval evaluation needs at once: ``(text, video, text_to_video_local,
+    video_indices, text_indices)`` where ``text_to_video_local[j]`` indexes the returned videos."""
+    tidx = cache.text_indices(split)
+    if len(tidx) == 0:
+        raise UserError(
+            f"{cache.path}: no captions to evaluate" + (f" in split {split!r}" if split else "")
+        )
+    t2v = cache.text_to_video.numpy()[tidx]
+    vidx, local = np.unique(t2v, return_inverse=True)
+    return (
+        cache.text_features(tidx, words=words),
+        cache.video_features(vidx, patches=patches),
+        torch.from_numpy(local.astype(np.int64)),
+        torch.from_numpy(vidx),
+        torch.from_numpy(tidx),
+    )
