@@ -1,0 +1,447 @@
+"""Retrieval data: frame sampling via ``load_frames``, datasets, collate, LightningDataModule.
+
+Training samples are one video with one caption: a random caption of the video each epoch
+(CLIP4Clip default) or every (video, caption) pair with ``expand_sentences``. Evaluation samples
+are one video with *all* its captions, so text and video features are encoded once each.
+
+A missing or undecodable video never becomes a zero tensor: it is logged, recorded (path, reason)
+in ``dataset.failures`` and in the batch's ``"failed"`` list, and then
+- in training, another random video is drawn instead (the batch keeps its size, which
+  all-gathering across processes needs);
+- in evaluation, the video and its captions are dropped from the batch (collate filters ``None``).
+
+Frames are decoded once per (path, window, frames, size) when ``cache_frames`` is on (in-memory,
+per process) and/or ``frame_cache_dir`` is set (``.npz`` files shared between runs/processes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from video_retrieval.datasets.captions_jsonl import RetrievalSplit, load_captions_jsonl
+from video_retrieval.datasets.didemo import load_didemo
+from video_retrieval.datasets.msrvtt import load_msrvtt, load_temporal_pairs
+from video_retrieval.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("msrvtt", "didemo", "jsonl", "synth")
+
+# Per dataset: default file names relative to ``root`` (None = not used).
+_DEFAULTS = {
+    "msrvtt": {
+        "data_json": "MSRVTT_data.json",
+        "train_file": "MSRVTT_train.9k.csv",
+        "val_file": "MSRVTT_JSFUSION_test.csv",  # CLIP4Clip: val == 1k-A test
+        "test_file": "MSRVTT_JSFUSION_test.csv",
+        "compositional_file": None,
+        "temporal_pairs_file": None,
+        "video_dir": "videos",
+    },
+    "synth": {
+        "data_json": "MSRVTT_data.json",
+        "train_file": "train.csv",
+        "val_file": "test.csv",
+        "test_file": "test.csv",
+        "compositional_file": "test_compositional.csv",
+        "temporal_pairs_file": "temporal_pairs.json",
+        "video_dir": "videos",
+    },
+    "didemo": {
+        "data_json": None,
+        "train_file": "train_data.json",
+        "val_file": "val_data.json",
+        "test_file": "test_data.json",
+        "compositional_file": None,
+        "temporal_pairs_file": None,
+        "video_dir": "videos",
+    },
+    "jsonl": {
+        "data_json": None,
+        "train_file": "captions.jsonl:train",
+        "val_file": "captions.jsonl:val",
+        "test_file": "captions.jsonl:test",
+        "compositional_file": None,
+        "temporal_pairs_file": None,
+        "video_dir": None,
+    },
+}
+
+
+def center_crop_square(pixels: np.ndarray, size: int) -> np.ndarray:
+    """[T,H,W,3] -> [T,size,size,3]: centre crop the short side's square, resize if needed."""
+    t, h, w, _ = pixels.shape
+    s = min(h, w)
+    y, x = (h - s) // 2, (w - s) // 2
+    out = pixels[:, y : y + s, x : x + s]
+    if s != size:
+        ten = torch.from_numpy(np.ascontiguousarray(out)).permute(0, 3, 1, 2).float()
+        ten = torch.nn.functional.interpolate(
+            ten, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+        out = ten.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return np.ascontiguousarray(out)
+
+
+class FrameReader:
+    """``load_frames`` + centre crop, with optional in-memory and on-disk (npz) caches."""
+
+    def __init__(
+        self,
+        num_frames: int,
+        frame_size: int,
+        cache_frames: bool = False,
+        cache_dir: str | None = None,
+        backend: str = "auto",
+    ):
+        self.num_frames = int(num_frames)
+        self.frame_size = int(frame_size)
+        self.cache_frames = cache_frames
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.backend = backend
+        self._mem: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _disk_key(self, path: str, start, end) -> Path:
+        st = os.stat(path)
+        key = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{start}|{end}|"
+        key += f"{self.num_frames}|{self.frame_size}"
+        return self.cache_dir / (hashlib.sha1(key.encode()).hexdigest()[:24] + ".npz")
+
+    def read(self, path: str, start=None, end=None) -> tuple[np.ndarray, np.ndarray]:
+        """(pixels uint8 [T,S,S,3], mask bool [T]); raises on a missing/undecodable video."""
+        key = (path, start, end)
+        if key in self._mem:
+            return self._mem[key]
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no such video file: {path}")
+        disk = self._disk_key(path, start, end) if self.cache_dir else None
+        if disk is not None and disk.is_file():
+            with np.load(disk) as z:
+                pixels, mask = z["pixels"], z["mask"]
+        else:
+            from video_retrieval.decode import load_frames
+
+            fr = load_frames(
+                path,
+                num_frames=self.num_frames,
+                start=start,
+                end=end,
+                size=self.frame_size,
+                backend=self.backend,
+            )
+            pixels = center_crop_square(np.asarray(fr.pixels), self.frame_size)
+            mask = np.asarray(fr.mask, dtype=bool)
+            if pixels.shape[0] != self.num_frames or not mask.any():
+                raise ValueError(f"decoder returned {pixels.shape[0]} frames, mask {mask.sum()}")
+            if disk is not None:
+                disk.parent.mkdir(parents=True, exist_ok=True)
+                tmp = disk.with_name(f"{disk.stem}.{os.getpid()}.tmp.npz")
+                np.savez(tmp, pixels=pixels, mask=mask)
+                os.replace(tmp, disk)
+        if self.cache_frames:
+            self._mem[key] = (pixels, mask)
+        return pixels, mask
+
+
+class _Base(Dataset):
+    def __init__(self, split: RetrievalSplit, reader: FrameReader):
+        self.split = split
+        self.reader = reader
+        self.failures: list[tuple[str, str]] = []
+
+    def _frames(self, v: int):
+        item = self.split.videos[v]
+        try:
+            return self.reader.read(item.path, item.start, item.end), None
+        except Exception as exc:  # noqa: BLE001 - any decode failure is reported, not raised
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("skipping video %s (%s)", item.path, reason)
+            self.failures.append((item.path, reason))
+            return None, (item.path, reason)
+
+
+class RetrievalTrainDataset(_Base):
+    """One (video, caption) per item; failed videos are replaced by another random video."""
+
+    def __init__(
+        self,
+        split: RetrievalSplit,
+        reader: FrameReader,
+        expand_sentences: bool = False,
+        max_retries: int = 10,
+    ):
+        super().__init__(split, reader)
+        self.expand = expand_sentences
+        self.max_retries = max_retries
+        self.bad: set[int] = set()
+        self.with_caps = [v for v in range(len(split.videos)) if split.captions_of(v)]
+        if not self.with_caps:
+            raise UserError(f"training split {split.name!r} has no captioned video")
+
+    def __len__(self) -> int:
+        return len(self.split.captions) if self.expand else len(self.with_caps)
+
+    def __getitem__(self, i: int):
+        if self.expand:
+            c = i
+            v = self.split.caption_video[c]
+        else:
+            v = self.with_caps[i]
+            c = None
+        failed = []
+        for _ in range(self.max_retries + 1):
+            got, fail = (None, None) if v in self.bad else self._frames(v)
+            if got is not None:
+                break
+            if fail is not None:
+                failed.append(fail)
+                self.bad.add(v)
+            v = self.with_caps[int(torch.randint(len(self.with_caps), ()).item())]
+            c = None
+        else:
+            raise RuntimeError(f"could not decode any of {self.max_retries + 1} training videos")
+        if c is None:
+            caps = self.split.captions_of(v)
+            c = caps[int(torch.randint(len(caps), ()).item())]
+        pixels, mask = got
+        return {
+            "frames": torch.from_numpy(pixels),
+            "mask": torch.from_numpy(mask),
+            "caption": self.split.captions[c],
+            "video_index": v,
+            "failed": failed,
+        }
+
+
+class RetrievalEvalDataset(_Base):
+    """One video with all its captions per item; ``None`` (dropped) when it cannot be decoded."""
+
+    def __len__(self) -> int:
+        return len(self.split.videos)
+
+    def __getitem__(self, v: int):
+        got, fail = self._frames(v)
+        caps = self.split.captions_of(v)
+        if got is None:
+            return {"failed": [fail], "video_index": v}
+        pixels, mask = got
+        return {
+            "frames": torch.from_numpy(pixels),
+            "mask": torch.from_numpy(mask),
+            "captions": [self.split.captions[c] for c in caps],
+            "caption_ids": caps,
+            "video_index": v,
+            "failed": [],
+        }
+
+
+def collate_retrieval(items: list[dict]) -> dict:
+    """Stack frames of decoded items; drop failed ones (their failures stay in ``"failed"``).
+
+    Output: ``frames`` uint8 [B,T,S,S,3], ``mask`` bool [B,T], ``video_index`` long [B],
+    ``failed`` list of (path, reason); training: ``captions`` list[B]; evaluation: ``captions``
+    (all captions, flat), ``caption_ids`` long [Nc], ``caption_video`` long [Nc] (row in batch).
+    """
+    failed = [f for it in items for f in it.get("failed", [])]
+    ok = [it for it in items if "frames" in it]
+    out: dict = {"failed": failed}
+    if not ok:
+        out.update(frames=None, mask=None, video_index=torch.zeros(0, dtype=torch.long))
+        out["captions"] = []
+        return out
+    out["frames"] = torch.stack([it["frames"] for it in ok])
+    out["mask"] = torch.stack([it["mask"] for it in ok])
+    out["video_index"] = torch.tensor([it["video_index"] for it in ok], dtype=torch.long)
+    if "caption" in ok[0]:
+        out["captions"] = [it["caption"] for it in ok]
+    else:
+        out["captions"] = [c for it in ok for c in it["captions"]]
+        out["caption_ids"] = torch.tensor([c for it in ok for c in it["caption_ids"]])
+        out["caption_video"] = torch.tensor(
+            [b for b, it in enumerate(ok) for _ in it["captions"]], dtype=torch.long
+        )
+    return out
+
+
+class RetrievalDataModule(pl.LightningDataModule):
+    """MSR-VTT / DiDeMo / captions.jsonl / synthetic-world retrieval data.
+
+    Args:
+        dataset: ``msrvtt`` | ``didemo`` | ``jsonl`` | ``synth``.
+        root: dataset folder; file arguments are relative to it (absolute paths also work).
+        data_json, train_file, val_file, test_file, compositional_file, temporal_pairs_file,
+            video_dir: override the per-dataset defaults (``jsonl`` files are ``name:split``).
+        num_frames: frames per video (uniform segment midpoints); frame_size: square crop side.
+        global_batch_size: training batch over all processes (per process = global / world size).
+        eval_batch_size: videos per evaluation batch (per process).
+        expand_sentences: every (video, caption) pair is a training sample.
+        max_train_videos / max_eval_videos: keep only the first N (tiny debug runs).
+        cache_frames: keep decoded frames in memory; frame_cache_dir: npz cache folder.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "synth",
+        root: str = "data/synth",
+        data_json: str | None = None,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        compositional_file: str | None = None,
+        temporal_pairs_file: str | None = None,
+        video_dir: str | None = None,
+        num_frames: int = 12,
+        frame_size: int = 224,
+        global_batch_size: int = 128,
+        eval_batch_size: int = 16,
+        num_workers: int = 0,
+        expand_sentences: bool = False,
+        max_train_videos: int | None = None,
+        max_eval_videos: int | None = None,
+        cache_frames: bool = False,
+        frame_cache_dir: str | None = None,
+        decode_backend: str = "auto",
+        didemo_end: float = 30.0,
+    ):
+        super().__init__()
+        if dataset not in DATASETS:
+            raise UserError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
+        self.save_hyperparameters()
+        d = dict(_DEFAULTS[dataset])
+        for k in d:
+            if locals()[k] is not None:
+                d[k] = locals()[k]
+        self.files = d
+        self.dataset = dataset
+        self.root = Path(root)
+        self.num_frames = num_frames
+        self.frame_size = frame_size
+        self.global_batch_size = global_batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.reader = FrameReader(
+            num_frames, frame_size, cache_frames, frame_cache_dir, decode_backend
+        )
+        self.splits: dict[str, RetrievalSplit] = {}
+        self.pairs: dict[str, list[tuple[int, int]]] = {}
+        self._datasets: dict[str, Dataset] = {}
+
+    # -- annotations ---------------------------------------------------------------------------
+    def _path(self, name: str | None) -> Path | None:
+        if name is None:
+            return None
+        p = Path(name)
+        return p if p.is_absolute() else self.root / p
+
+    def load_split(self, which: str) -> RetrievalSplit:
+        """``which``: train | val | test | compositional (cached)."""
+        if which in self.splits:
+            return self.splits[which]
+        key = {"compositional": "compositional_file"}.get(which, f"{which}_file")
+        name = self.files[key]
+        if name is None:
+            raise UserError(f"dataset {self.dataset!r} has no {which} split")
+        vdir = self._path(self.files["video_dir"]) if self.files["video_dir"] else None
+        if self.dataset in ("msrvtt", "synth"):
+            split = load_msrvtt(self._path(name), vdir, self._path(self.files["data_json"]))
+        elif self.dataset == "didemo":
+            split = load_didemo(self._path(name), vdir, end=self.hparams.didemo_end)
+        else:
+            fname, _, sp = name.partition(":")
+            split = load_captions_jsonl(self._path(fname), sp or None, vdir)
+        split.name = which
+        limit = self.hparams.max_train_videos if which == "train" else self.hparams.max_eval_videos
+        split = split.subset(limit)
+        if not split.videos:
+            raise UserError(f"{which} split of {self.dataset!r} at {self.root} is empty")
+        self.splits[which] = split
+        tp = self.files["temporal_pairs_file"]
+        if which in ("val", "test") and tp is not None and self._path(tp).is_file():
+            self.pairs[which] = load_temporal_pairs(self._path(tp), split)
+        return split
+
+    def has_split(self, which: str) -> bool:
+        key = {"compositional": "compositional_file"}.get(which, f"{which}_file")
+        name = self.files.get(key)
+        if name is None:
+            return False
+        return self._path(name.partition(":")[0]).is_file()
+
+    def eval_sets(self, stage: str) -> list[str]:
+        """Names of the evaluation dataloaders of a stage, in dataloader order."""
+        if stage == "validate":
+            return ["val"]
+        names = ["test"]
+        if self.has_split("compositional"):
+            names.append("compositional")
+        return names
+
+    def caption_bank(self, max_captions: int | None = None) -> list[str]:
+        """Training captions (the bank of UCoFiA's Sinkhorn prior / QB-Norm)."""
+        caps = self.load_split("train").captions
+        return caps if max_captions is None else caps[:max_captions]
+
+    # -- Lightning hooks -----------------------------------------------------------------------
+    def setup(self, stage: str | None = None):
+        if stage in (None, "fit"):
+            self.load_split("train")
+        if stage in (None, "fit", "validate"):
+            self.load_split("val")
+        if stage in (None, "test", "predict"):
+            for n in self.eval_sets("test"):
+                self.load_split(n)
+
+    def per_process_batch(self) -> int:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.global_batch_size % world:
+            raise UserError(
+                f"global_batch_size {self.global_batch_size} is not divisible by the "
+                f"world size {world}"
+            )
+        return self.global_batch_size // world
+
+    def _loader_kwargs(self) -> dict:
+        kw = {"num_workers": self.num_workers, "collate_fn": collate_retrieval}
+        if self.num_workers > 0:
+            kw["persistent_workers"] = True
+        return kw
+
+    def train_dataloader(self):
+        if "train" not in self._datasets:
+            self._datasets["train"] = RetrievalTrainDataset(
+                self.load_split("train"), self.reader, self.hparams.expand_sentences
+            )
+        ds = self._datasets["train"]
+        bs = self.per_process_batch()
+        world = self.trainer.world_size if self.trainer is not None else 1
+        drop_last = len(ds) >= bs * world
+        return DataLoader(
+            ds, batch_size=bs, shuffle=True, drop_last=drop_last, **self._loader_kwargs()
+        )
+
+    def _eval_loader(self, which: str):
+        if which not in self._datasets:
+            self._datasets[which] = RetrievalEvalDataset(self.load_split(which), self.reader)
+        return DataLoader(
+            self._datasets[which],
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            **self._loader_kwargs(),
+        )
+
+    def val_dataloader(self):
+        return self._eval_loader("val")
+
+    def test_dataloader(self):
+        return [self._eval_loader(n) for n in self.eval_sets("test")]
+
+    def predict_dataloader(self):
+        return self._eval_loader("test")
