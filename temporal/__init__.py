@@ -12,6 +12,7 @@ from video_retrieval.temporal.query_scored import QueryScored
 from video_retrieval.temporal.seq_lstm import SeqLSTM
 from video_retrieval.temporal.seq_transformer import SeqTransformer
 from video_retrieval.temporal.tight_transformer import TightTransformer
+from video_retrieval.temporal.ucofia import UCoFiA
 
 AGGREGATORS: dict[str, type] = {
     "mean": MeanPool,
@@ -19,6 +20,7 @@ AGGREGATORS: dict[str, type] = {
     "seq_transformer": SeqTransformer,
     "query_scored": QueryScored,
     "tight_transformer": TightTransformer,
+    "ucofia": UCoFiA,
 }
 
 
