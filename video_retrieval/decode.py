@@ -27,7 +27,10 @@ Padding
 Backends
     ``auto``: decord ``get_batch`` of the chosen indices, then PyAV seek-and-decode when decord
     fails in any way, disagrees with the packet scan (frame count, timestamps, shape), or the file
-    is rotated (decord mangles rotated files). ``decord`` / ``pyav`` force one backend.
+    is one decord is known to get wrong: rotated (decord mangles the pixels) or open-GOP (leading
+    pictures; decord returns frames several positions off after a seek). ``pyav`` forces PyAV;
+    ``decord`` forces decord and raises VideoDecodeError instead of falling back (also for those
+    known-bad files, rather than returning wrong frames).
 
 Damaged files
     The packet scan keeps only the packets really present, so a truncated file behaves as the
@@ -184,7 +187,7 @@ def load_frames(
     pixels = None
     used = "pyav"
     decord_error = None
-    if backend == "decord" or (backend == "auto" and index.rotation == 0):
+    if backend == "decord" or (backend == "auto" and not index.rotation and not index.open_gop):
         try:
             from video_retrieval.decode_decord import decode_indices
 

@@ -2,7 +2,9 @@
 
 decord (0.6, unmaintained) trusts container metadata: its frame count can exceed what the file
 really holds (``get_batch`` may then hang, decord #373) and it mangles rotated files (measured here:
-a 64x48 H.264 file with a 90-degree display matrix comes back as a [64,48,4] array). So the caller
+a 64x48 H.264 file with a 90-degree display matrix comes back as a [64,48,4] array) and, after a
+seek into an open-GOP stream (leading pictures: x265's default CRA frames, x264 ``open-gop=1``),
+returns frames several positions off (measured with HEVC and H.264, keyframe every 10). So the caller
 only uses decord after the PyAV scan, and ``decode_indices`` refuses (raises) whenever decord's
 view of the file disagrees with that scan; the caller then falls back to PyAV.
 """
@@ -22,6 +24,10 @@ def decode_indices(path: str, index: FrameIndex, ids: np.ndarray, threads: int =
     """Decode frames ``ids`` (sorted unique presentation-order indices) -> uint8 [N,H,W,3]."""
     import decord
 
+    if index.rotation:
+        raise DecordMismatch("decord does not handle rotated videos")
+    if index.open_gop:
+        raise DecordMismatch("decord returns wrong frames after seeking in open-GOP streams")
     vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=max(0, int(threads)))
     n = len(vr)
     if n != len(index.pts):

@@ -11,6 +11,7 @@ frame, so nearby frames share one seek and far apart frames skip whole GOPs.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -35,6 +36,13 @@ class FrameIndex:
     rotation: int  # counter-clockwise degrees to rotate decoded pixels for display: 0/90/180/270
     codec: str
     header_frames: int  # frame count in the container header (0 when not given)
+    open_gop: bool = (
+        False  # leading pictures: frames after a keyframe in decode order shown before it
+    )
+
+
+# FFmpeg "decodes" any text file as ANSI art (format "tty"); such files are not videos.
+_TEXT_FORMATS = {"tty"}
 
 
 def _open(path: str):
@@ -42,6 +50,11 @@ def _open(path: str):
         container = av.open(path, metadata_errors="ignore")
     except av.error.FFmpegError as exc:
         raise VideoDecodeError(path, f"not a readable video file ({_short(exc)})") from None
+    if container.format.name in _TEXT_FORMATS:
+        container.close()
+        raise VideoDecodeError(
+            path, f"not a video file (FFmpeg reads it as {container.format.name!r} text)"
+        )
     if not container.streams.video:
         container.close()
         raise VideoDecodeError(path, "no video stream in the file (audio-only or data file?)")
@@ -81,6 +94,8 @@ def _scan(path: str, container) -> FrameIndex:
     durations: list[int] = []
     keys: list[int] = []
     first_frame = None
+    last_key = None
+    open_gop = False
     try:
         for packet in container.demux(stream):
             if packet.size == 0:  # end-of-stream flush packet
@@ -101,6 +116,9 @@ def _scan(path: str, container) -> FrameIndex:
             durations.append(int(packet.duration or 0))
             if packet.is_keyframe:
                 keys.append(int(ts))
+                last_key = int(ts)
+            elif last_key is not None and ts < last_key:
+                open_gop = True
     except av.error.FFmpegError:
         pass  # damaged or truncated data: keep the packets read so far
     if first_frame is None and pts_list:
@@ -145,6 +163,7 @@ def _scan(path: str, container) -> FrameIndex:
         rotation=rotation,
         codec=ctx.name,
         header_frames=int(stream.frames or 0),
+        open_gop=open_gop,
     )
 
 
@@ -174,7 +193,12 @@ def decode_pts(
 
 
 class _Reader:
-    """Forward decoder over one stream that seeks only when it pays off."""
+    """Forward decoder over one stream that seeks only when it pays off.
+
+    Only a frame whose PTS equals the wanted PTS is returned: when decoding passes the wanted PTS
+    without producing it (damaged data), the frame counts as undecodable rather than being
+    replaced by an earlier picture under the wrong timestamp.
+    """
 
     def __init__(self, container, stream, key_pts: np.ndarray):
         self.container = container
@@ -185,76 +209,89 @@ class _Reader:
         self.pending = None  # a decoded frame past the last target, kept for the next one
 
     def _gen(self):
+        # After a packet fails to decode, FFmpeg still outputs later frames that reference the
+        # lost data, concealed with older pictures (measured: frame 85 of a garbled H.264 file
+        # came out showing frame 63, without any corrupt flag). So every packet from a failed one
+        # up to the next keyframe packet that decodes is "damaged" (in decode order), and frames
+        # of damaged packets are skipped: they count as missing rather than as wrong pictures.
+        order: dict[int, int] = {}  # pts -> decode position of its packet
+        damaged: list[list[float]] = []  # [first, end) decode positions
+        pos = 0
         for packet in self.container.demux(self.stream):
+            pos += 1
+            if packet.pts is not None:
+                order[int(packet.pts)] = pos
             try:
-                yield from packet.decode()
+                frames = packet.decode()
             except av.error.FFmpegError:
+                if not damaged or damaged[-1][1] != math.inf:
+                    damaged.append([pos, math.inf])
                 continue
+            if packet.is_keyframe and damaged and damaged[-1][1] == math.inf:
+                damaged[-1][1] = pos
+            for frame in frames:
+                at = order.pop(frame.pts, None) if frame.pts is not None else None
+                if frame.is_corrupt:
+                    continue
+                if at is not None and any(lo <= at < hi for lo, hi in damaged):
+                    continue
+                yield frame
 
-    def _seek(self, key: int) -> None:
-        self.container.seek(int(key), stream=self.stream, backward=True, any_frame=False)
+    def _seek(self, key: int | None) -> None:
+        if key is None:  # from the start of the file
+            self.container.seek(0, backward=True, any_frame=False)
+        else:
+            self.container.seek(int(key), stream=self.stream, backward=True, any_frame=False)
         self.frames = self._gen()
         self.last_pts = None
         self.pending = None
 
     def frame_at(self, target: int):
         ki = int(np.searchsorted(self.key_pts, target, side="right")) - 1
-        keys = [int(self.key_pts[max(ki, 0)])]
+        keys: list[int | None] = [int(self.key_pts[max(ki, 0)])]
         if ki > 0:
             keys.append(int(self.key_pts[ki - 1]))  # one keyframe earlier, for imprecise seeks
         keys.append(None)  # last resort: decode from the start of the file
-        continue_ok = (
+        if (
             self.frames is not None
             and self.last_pts is not None
             and self.last_pts < target
             and keys[0] <= self.last_pts
-        )
-        if continue_ok:
-            frame = self._forward_to(target)
-            if frame is not None:
+        ):
+            frame, overshoot = self._forward_to(target)
+            if frame is not None or not overshoot:
                 return frame
         for key in keys:
-            if key is None:
-                self.container.seek(0, backward=True, any_frame=False)
-                self.frames = self._gen()
-                self.last_pts = None
-                self.pending = None
-            else:
-                self._seek(key)
-            frame = self._forward_to(target)
-            if frame is not None:
+            self._seek(key)
+            frame, overshoot = self._forward_to(target)
+            if frame is not None or not overshoot:
                 return frame
         return None
 
     def _forward_to(self, target: int):
-        """Decode forward to the frame with PTS == target (or the last one before it)."""
-        prev = None
-        candidates = []
-        if self.pending is not None:
-            candidates.append(self.pending)
-            self.pending = None
+        """Decode forward to the frame with PTS == target.
+
+        Returns (frame or None, overshoot): overshoot is True when the very first frame available
+        was already past the target (the seek landed too late; an earlier start may find it).
+        """
+        first = True
         while True:
-            if candidates:
-                frame = candidates.pop()
+            if self.pending is not None:
+                frame, self.pending = self.pending, None
             else:
                 try:
                     frame = next(self.frames)
                 except (StopIteration, av.error.FFmpegError):
                     self.frames = None
-                    return prev if prev is not None and self.last_pts is not None else None
-            pts = frame.pts
+                    return None, first
+            pts = frame.pts if frame.pts is not None else frame.dts
             if pts is None:
                 continue
             if pts == target:
                 self.last_pts = pts
-                return frame
+                return frame, False
             if pts > target:
-                if prev is None:
-                    # landed after the target (seek overshoot): caller retries from an earlier key
-                    self.pending = frame
-                    self.last_pts = pts
-                    return None
-                self.pending = frame
-                return prev
-            prev = frame
+                self.pending = frame  # may be the next wanted frame
+                return None, first
             self.last_pts = pts
+            first = False
