@@ -1,0 +1,409 @@
+"""Synthetic moment-localization world: long videos with QVHighlights-style queries.
+
+``generate_moments(out, seed)`` writes::
+
+    OUT/train.jsonl, OUT/val.jsonl, OUT/test.jsonl   one QVHighlights annotation per line:
+        {"qid": int, "query": str, "duration": int, "vid": str, "relevant_clip_ids": [int],
+         "saliency_scores": [[int, int, int]], "relevant_windows": [[start, end], ...]}
+    OUT/videos/<vid>.mp4     64x64 H.264 at 2 fps by default, 30-150 s
+    OUT/world.json           seed, parameters and per-video ground truth (object tracks, events)
+
+Each video holds three objects (distinct colours and shapes). A timeline on the 2 s clip grid has
+events (moves left/right/up/down, grows, shrinks, appears, disappears; 2-8 s each, starting and
+ending on even seconds), idle gaps, and distractor motion (an object spins: no query describes
+it). Events never overlap in time and moving objects never overlap each other. A query describes
+one (object, event); its windows are *all* the times that object does that event, so some
+queries have two windows. The object's pixels change only inside those windows (or during its
+own other events/spins). Clip ids are ``floor(t / 2)``; saliency is 4 in an event's core and
+lower at its first/last clip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from video_retrieval.datasets.synth_captions import query_text
+from video_retrieval.datasets.synth_render import (
+    BACKGROUNDS,
+    COLOURS,
+    EVENTS,
+    GROW_FACTOR,
+    MOVE_DELTA,
+    SHAPES,
+    SIZES_PX,
+    apply_event,
+    new_track,
+    render_frames,
+    track_to_json,
+)
+
+WORLD_VERSION = 1
+CLIP_LEN = 2
+DEFAULTS = {
+    "num_videos": 91,
+    "val_fraction": 1 / 7,
+    "test_fraction": 1 / 7,
+    "fps": 2.0,
+    "size": 64,
+    "min_duration": 30,
+    "max_duration": 150,
+    "objects_per_video": 3,
+    "queries_per_video": 5,
+    "move_px": 12,
+    "repeat_prob": 0.35,
+    "spin_prob": 0.2,
+}
+
+
+def _choice(rng, seq):
+    return seq[int(rng.integers(len(seq)))]
+
+
+class _State:
+    def __init__(self, obj: dict, x: float, y: float, alpha: float):
+        self.obj = obj
+        self.x, self.y, self.scale, self.alpha = x, y, 1.0, alpha
+
+    def radius(self, scale=None) -> float:
+        return self.obj["size_px"] / 2.0 * (self.scale if scale is None else scale) * 1.15 + 1.0
+
+
+def _box(x, y, r):
+    return (x - r, y - r, x + r, y + r)
+
+
+def _overlap(a, b, margin=1.0) -> bool:
+    return not (
+        a[2] + margin <= b[0]
+        or b[2] + margin <= a[0]
+        or a[3] + margin <= b[1]
+        or b[3] + margin <= a[1]
+    )
+
+
+class _MomentPlanner:
+    def __init__(self, rng: np.random.Generator, p: dict):
+        self.rng = rng
+        self.p = p
+        self.size = int(p["size"])
+        self.fps = float(p["fps"])
+        if abs(self.fps * CLIP_LEN - round(self.fps * CLIP_LEN)) > 1e-9 or self.fps <= 0:
+            raise ValueError("fps must be a multiple of 0.5")
+
+    def _inside(self, box) -> bool:
+        return box[0] >= 0 and box[1] >= 0 and box[2] <= self.size and box[3] <= self.size
+
+    def _free(self, states, k, box) -> bool:
+        for j, st in enumerate(states):
+            if j != k and _overlap(box, _box(st.x, st.y, st.radius())):
+                return False
+        return self._inside(box)
+
+    def _feasible(self, states, k, ev) -> bool:
+        st = states[k]
+        visible = st.alpha > 0
+        nvis = sum(s.alpha > 0 for s in states)
+        if ev == "appear":
+            return not visible
+        if not visible:
+            return False
+        if ev == "disappear":
+            return nvis >= 2
+        if ev == "grow":
+            return st.scale == 1.0 and self._free(
+                states, k, _box(st.x, st.y, st.radius(GROW_FACTOR))
+            )
+        if ev == "shrink":
+            return st.scale != 1.0
+        if ev in MOVE_DELTA:
+            dx, dy = MOVE_DELTA[ev]
+            d = float(self.p["move_px"])
+            r = st.radius()
+            box = (
+                min(st.x, st.x + dx * d) - r,
+                min(st.y, st.y + dy * d) - r,
+                max(st.x, st.x + dx * d) + r,
+                max(st.y, st.y + dy * d) + r,
+            )
+            return self._free(states, k, box)
+        if ev == "spin":
+            return st.obj["shape"] != "circle"
+        raise ValueError(ev)
+
+    def _commit(self, states, k, ev):
+        st = states[k]
+        if ev in MOVE_DELTA:
+            dx, dy = MOVE_DELTA[ev]
+            st.x += dx * float(self.p["move_px"])
+            st.y += dy * float(self.p["move_px"])
+        elif ev == "grow":
+            st.scale *= GROW_FACTOR
+        elif ev == "shrink":
+            st.scale /= GROW_FACTOR
+        elif ev == "appear":
+            st.alpha = 1.0
+        elif ev == "disappear":
+            st.alpha = 0.0
+
+    def plan(self) -> dict | None:
+        rng, p = self.rng, self.p
+        lo = int(p["min_duration"]) // CLIP_LEN
+        hi = int(p["max_duration"]) // CLIP_LEN
+        n_clips = int(rng.integers(lo, hi + 1))
+        duration = n_clips * CLIP_LEN
+        n_frames = int(round(duration * self.fps))
+        n_obj = int(p["objects_per_video"])
+        cols = rng.permutation(len(COLOURS))[:n_obj]
+        shapes = rng.permutation(len(SHAPES))[:n_obj]
+        names = list(COLOURS)
+        states: list[_State] = []
+        for i in range(n_obj):
+            size = _choice(rng, ("small", "big"))
+            obj = {
+                "colour": names[cols[i]],
+                "shape": SHAPES[shapes[i]],
+                "size": size,
+                "size_px": SIZES_PX[size],
+            }
+            for _ in range(200):
+                st = _State(obj, 0.0, 0.0, 1.0)
+                r = st.radius(GROW_FACTOR)
+                st.x = round(float(rng.uniform(r, self.size - r)), 1)
+                st.y = round(float(rng.uniform(r, self.size - r)), 1)
+                box = _box(st.x, st.y, st.radius(GROW_FACTOR))
+                if all(not _overlap(box, _box(o.x, o.y, o.radius(GROW_FACTOR))) for o in states):
+                    break
+            else:
+                return None
+            if i > 0 and rng.random() < 0.2:
+                st.alpha = 0.0
+            states.append(st)
+        init = [(s.x, s.y, s.alpha) for s in states]
+        # Timeline on the 2 s grid.
+        events: list[tuple[int, str, int, int]] = []  # (object, event, start_clip, end_clip)
+        distractors: list[tuple[int, str, int, int]] = []
+        cursor = int(rng.integers(1, 4))
+        while True:
+            is_spin = rng.random() < float(p["spin_prob"])
+            dur = int(rng.integers(1, 4)) if is_spin else int(rng.integers(1, 5))
+            if cursor + dur > n_clips:
+                break
+            cands = []
+            if is_spin:
+                cands = [(k, "spin") for k in range(n_obj) if self._feasible(states, k, "spin")]
+            else:
+                done = sorted({(k, e) for k, e, *_ in events})
+                if done and rng.random() < float(p["repeat_prob"]):
+                    cands = [(k, e) for k, e in done if self._feasible(states, k, e)]
+                if not cands:
+                    cands = [
+                        (k, e) for k in range(n_obj) for e in EVENTS if self._feasible(states, k, e)
+                    ]
+            if cands:
+                k, ev = cands[int(rng.integers(len(cands)))]
+                self._commit(states, k, ev)
+                (distractors if ev == "spin" else events).append((k, ev, cursor, cursor + dur))
+                cursor += dur
+            cursor += int(rng.integers(0, 3))
+        if len(events) < 2:
+            return None
+        # Tracks.
+        objects = []
+        for k, st in enumerate(states):
+            x, y, a = init[k]
+            first_scale = next(
+                (e for j, e, *_ in events if j == k and e in ("grow", "shrink")), None
+            )
+            tr = new_track(
+                n_frames, x, y, scale=GROW_FACTOR if first_scale == "shrink" else 1.0, alpha=a
+            )
+            for j, ev, c0, c1 in sorted(events + distractors, key=lambda e: e[2]):
+                if j == k:
+                    f0 = int(round(c0 * CLIP_LEN * self.fps))
+                    f1 = int(round(c1 * CLIP_LEN * self.fps))
+                    apply_event(tr, ev, f0, f1, float(p["move_px"]))
+            objects.append({**st.obj, "track": track_to_json(tr)})
+        # Note: "shrink" is only feasible after "grow" (all objects start at scale 1), so
+        # first_scale is never "shrink" here; kept for symmetry with the retrieval world.
+
+        def ev_dict(j, ev, c0, c1):
+            s, e = c0 * CLIP_LEN, c1 * CLIP_LEN
+            return {
+                "object": j,
+                "event": ev,
+                "start_s": s,
+                "end_s": e,
+                "start_frame": int(round(s * self.fps)),
+                "end_frame": int(round(e * self.fps)),
+            }
+
+        return {
+            "size": self.size,
+            "fps": self.fps,
+            "num_frames": n_frames,
+            "duration": duration,
+            "background": {
+                "kind": _choice(rng, BACKGROUNDS),
+                "level": int(rng.integers(25, 61)),
+                "seed": int(rng.integers(2**31)),
+                "orient": _choice(rng, ("h", "v", "d")),
+            },
+            "objects": objects,
+            "events": [ev_dict(*e) for e in events],
+            "distractors": [ev_dict(*e) for e in distractors],
+        }
+
+
+def saliency_for_window(rng: np.random.Generator, n_clips: int) -> list[list[int]]:
+    """Three annotators' 0-4 scores per clip: 4 (or 3) in the core, 2-3 at the edges."""
+    out = []
+    for i in range(n_clips):
+        edge = n_clips >= 3 and i in (0, n_clips - 1)
+        if edge:
+            out.append([int(v) for v in rng.integers(2, 4, size=3)])
+        else:
+            out.append([int(v) for v in np.where(rng.random(3) < 0.8, 4, 3)])
+    return out
+
+
+def make_queries(rng: np.random.Generator, vid: str, spec: dict, n: int, qid0: int) -> list[dict]:
+    groups: dict[tuple[int, str], list[dict]] = {}
+    for e in spec["events"]:
+        groups.setdefault((e["object"], e["event"]), []).append(e)
+    keys = sorted(groups)
+    multi = [k for k in keys if len(groups[k]) > 1]
+    single = [k for k in keys if len(groups[k]) == 1]
+    rng.shuffle(multi)
+    rng.shuffle(single)
+    # Prefer multi-window groups for one or two queries, then fill with single-window ones.
+    chosen = multi[:2] + single
+    chosen = chosen[:n] if len(chosen) >= n else (chosen + multi[2:])[:n]
+    rows = []
+    for i, key in enumerate(chosen):
+        obj = spec["objects"][key[0]]
+        wins = sorted((e["start_s"], e["end_s"]) for e in groups[key])
+        clip_ids, sal = [], []
+        for s, e in wins:
+            c0, c1 = s // CLIP_LEN, e // CLIP_LEN
+            clip_ids.extend(range(c0, c1))
+            sal.extend(saliency_for_window(rng, c1 - c0))
+        rows.append(
+            {
+                "qid": qid0 + i,
+                "query": query_text(rng, obj, key[1]),
+                "duration": int(spec["duration"]),
+                "vid": vid,
+                "relevant_clip_ids": [int(c) for c in clip_ids],
+                "saliency_scores": sal,
+                "relevant_windows": [[int(s), int(e)] for s, e in wins],
+            }
+        )
+    return rows
+
+
+def plan_moments(seed: int, **params) -> dict:
+    p = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
+    unknown = set(params) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown parameters: {sorted(unknown)}")
+    if int(p["min_duration"]) < 8 or int(p["max_duration"]) < int(p["min_duration"]):
+        raise ValueError("need 8 <= min_duration <= max_duration")
+    if int(p["num_videos"]) < 1:
+        raise ValueError("num_videos must be >= 1")
+    rng = np.random.default_rng(seed)
+    planner = _MomentPlanner(rng, p)
+    n = int(p["num_videos"])
+    n_val = int(round(n * float(p["val_fraction"])))
+    n_test = int(round(n * float(p["test_fraction"])))
+    if n >= 3:
+        n_val, n_test = max(1, n_val), max(1, n_test)
+    n_train = max(0, n - n_val - n_test)
+    splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
+    videos, queries = {}, {"train": [], "val": [], "test": []}
+    qid = 0
+    for i, split in enumerate(splits):
+        for _ in range(200):
+            spec = planner.plan()
+            if spec is not None:
+                break
+        else:
+            raise RuntimeError("could not plan a moment video; check the parameters")
+        vid = f"synmom{i:04d}_{split}"
+        rows = make_queries(rng, vid, spec, int(p["queries_per_video"]), qid)
+        qid += len(rows)
+        spec["video_id"] = vid
+        spec["split"] = split
+        spec["qids"] = [r["qid"] for r in rows]
+        videos[vid] = spec
+        queries[split].extend(rows)
+    return {
+        "kind": "moments",
+        "version": WORLD_VERSION,
+        "seed": int(seed),
+        "params": p,
+        "clip_len": CLIP_LEN,
+        "colours": {k: list(v) for k, v in COLOURS.items()},
+        "videos": videos,
+        "queries": queries,
+    }
+
+
+def _encode(path: Path, spec: dict, codec: str) -> None:
+    from video_retrieval.videowrite import write_video
+
+    write_video(
+        path,
+        render_frames(spec),
+        fps=spec["fps"],
+        codec=codec,
+        extra_args=["-threads", "1", "-map_metadata", "-1", "-fflags", "+bitexact"],
+        gop=max(1, int(round(spec["fps"] * 4))),
+    )
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def generate_moments(
+    out: str | os.PathLike, seed: int = 0, workers: int = 2, codec: str = "h264", **params
+) -> dict:
+    """Generate the moments world under ``out``; returns a JSON-able summary."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    world = plan_moments(seed, **params)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    jobs = [(out / "videos" / f"{vid}.mp4", spec) for vid, spec in world["videos"].items()]
+    if workers and workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            list(ex.map(lambda a: _encode(a[0], a[1], codec), jobs))
+    else:
+        for path, spec in jobs:
+            _encode(path, spec, codec)
+    for split, rows in world["queries"].items():
+        _write_text(out / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    _write_text(out / "world.json", json.dumps(world) + "\n")
+    counts = {s: 0 for s in ("train", "val", "test")}
+    for spec in world["videos"].values():
+        counts[spec["split"]] += 1
+    nq = {s: len(r) for s, r in world["queries"].items()}
+    nmulti = sum(len(r["relevant_windows"]) > 1 for rows in world["queries"].values() for r in rows)
+    durs = [s["duration"] for s in world["videos"].values()]
+    return {
+        "kind": "moments",
+        "out": str(out),
+        "seed": int(seed),
+        "videos": counts,
+        "queries": nq,
+        "multi_window_queries": int(nmulti),
+        "duration_s": {"min": min(durs), "max": max(durs), "mean": round(float(np.mean(durs)), 1)},
+        "fps": world["params"]["fps"],
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
