@@ -1,0 +1,85 @@
+"""``vr index VIDEOS_OR_FOLDERS... --index DIR``: batch, resumable, incremental indexing."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="VIDEO_OR_FOLDER",
+        help="video files and/or folders (recursive)",
+    )
+    parser.add_argument(
+        "--index", required=True, metavar="DIR", help="index directory (created or updated)"
+    )
+    parser.add_argument(
+        "--model", default="vr-tiny", help="encoder model name (default vr-tiny; e.g. ViT-B-32)"
+    )
+    parser.add_argument("--pretrained", default=None, help="pretrained tag or local weights file")
+    parser.add_argument(
+        "--checkpoint", default=None, help="a retrieval checkpoint written by vr train"
+    )
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--fps", type=float, default=None, help="frames sampled per second (default 1)")
+    g.add_argument("--num-frames", type=int, default=None, help="frames per video, evenly spread")
+    parser.add_argument("--batch-size", type=int, default=64, help="frames per encoder batch")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding videos")
+    parser.add_argument(
+        "--devices", type=int, default=1, help="processes (Lightning DDP on CPU) for encoding"
+    )
+    parser.add_argument("--shard-size", type=int, default=64, help="videos per shard (at most)")
+    parser.add_argument(
+        "--ann", default="auto", choices=["auto", "flat", "hnsw", "ivf"], help="FAISS index type"
+    )
+    parser.add_argument(
+        "--prune", action="store_true", help="drop indexed files that no longer exist"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _print_summary(s: dict) -> None:
+    print(
+        f"indexed {s['encoded']} video(s) ({s['frames_encoded']} frames, "
+        f"{s['frames_per_s']:.1f} frames/s on {s['device']}); "
+        f"{s['new']} new, {s['changed']} changed, {s['unchanged']} unchanged, {s['pruned']} pruned"
+    )
+    print(f"index {s['index']}: {s['videos']} videos, {s['frames']} frames, ANN {s['ann']}")
+    if s["missing"]:
+        print(f"{s['missing']} indexed file(s) no longer exist (use --prune to drop them)")
+    if s["failed"]:
+        print(f"{len(s['failed'])} file(s) could not be indexed (see failures.jsonl):")
+        for f in s["failed"]:
+            print(f"  {f['path']}: {f['reason']}")
+
+
+def run(args) -> int:
+    from video_retrieval.indexer import IndexConfig, run_indexing
+
+    cfg = IndexConfig(
+        model=args.model,
+        pretrained=args.pretrained,
+        checkpoint=args.checkpoint,
+        fps=args.fps,
+        num_frames=args.num_frames,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        devices=args.devices,
+        prune=args.prune,
+        shard_size=args.shard_size,
+        ann=args.ann,
+        progress=False if (args.no_progress or args.json) else None,
+    )
+    summary = run_indexing(args.inputs, args.index, cfg)
+    if summary is None:  # a DDP rank > 0: rank 0 reports
+        return 0
+    if args.json:
+        json.dump(summary, sys.stdout, indent=1)
+        print()
+    else:
+        _print_summary(summary)
+    return 0 if summary["videos"] > 0 else 1

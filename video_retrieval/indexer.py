@@ -1,0 +1,651 @@
+"""Batch video indexing: reader -> encoder -> writer, resumable, incremental, distributable.
+
+* **reader** (``VideoReader``, a map-style ``Dataset``): in DataLoader workers, decodes and samples
+  the frames of one video (``decode.load_frames`` at the encoder's input size), hashes the file,
+  returns uint8 frames + timestamps, or the reason it failed. Decoding overlaps with encoding.
+* **mapper** (``BatchingEncoder``): in the main process, preprocesses (batched tensor ops) and
+  encodes frames in batches of ``batch_size`` frames across video boundaries.
+* **writer** (``ShardWriter``): accumulates per-video frame embeddings into fp16 shards, writes each
+  shard atomically, then commits it with a journal line (``index_store``).
+
+``run_indexing`` plans the run from the journal (new files are encoded; unchanged files, same
+size+mtime or same content hash, are skipped; changed files re-encoded; files gone from disk are
+dropped with ``prune``), encodes, then rebuilds ``videos.json``/``pooled.npy``/``ann.faiss`` from
+the live shards. With ``devices > 1`` encoding runs under Lightning ``trainer.predict`` (strategy
+ddp, CPU/gloo) with a ``BasePredictionWriter`` writing one shard set per rank; Lightning relaunches
+the running script for the other ranks, which read the plan the first process wrote.
+
+Example::
+
+    >>> from video_retrieval.indexer import IndexConfig, run_indexing
+    >>> summary = run_indexing(["videos/"], "my_index", IndexConfig(model="vr-tiny", fps=1.0))  # doctest: +SKIP
+    >>> summary["videos"], summary["failed"]                                   # doctest: +SKIP
+    (42, [{'path': '/abs/videos/broken.mp4', 'reason': 'no video stream'}])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from video_retrieval import index_store as store
+from video_retrieval.errors import UserError, VideoDecodeError
+from video_retrieval.rerank import uniform_indices
+from video_retrieval.video_files import FileSignature, content_hash, find_videos
+
+PLAN_ENV = "VR_INDEX_PLAN"
+
+
+@dataclass
+class IndexConfig:
+    """Options of ``vr index`` / ``Index.build``."""
+
+    model: str = "vr-tiny"
+    pretrained: str | None = None
+    checkpoint: str | None = None
+    fps: float | None = None  # default 1.0 when neither fps nor num_frames is given
+    num_frames: int | None = None
+    batch_size: int = 64  # frames per encoder batch
+    workers: int = 0  # DataLoader workers decoding videos
+    devices: int = 1  # > 1: Lightning DDP on CPU processes
+    prune: bool = False
+    shard_size: int = 64  # videos per shard (at most)
+    shard_frames: int = 8192  # frames per shard (at most, unless one video has more)
+    progress: bool | None = None  # None: a bar when stderr is a TTY
+    ann: str = "auto"  # auto | flat | hnsw | ivf
+    precision: str = "auto"
+    device: str = "cpu"
+
+    def sampling(self) -> dict:
+        if self.fps is not None and self.num_frames is not None:
+            raise UserError("give --fps or --num-frames, not both")
+        if self.num_frames is not None:
+            if self.num_frames < 1:
+                raise UserError(f"--num-frames must be >= 1, got {self.num_frames}")
+            return {"fps": None, "num_frames": int(self.num_frames)}
+        fps = 1.0 if self.fps is None else float(self.fps)
+        if fps <= 0:
+            raise UserError(f"--fps must be > 0, got {fps}")
+        return {"fps": fps, "num_frames": None}
+
+
+# -- models and fingerprint ---------------------------------------------------------------------
+def _file_sha256(path) -> str:
+    return content_hash(path)
+
+
+def load_models(cfg: IndexConfig):
+    """(encoder, pooling aggregator, model description for the manifest, aggregator label)."""
+    from video_retrieval.temporal import build_aggregator
+
+    if cfg.checkpoint:
+        ckpt = Path(cfg.checkpoint).expanduser()
+        if not ckpt.exists():
+            raise UserError(f"no such checkpoint: {cfg.checkpoint}")
+        try:
+            from video_retrieval.model_io import load_retrieval_model
+        except ModuleNotFoundError as exc:
+            raise UserError("indexing with --checkpoint is not yet available (model_io)") from exc
+        encoder, agg, _meta = load_retrieval_model(str(ckpt))
+        sha = _file_sha256(ckpt)
+        info = {"checkpoint": str(ckpt.resolve()), "checkpoint_sha256": sha}
+        if agg.query_dependent:
+            pool, label = build_aggregator("mean", encoder.embed_dim), "mean"
+        else:
+            pool, label = agg.eval(), f"{agg.name}@{sha[:16]}"
+    else:
+        from video_retrieval.encoders import create_encoder
+
+        encoder = create_encoder(
+            cfg.model, pretrained=cfg.pretrained, precision=cfg.precision, device=cfg.device
+        )
+        info = {"encoder_spec": encoder.spec}
+        pool, label = build_aggregator("mean", encoder.embed_dim), "mean"
+    encoder.eval()
+    return encoder, pool.eval(), info, label
+
+
+def make_fingerprint(encoder, cfg: IndexConfig, aggregator_label: str) -> dict:
+    return {
+        "encoder": encoder.fingerprint(),
+        "sampling": cfg.sampling(),
+        "aggregator": aggregator_label,
+    }
+
+
+# -- reader -------------------------------------------------------------------------------------
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, VideoDecodeError):
+        return exc.reason
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+class VideoReader(torch.utils.data.Dataset):
+    """Item ``i``: dict(path, size, mtime_ns, sha256, pixels uint8 [T,H,W,3], timestamps,
+    duration, fps) or dict(..., error=reason)."""
+
+    def __init__(self, items: list[dict], sampling: dict, image_size: int | None):
+        self.items = items
+        self.sampling = sampling
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        from video_retrieval.decode import load_frames
+
+        item = dict(self.items[i])
+        try:
+            if not item.get("sha256"):
+                item["sha256"] = content_hash(item["path"])
+            fr = load_frames(item["path"], size=self.image_size, **self.sampling)
+            mask = np.asarray(fr.mask, dtype=bool)
+            pixels = np.ascontiguousarray(fr.pixels[mask])
+            if len(pixels) == 0:
+                raise VideoDecodeError(item["path"], "no frames could be decoded")
+            item.update(
+                pixels=torch.from_numpy(pixels),
+                timestamps=[float(t) for t in np.asarray(fr.timestamps)[mask]],
+                duration=float(fr.duration),
+                fps=float(fr.fps),
+            )
+        except Exception as exc:  # one bad video never aborts the batch
+            item["error"] = _reason(exc)
+        return item
+
+
+def list_collate(batch: list[dict]) -> list[dict]:
+    return batch
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)
+
+
+def make_loader(items, sampling, image_size, workers: int, batch_size=None):
+    ds = VideoReader(items, sampling, image_size)
+    kw = {}
+    if workers > 0:
+        kw = {"prefetch_factor": 4, "persistent_workers": False, "worker_init_fn": _worker_init}
+    if batch_size is None:
+        return torch.utils.data.DataLoader(
+            ds, batch_size=None, num_workers=workers, collate_fn=_identity, **kw
+        )
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, num_workers=workers, collate_fn=list_collate, **kw
+    )
+
+
+def _identity(x):
+    return x
+
+
+# -- mapper -------------------------------------------------------------------------------------
+class BatchingEncoder:
+    """Preprocess each video's frames and encode frames in batches of ``batch_size`` across
+    videos; ``add`` / ``flush`` return the videos whose frames are all encoded, in order, as
+    ``(item, embeddings float32 [T,D])``."""
+
+    def __init__(self, encoder, batch_size: int = 64):
+        self.encoder = encoder
+        self.batch_size = max(1, int(batch_size))
+        self.pending: deque = deque()  # [item, images [T,3,S,S], parts, n_done]
+        self.queued = 0
+        self.frames_encoded = 0
+
+    def add(self, item: dict) -> list:
+        images = self.encoder.preprocess(item.pop("pixels"))
+        self.pending.append([item, images, [], 0])
+        self.queued += len(images)
+        out = []
+        while self.queued >= self.batch_size:
+            out += self._step(self.batch_size)
+        return out
+
+    def flush(self) -> list:
+        out = []
+        while self.queued > 0:
+            out += self._step(min(self.batch_size, self.queued))
+        return out
+
+    @torch.inference_mode()
+    def _step(self, n: int) -> list:
+        chunks, owners = [], []
+        need = n
+        for entry in self.pending:
+            if need == 0:
+                break
+            _, images, _, done = entry
+            take = min(need, len(images) - done)
+            if take > 0:
+                chunks.append(images[done : done + take])
+                owners.append((entry, take))
+                need -= take
+        emb, _ = self.encoder.encode_images(torch.cat(chunks))
+        emb = emb.float().cpu().numpy()
+        pos = 0
+        for entry, take in owners:
+            entry[2].append(emb[pos : pos + take])
+            entry[3] += take
+            pos += take
+        self.queued -= n
+        self.frames_encoded += n
+        out = []
+        while self.pending and self.pending[0][3] == len(self.pending[0][1]):
+            item, _, parts, _ = self.pending.popleft()
+            out.append((item, np.concatenate(parts)))
+        return out
+
+
+def encode_videos(encoder, items: list[dict], batch_size: int) -> list:
+    """Encode a list of read items: ``(item, emb)`` for good ones, ``(item, None)`` for failures."""
+    be = BatchingEncoder(encoder, batch_size)
+    out = []
+    for item in items:
+        if "error" in item:
+            out.append((item, None))
+        else:
+            out += be.add(item)
+    out += be.flush()
+    return out
+
+
+# -- writer -------------------------------------------------------------------------------------
+class ShardWriter:
+    """Buffers encoded videos into shards; each shard is written atomically, then committed."""
+
+    def __init__(self, index_dir, run: int, rank: int = 0, shard_size=64, shard_frames=8192):
+        self.index_dir = Path(index_dir)
+        self.run, self.rank = run, rank
+        self.shard_size, self.shard_frames = shard_size, shard_frames
+        self.journal = store.Journal(index_dir, run, rank)
+        self.seq = 0
+        self.buffer: list[tuple[dict, np.ndarray]] = []
+        self.nframes = 0
+        self.videos_written = 0
+        self.frames_written = 0
+        self.failures: list[dict] = []
+
+    def add(self, item: dict, emb: np.ndarray) -> None:
+        self.buffer.append((item, np.asarray(emb, dtype=np.float16)))
+        self.nframes += len(emb)
+        if len(self.buffer) >= self.shard_size or self.nframes >= self.shard_frames:
+            self.flush()
+
+    def fail(self, item: dict, reason: str) -> None:
+        ev = {"event": "fail", "path": item["path"], "reason": reason}
+        ev.update({k: item.get(k) for k in ("size", "mtime_ns", "sha256")})
+        self.journal.append(ev)
+        self.failures.append({"path": item["path"], "reason": reason})
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        name = store.shard_name(self.run, self.rank, self.seq)
+        self.seq += 1
+        metas, offset = [], 0
+        for item, emb in self.buffer:
+            metas.append(
+                {
+                    "path": item["path"],
+                    "size": item["size"],
+                    "mtime_ns": item["mtime_ns"],
+                    "sha256": item["sha256"],
+                    "offset": offset,
+                    "length": len(emb),
+                    "timestamps": item["timestamps"],
+                    "duration": item["duration"],
+                    "fps": item["fps"],
+                }
+            )
+            offset += len(emb)
+        store.write_shard(self.index_dir, name, np.concatenate([e for _, e in self.buffer]), metas)
+        keys = ("path", "size", "mtime_ns", "sha256", "offset", "length")
+        self.journal.append(
+            {"event": "shard", "shard": name, "videos": [{k: m[k] for k in keys} for m in metas]}
+        )
+        self.videos_written += len(metas)
+        self.frames_written += offset
+        self.buffer, self.nframes = [], 0
+
+
+# -- plan ---------------------------------------------------------------------------------------
+def make_plan(paths: list[Path], state: store.IndexState, prune: bool):
+    """-> (items to encode, events to commit first, counts)."""
+    todo, events = [], []
+    counts = {"new": 0, "changed": 0, "unchanged": 0, "pruned": 0, "missing": 0}
+    given = set()
+    for p in paths:
+        path = str(p)
+        given.add(path)
+        try:
+            sig = FileSignature.of(p)
+        except OSError as exc:
+            events.append(
+                {
+                    "event": "fail",
+                    "path": path,
+                    "reason": _reason(exc),
+                    "size": None,
+                    "mtime_ns": None,
+                    "sha256": None,
+                }
+            )
+            continue
+        known = state.videos.get(path) or state.failures.get(path)
+        item = {"path": path, "size": sig.size, "mtime_ns": sig.mtime_ns, "sha256": None}
+        if known is None:
+            counts["new"] += 1
+            todo.append(item)
+            continue
+        if known.get("size") == sig.size and known.get("mtime_ns") == sig.mtime_ns:
+            counts["unchanged"] += 1
+            continue
+        digest = content_hash(p)
+        if digest == known.get("sha256"):
+            counts["unchanged"] += 1
+            events.append(
+                {"event": "touch", "path": path, "size": sig.size, "mtime_ns": sig.mtime_ns}
+            )
+            continue
+        counts["changed"] += 1
+        item["sha256"] = digest
+        todo.append(item)
+    for path in sorted(set(state.videos) | set(state.failures)):
+        if path in given or os.path.exists(path):
+            continue
+        if prune:
+            events.append({"event": "drop", "path": path})
+            counts["pruned"] += 1
+        elif path in state.videos:
+            counts["missing"] += 1
+    return todo, events, counts
+
+
+# -- finalize -----------------------------------------------------------------------------------
+@torch.no_grad()
+def pool_videos(aggregator, frames: list[np.ndarray], group: int = 256) -> np.ndarray:
+    """Pooled, L2-normalised video vectors [N,D] from per-video frame embeddings."""
+    from video_retrieval.temporal.features import VideoFeatures
+
+    if not frames:
+        return np.zeros((0, 0), np.float32)
+    limit = None if aggregator.name == "mean" else int(getattr(aggregator, "max_frames", 12))
+    out = []
+    for s in range(0, len(frames), group):
+        chunk = [np.asarray(f, np.float32) for f in frames[s : s + group]]
+        if limit:
+            chunk = [f[uniform_indices(len(f), limit)] for f in chunk]
+        t = max(len(f) for f in chunk)
+        x = np.zeros((len(chunk), t, chunk[0].shape[1]), np.float32)
+        mask = np.zeros((len(chunk), t), bool)
+        for i, f in enumerate(chunk):
+            x[i, : len(f)] = f
+            x[i, len(f) :] = f[-1]
+            mask[i, : len(f)] = True
+        v = aggregator.embed_video(VideoFeatures(torch.from_numpy(x), torch.from_numpy(mask)))
+        v = v.float()
+        out.append(torch.nn.functional.normalize(v, dim=-1).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def finalize(
+    index_dir, state: store.IndexState, aggregator, manifest: dict, ann_kind="auto"
+) -> dict:
+    """Rebuild videos.json, pooled.npy, ann.faiss, failures.jsonl and the manifest from shards."""
+    from video_retrieval.ann import build_ann, index_kind, save_ann
+
+    index_dir = Path(index_dir)
+    paths = sorted(state.videos)
+    metas: dict[str, dict] = {}
+    arrays: dict[str, np.ndarray] = {}
+    videos, frames = [], []
+    for path in paths:
+        e = state.videos[path]
+        sh = e["shard"]
+        if sh not in metas:
+            metas[sh] = {v["path"]: v for v in store.load_shard_meta(index_dir, sh)["videos"]}
+            arrays[sh] = store.load_shard_frames(index_dir, sh)
+        m = metas[sh][path]
+        videos.append({**{k: m[k] for k in m}, "shard": sh})
+        frames.append(arrays[sh][m["offset"] : m["offset"] + m["length"]])
+    dim = int(manifest["embed_dim"])
+    pooled = pool_videos(aggregator, frames) if frames else np.zeros((0, dim), np.float32)
+    store.atomic_save_npy(index_dir / store.POOLED, pooled)
+    store.atomic_write_json(index_dir / store.VIDEOS, videos)
+    ann = build_ann(pooled, ann_kind)
+    save_ann(ann, index_dir / store.ANN)
+    fail_lines = "".join(
+        json.dumps({"path": p, "reason": f.get("reason", "")}, sort_keys=True) + "\n"
+        for p, f in sorted(state.failures.items())
+    )
+    store.atomic_write_bytes(index_dir / store.FAILURES, fail_lines.encode())
+    manifest = {
+        **manifest,
+        "counts": {
+            "videos": len(videos),
+            "frames": int(sum(v["length"] for v in videos)),
+            "shards": len(metas),
+            "failures": len(state.failures),
+        },
+        "ann": index_kind(ann),
+        "complete": True,
+    }
+    store.atomic_write_json(index_dir / store.MANIFEST, manifest)
+    return manifest
+
+
+# -- encoding loops -----------------------------------------------------------------------------
+def _encode_local(
+    items, cfg: IndexConfig, encoder, index_dir, run: int, progress: bool
+) -> ShardWriter:
+    writer = ShardWriter(index_dir, run, 0, cfg.shard_size, cfg.shard_frames)
+    if not items:
+        return writer
+    loader = make_loader(items, cfg.sampling(), getattr(encoder, "image_size", None), cfg.workers)
+    be = BatchingEncoder(encoder, cfg.batch_size)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=len(items), unit="video", desc=f"indexing [{encoder.device}]", file=sys.stderr
+        )
+    t0 = time.perf_counter()
+
+    def emit(done):
+        for item, emb in done:
+            writer.add(item, emb)
+        if bar is not None and done:
+            bar.update(len(done))
+            dt = max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(frames_s=f"{be.frames_encoded / dt:.1f}", device=str(encoder.device))
+
+    for item in loader:
+        if "error" in item:
+            writer.fail(item, item["error"])
+            if bar is not None:
+                bar.update(1)
+            continue
+        emit(be.add(item))
+    emit(be.flush())
+    writer.flush()
+    if bar is not None:
+        bar.close()
+    return writer
+
+
+def _predict_distributed(items, cfg: IndexConfig, encoder, index_dir, run: int):
+    """Encode under Lightning DDP (CPU, gloo); returns True on global rank 0."""
+    import lightning as L
+    from lightning.pytorch.callbacks import BasePredictionWriter
+
+    class EncodeModule(L.LightningModule):
+        def __init__(self, enc, batch_size):
+            super().__init__()
+            self.encoder = enc
+            self.batch_size = batch_size
+
+        def predict_step(self, batch, batch_idx):
+            return encode_videos(self.encoder, batch, self.batch_size)
+
+    class ShardPredictionWriter(BasePredictionWriter):
+        """Writes the predictions of each rank into its own shard set."""
+
+        def __init__(self):
+            super().__init__(write_interval="batch")
+            self.writer = None
+
+        def setup(self, trainer, pl_module, stage):
+            self.writer = ShardWriter(
+                index_dir, run, trainer.global_rank, cfg.shard_size, cfg.shard_frames
+            )
+
+        def write_on_batch_end(
+            self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+        ):
+            for item, emb in prediction:
+                if emb is None:
+                    self.writer.fail(item, item["error"])
+                else:
+                    self.writer.add(item, emb)
+
+        def on_predict_end(self, trainer, pl_module):
+            self.writer.flush()
+
+    loader = make_loader(
+        items, cfg.sampling(), getattr(encoder, "image_size", None), cfg.workers, batch_size=2
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=cfg.devices,
+        strategy="ddp",
+        num_nodes=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ShardPredictionWriter()],
+    )
+    trainer.predict(
+        EncodeModule(encoder, cfg.batch_size), dataloaders=loader, return_predictions=False
+    )
+    trainer.strategy.barrier("vr-index-shards-written")
+    return trainer.is_global_zero
+
+
+# -- the whole run ------------------------------------------------------------------------------
+def _child_run() -> None:
+    """A rank > 0 relaunched by Lightning DDP: encode its share of the plan, write, return."""
+    plan = store.read_json(os.environ[PLAN_ENV])
+    cfg = IndexConfig(**plan["config"])
+    encoder, _, _, _ = load_models(cfg)
+    _predict_distributed(plan["items"], cfg, encoder, plan["index_dir"], plan["run"])
+
+
+def run_indexing(inputs, index_dir, cfg: IndexConfig | None = None) -> dict | None:
+    """Index ``inputs`` into ``index_dir``; returns the run summary (None on DDP ranks > 0)."""
+    cfg = cfg or IndexConfig()
+    if os.environ.get(PLAN_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":
+        _child_run()
+        return None
+    t_start = time.perf_counter()
+    cfg.sampling()  # validate early
+    if cfg.devices < 1:
+        raise UserError(f"--devices must be >= 1, got {cfg.devices}")
+    paths = find_videos(inputs)
+    index_dir = Path(index_dir).expanduser().resolve()
+    if index_dir.exists() and not index_dir.is_dir():
+        raise UserError(f"--index {index_dir} exists and is not a folder")
+    index_dir.mkdir(parents=True, exist_ok=True)
+    encoder, pool_agg, model_info, agg_label = load_models(cfg)
+    fp = make_fingerprint(encoder, cfg, agg_label)
+    manifest = store.read_manifest(index_dir)
+    if manifest is not None:
+        diff = store.fingerprint_mismatch(manifest["fingerprint"], fp)
+        if diff:
+            raise UserError(
+                f"index {index_dir} was built with other model/sampling settings ({diff}); "
+                "use the same settings or another --index folder"
+            )
+    else:
+        if any(index_dir.iterdir()):
+            raise UserError(f"--index {index_dir} is a non-empty folder that is not an index")
+        manifest = {
+            "format_version": store.FORMAT_VERSION,
+            "fingerprint": fp,
+            "model": model_info,
+            "embed_dim": int(encoder.embed_dim),
+            "counts": {"videos": 0, "frames": 0, "shards": 0, "failures": 0},
+            "complete": False,
+        }
+        store.atomic_write_json(index_dir / store.MANIFEST, manifest)
+
+    state = store.replay(index_dir)
+    store.remove_orphans(index_dir, state)
+    run = store.next_run_id(index_dir)
+    todo, events, counts = make_plan(paths, state, cfg.prune)
+    store.Journal(index_dir, run, 0).append(*events)
+
+    progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    t_enc = time.perf_counter()
+    devices = min(cfg.devices, len(todo))
+    if devices > 1:
+        plan_path = index_dir / f".plan-{run:05d}.json"
+        conf = {**asdict(cfg), "devices": devices, "progress": False}
+        store.atomic_write_json(
+            plan_path, {"items": todo, "config": conf, "index_dir": str(index_dir), "run": run}
+        )
+        os.environ[PLAN_ENV] = str(plan_path)
+        try:
+            _predict_distributed(todo, IndexConfig(**conf), encoder, index_dir, run)
+        finally:
+            os.environ.pop(PLAN_ENV, None)
+            plan_path.unlink(missing_ok=True)
+    else:
+        _encode_local(todo, cfg, encoder, index_dir, run, progress)
+    enc_seconds = time.perf_counter() - t_enc
+
+    state = store.replay(index_dir)
+    new_paths = {it["path"] for it in todo}
+    encoded_now = [
+        v
+        for p, v in state.videos.items()
+        if p in new_paths and v["shard"].startswith(f"{run:05d}-")
+    ]
+    frames_now = int(sum(v["length"] for v in encoded_now))
+    manifest = finalize(index_dir, state, pool_agg, manifest, cfg.ann)
+    store.remove_orphans(index_dir, state)
+    given = {str(p) for p in paths}
+    failed = [
+        {"path": p, "reason": f.get("reason", "")}
+        for p, f in sorted(state.failures.items())
+        if p in given
+    ]
+    seconds = time.perf_counter() - t_start
+    return {
+        "index": str(index_dir),
+        "found": len(paths),
+        **counts,
+        "encoded": len(encoded_now),
+        "frames_encoded": frames_now,
+        "failed": failed,
+        "videos": manifest["counts"]["videos"],
+        "frames": manifest["counts"]["frames"],
+        "ann": manifest["ann"],
+        "device": str(encoder.device),
+        "devices": max(devices, 1),
+        "seconds": round(seconds, 3),
+        "videos_per_s": round(len(encoded_now) / enc_seconds, 3) if enc_seconds > 0 else 0.0,
+        "frames_per_s": round(frames_now / enc_seconds, 3) if enc_seconds > 0 else 0.0,
+    }
