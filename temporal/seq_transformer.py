@@ -71,7 +71,8 @@ def key_padding_bias(mask: torch.Tensor, heads: int, dtype: torch.dtype) -> torc
     """[B, N] bool -> additive [B*heads, N, N] bias: MASK_BIAS on padded keys (CLIP4Clip's
     ``(1 - mask) * -1e6`` expanded over queries and repeated per head)."""
     b, n = mask.shape
-    bias = (1.0 - mask.to(dtype)) * MASK_BIAS  # [B, N] over keys
+    neg = max(MASK_BIAS, torch.finfo(dtype).min)  # -1e6 is -inf in fp16: stay finite
+    bias = (1.0 - mask.to(dtype)) * neg  # [B, N] over keys
     bias = bias[:, None, :].expand(b, n, n)
     # nn.MultiheadAttention expects batch-major [b * heads + h]. CLIP4Clip's module_cross uses
     # ``repeat(n_head, 1, 1)`` (head-major), which pairs masks with the wrong batch rows when
@@ -152,9 +153,12 @@ def copy_clip_text_tower(
         return False
     if len(blocks) < transformer.layers:
         log.warning(
-            "init_from_clip: CLIP text tower has %d < %d blocks", len(blocks), transformer.layers
+            "init_from_clip: CLIP text tower has %d < %d blocks; copying the %d it has, the rest keep "
+            "N(0, 0.02)",
+            len(blocks),
+            transformer.layers,
+            len(blocks),
         )
-        return False
     heads = getattr(getattr(blocks[0], "attn", None), "num_heads", None)
     if heads != transformer.heads:
         log.warning(

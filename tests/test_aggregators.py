@@ -271,3 +271,27 @@ def test_tight_transformer_init_from_clip_and_pair_logits():
     # small pair chunks give the same result
     agg.pair_chunk = 2
     torch.testing.assert_close(agg.similarity(text, video), sim, rtol=1e-5, atol=1e-5)
+
+
+def test_init_from_clip_shallow_tower_copies_available_blocks():
+    agg = build("seq_transformer")
+    before = {k: v.clone() for k, v in agg.transformer.resblocks[1].state_dict().items()}
+    clip = tiny_clip(layers=1)
+    assert agg.init_from_clip(clip) is True
+    torch.testing.assert_close(
+        agg.transformer.resblocks[0].mlp.c_fc.weight, clip.transformer.resblocks[0].mlp.c_fc.weight
+    )
+    for k, v in agg.transformer.resblocks[1].state_dict().items():
+        torch.testing.assert_close(v, before[k])
+
+
+def test_init_from_clip_through_encoder_wrapper():
+    class Wrapper(torch.nn.Module):  # like ClipEncoder: the open_clip model under `.model`
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+    agg = build("tight_transformer")
+    clip = tiny_clip()
+    assert agg.init_from_clip(Wrapper(clip)) is True
+    torch.testing.assert_close(agg.position_embeddings.weight[:16], clip.positional_embedding)
