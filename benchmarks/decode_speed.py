@@ -1,0 +1,81 @@
+"""Decode throughput of ``load_frames`` for sparse sampling, per backend.
+
+Writes (once, cached) a 60 s 640x360 25 fps H.264 test video with the bundled ffmpeg (x264 defaults:
+keyframe every 250 frames, B-frames), then times ``load_frames`` with num_frames=12 and fps=1
+(60 frames) for decord and PyAV, plus the packet scan alone (``probe_video``), which every
+``load_frames`` call includes. Prints frames/s and ms per call (median of --repeat runs).
+
+    python benchmarks/decode_speed.py [--video PATH] [--repeat 3] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+
+from video_retrieval.decode import load_frames, probe_video
+from video_retrieval.videowrite import ffmpeg_exe
+
+
+def make_video(path: str, seconds: int = 60) -> str:
+    if not os.path.exists(path):
+        tmp = path + ".tmp.mp4"
+        subprocess.run(
+            [ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+             f"testsrc2=size=640x360:rate=25:duration={seconds}",
+             "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", tmp],
+            check=True,
+        )  # fmt: skip
+        os.replace(tmp, path)
+    return path
+
+
+def timeit(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--video", default=os.path.join(tempfile.gettempdir(), "vr_decode_bench_60s_640x360.mp4")
+    )
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="decoder threads (0 = FFmpeg's choice)")
+    args = ap.parse_args()
+    path = make_video(args.video)
+    info = probe_video(path)
+    print(
+        f"video: {path} {info.width}x{info.height} {info.num_frames} frames {info.duration:.1f}s {info.codec}"
+    )
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}"
+    )
+    scan = timeit(lambda: probe_video(path), args.repeat)
+    print(f"packet scan (probe_video, part of every call): {scan * 1000:.1f} ms")
+    for backend in ("decord", "pyav"):
+        for label, kwargs in (("num_frames=12", {"num_frames": 12}), ("fps=1", {"fps": 1.0})):
+            f = load_frames(
+                path, backend=backend, threads=args.threads, **kwargs
+            )  # warm-up + count
+            n = int(f.mask.sum())
+            sec = timeit(
+                lambda k=kwargs, b=backend: load_frames(path, backend=b, threads=args.threads, **k),
+                args.repeat,
+            )
+            print(
+                f"{backend:7s} {label:14s} {n:3d} frames  {sec * 1000:8.1f} ms/call  {n / sec:7.1f} frames/s"
+            )
+
+
+if __name__ == "__main__":
+    main()
