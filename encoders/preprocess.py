@@ -3,8 +3,8 @@
 Equivalent to the usual per-image PIL pipeline (``Resize(S, bicubic)`` on the short side,
 ``CenterCrop(S)``, ``ToTensor``, ``Normalize(mean, std)``) but applied to a whole batch of
 uint8 frames at once with ``torch.nn.functional.interpolate(mode="bicubic", antialias=True)``.
-The resized image is rounded and clamped to [0, 255] like PIL's uint8 output, so results agree
-with open_clip's own transform to within a couple of grey levels.
+Like PIL, the resize is done as two 1-D passes (width, then height) each rounded to uint8, so
+results agree with open_clip's own PIL transform to within about one grey level.
 """
 
 from __future__ import annotations
@@ -39,6 +39,15 @@ def resize_shape(height: int, width: int, size: int) -> tuple[int, int]:
     return int(size * height / width), size
 
 
+def _resize_uint8(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bicubic resize of uint8 ``[N,3,H,W]`` to ``size``, result rounded to uint8."""
+    if x.device.type == "cpu":
+        # native uint8 kernel (fast, channels-last friendly): rounds and clips like PIL
+        return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+    y = F.interpolate(x.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
+    return y.round_().clamp_(0.0, 255.0).to(torch.uint8)
+
+
 def clip_preprocess(
     pixels,
     image_size: int,
@@ -57,15 +66,15 @@ def clip_preprocess(
     n, h, w, _ = x.shape
     x = x.permute(0, 3, 1, 2)  # [N,3,H,W] uint8 view
     new_h, new_w = resize_shape(h, w, image_size)
-    if (new_h, new_w) != (h, w):
-        if n == 0:
-            x = x.new_zeros((0, 3, new_h, new_w))
-        else:
-            x = F.interpolate(
-                x.float(), size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False
-            )
-            # PIL produces a uint8 image after resizing: emulate its rounding and clipping.
-            x = x.round_().clamp_(0.0, 255.0)
+    if n > 0:
+        # Two 1-D passes (width, then height) with uint8 rounding in between, as PIL does:
+        # this matches PIL's output to about one grey level, even on noise.
+        if new_w != w:
+            x = _resize_uint8(x, (h, new_w))
+        if new_h != h:
+            x = _resize_uint8(x, (new_h, new_w))
+    else:
+        x = x.new_zeros((0, 3, new_h, new_w))
     # centre crop (torchvision: offset = round((dim - size) / 2))
     top = int(round((new_h - image_size) / 2.0))
     left = int(round((new_w - image_size) / 2.0))
