@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _video_util import (
+    ffmpeg,
     ffmpeg_decode_first,
     frame_ids,
     garble_copy,
@@ -75,6 +76,26 @@ def vids(tmp_path_factory):
     v["faststart"] = write_index_video(
         d / "fs.mp4", n=100, gop=10, extra_args=["-movflags", "+faststart"]
     )
+    base = v["h264_mp4"]
+    ffmpeg("-i", str(base), "-c", "copy", str(d / "copy.ts"))
+    v["ts"] = d / "copy.ts"
+    ffmpeg(
+        "-i",
+        str(base),
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=duration=2",
+        "-c:v",
+        "copy",
+        "-c:a",
+        "aac",
+        "-shortest",
+        str(d / "av.mp4"),
+    )
+    v["with_audio"] = d / "av.mp4"
+    ffmpeg("-itsoffset", "1.5", "-i", str(base), "-c", "copy", str(d / "offset.mkv"))
+    v["offset"] = d / "offset.mkv"
     v["dir"] = d
     return v
 
@@ -164,6 +185,22 @@ def test_open_gop_goes_to_pyav(vids, name):
     _check(f, [3, 9, 15, 21, 28, 34, 40, 46], "pyav")
     with pytest.raises(VideoDecodeError, match="open-GOP"):
         load_frames(vids[name], num_frames=8, backend="decord")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["with_audio", "offset"])
+def test_audio_track_and_start_offset(vids, name, backend):
+    f = load_frames(vids[name], num_frames=8, backend=backend)
+    ids = [3, 9, 15, 21, 28, 34, 40, 46]
+    _check(f, ids, backend)
+    np.testing.assert_allclose(f.timestamps, np.array(ids) / 25, atol=1e-9)  # from the first frame
+
+
+def test_mpegts_goes_to_pyav(vids):
+    f = load_frames(vids["ts"], num_frames=8)  # decord returned frames 10 positions late here
+    _check(f, [3, 9, 15, 21, 28, 34, 40, 46], "pyav")
+    with pytest.raises(VideoDecodeError, match="not trusted"):
+        load_frames(vids["ts"], num_frames=8, backend="decord")
 
 
 # ---------------------------------------------------------------- short videos and padding

@@ -27,8 +27,9 @@ Padding
 Backends
     ``auto``: decord ``get_batch`` of the chosen indices, then PyAV seek-and-decode when decord
     fails in any way, disagrees with the packet scan (frame count, timestamps, shape), or the file
-    is one decord is known to get wrong: rotated (decord mangles the pixels) or open-GOP (leading
-    pictures; decord returns frames several positions off after a seek). ``pyav`` forces PyAV;
+    is one decord is known to get wrong: rotated (decord mangles the pixels), open-GOP (leading
+    pictures; decord returns frames several positions off after a seek) or in a container other
+    than MP4/MOV, Matroska/WebM and AVI (MPEG-TS: frames off by the start offset). ``pyav`` forces PyAV;
     ``decord`` forces decord and raises VideoDecodeError instead of falling back (also for those
     known-bad files, rather than returning wrong frames).
 
@@ -51,6 +52,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from video_retrieval.decode_decord import decord_ok
 from video_retrieval.decode_pyav import FrameIndex, check_path, decode_pts, scan_video
 from video_retrieval.errors import UserError, VideoDecodeError
 
@@ -187,7 +189,7 @@ def load_frames(
     pixels = None
     used = "pyav"
     decord_error = None
-    if backend == "decord" or (backend == "auto" and not index.rotation and not index.open_gop):
+    if backend == "decord" or (backend == "auto" and decord_ok(index)):
         try:
             from video_retrieval.decode_decord import decode_indices
 

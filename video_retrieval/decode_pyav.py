@@ -36,9 +36,9 @@ class FrameIndex:
     rotation: int  # counter-clockwise degrees to rotate decoded pixels for display: 0/90/180/270
     codec: str
     header_frames: int  # frame count in the container header (0 when not given)
-    open_gop: bool = (
-        False  # leading pictures: frames after a keyframe in decode order shown before it
-    )
+    # open GOP: a frame after a keyframe in decode order is shown before it (leading pictures)
+    open_gop: bool = False
+    container: str = ""  # FFmpeg demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"
 
 
 # FFmpeg "decodes" any text file as ANSI art (format "tty"); such files are not videos.
@@ -164,6 +164,7 @@ def _scan(path: str, container) -> FrameIndex:
         codec=ctx.name,
         header_frames=int(stream.frames or 0),
         open_gop=open_gop,
+        container=container.format.name,
     )
 
 
