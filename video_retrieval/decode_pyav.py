@@ -183,7 +183,7 @@ def decode_pts(
     try:
         stream = container.streams.video[0]
         stream.codec_context.thread_count = max(0, int(threads))
-        reader = _Reader(container, stream, index.key_pts)
+        reader = _Reader(container, stream, index.key_pts, wanted)
         for target in wanted:
             frame = reader.frame_at(int(target))
             if frame is not None:
@@ -201,8 +201,12 @@ class _Reader:
     replaced by an earlier picture under the wrong timestamp.
     """
 
-    def __init__(self, container, stream, key_pts: np.ndarray):
+    def __init__(self, container, stream, key_pts: np.ndarray, wanted=()):
         self.container = container
+        # Packets of frames nobody wants are decoded with skip_frame=NONREF: a frame no other frame
+        # references need not be reconstructed at all (typically the B-frames).
+        self.wanted = {int(w) for w in wanted}
+        self.ctx = stream.codec_context
         self.stream = stream
         self.key_pts = key_pts
         self.frames = None  # generator of decoded frames since the last seek
@@ -220,6 +224,12 @@ class _Reader:
         pos = 0
         for packet in self.container.demux(self.stream):
             pos += 1
+            if self.wanted:
+                skip = (
+                    "DEFAULT" if packet.pts is None or int(packet.pts) in self.wanted else "NONREF"
+                )
+                if self.ctx.skip_frame != skip:
+                    self.ctx.skip_frame = skip
             if packet.pts is not None:
                 order[int(packet.pts)] = pos
             try:
