@@ -56,6 +56,7 @@ DEFAULTS = {
     "queries_per_video": 5,
     "move_px": 12,
     "repeat_prob": 0.35,
+    "max_repeats": 2,
     "spin_prob": 0.2,
 }
 
@@ -197,12 +198,24 @@ class _MomentPlanner:
             if is_spin:
                 cands = [(k, "spin") for k in range(n_obj) if self._feasible(states, k, "spin")]
             else:
-                done = sorted({(k, e) for k, e, *_ in events})
+                counts: dict[tuple[int, str], int] = {}
+                for k, e, *_ in events:
+                    counts[(k, e)] = counts.get((k, e), 0) + 1
+                done = sorted(counts)
+                # at most max_repeats windows per (object, event): one query, 1-2 windows
                 if done and rng.random() < float(p["repeat_prob"]):
-                    cands = [(k, e) for k, e in done if self._feasible(states, k, e)]
+                    cands = [
+                        (k, e)
+                        for k, e in done
+                        if counts[(k, e)] < int(p["max_repeats"]) and self._feasible(states, k, e)
+                    ]
                 if not cands:
                     cands = [
-                        (k, e) for k in range(n_obj) for e in EVENTS if self._feasible(states, k, e)
+                        (k, e)
+                        for k in range(n_obj)
+                        for e in EVENTS
+                        if counts.get((k, e), 0) < int(p["max_repeats"])
+                        and self._feasible(states, k, e)
                     ]
             if cands:
                 k, ev = cands[int(rng.integers(len(cands)))]

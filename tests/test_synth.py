@@ -386,3 +386,18 @@ def test_cli_synth(tmp_path, capsys):
                "--direction-pairs", "2"])  # fmt: skip
     assert rc == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_lossless_codec_keeps_pairs_exact_after_decoding(tmp_path):
+    out = tmp_path / "ll"
+    generate_retrieval(
+        out, seed=3, codec="h264_lossless", num_train=2, num_test=8, num_compositional=1,
+        test_direction_pairs=2, test_order_pairs=2,
+    )  # fmt: skip
+    pairs = json.loads((out / "temporal_pairs.json").read_text())
+    world = json.loads((out / "world.json").read_text())
+    for p in pairs:
+        da = decode_all(out / "videos" / f"{p['a']}.mp4")
+        db = decode_all(out / "videos" / f"{p['b']}.mp4")
+        assert sorted(frame_hashes(da)) == sorted(frame_hashes(db))
+        assert np.abs(da.astype(int) - render_frames(world["videos"][p["a"]])).max() <= 2

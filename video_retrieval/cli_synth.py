@@ -17,6 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--workers", type=int, default=2, help="parallel encoders (default 2)")
         p.add_argument("--json", action="store_true", help="print a JSON summary")
+        p.add_argument(
+            "--codec",
+            default="h264",
+            choices=["h264", "h264_lossless", "mpeg4", "vp9", "hevc", "mjpeg"],
+            help="video codec (default h264; h264_lossless keeps temporal pairs exact when decoded)",
+        )
     r.add_argument("--num-train", type=int, default=None, help="train videos (default 1200)")
     r.add_argument("--num-test", type=int, default=None, help="test videos (default 200)")
     r.add_argument(
@@ -49,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
             "test_order_pairs": args.order_pairs,
         }
         try:
-            summary = generate_retrieval(args.out, seed=args.seed, workers=args.workers, **params)
+            summary = generate_retrieval(
+                args.out, seed=args.seed, workers=args.workers, codec=args.codec, **params
+            )
         except (ValueError, RuntimeError) as exc:
             raise UserError(str(exc)) from exc
         if args.json:
@@ -72,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
         "max_duration": args.max_duration,
     }
     try:
-        summary = generate_moments(args.out, seed=args.seed, workers=args.workers, **params)
+        summary = generate_moments(
+            args.out, seed=args.seed, workers=args.workers, codec=args.codec, **params
+        )
     except (ValueError, RuntimeError) as exc:
         raise UserError(str(exc)) from exc
     if args.json:
