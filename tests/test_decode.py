@@ -403,3 +403,9 @@ def test_sample_indices_pure():
     # a sample exactly on a PTS takes that frame (last PTS <= t, float-safe)
     ids, _ = sample_indices(times, 1.0, fps=5, start=0.2)
     np.testing.assert_array_equal(ids, [3, 5, 7, 9])  # 0.3, 0.5, 0.7, 0.9
+    ids, mask = sample_indices(times, 1.0, fps=1, start=0.2, end=0.45)
+    np.testing.assert_array_equal(ids, [3])  # window shorter than half a step: its midpoint 0.325
+    ids, mask = sample_indices(times, 1.0, fps=2, start=0.1, end=0.9)
+    np.testing.assert_array_equal(ids, [3, 8])  # 0.35, 0.85
+    ids, mask = sample_indices(times, 1.0, fps=2, start=0.1, end=0.85)
+    np.testing.assert_array_equal(ids, [3])  # 0.85 is not inside [0.1, 0.85)

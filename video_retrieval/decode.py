@@ -11,7 +11,8 @@ Sampling (identical for both backends: indices are chosen from one PyAV packet s
     ``num_frames=T``: [start, end] (default [0, duration]) is cut into T equal segments and the
     frame presented at the midpoint of each segment is taken.
     ``fps=F``: sample times ``start + (k + 0.5) / F`` for every k with that time < end, i.e. the
-    midpoint of each 1/F-second step (at least one sample).
+    midpoint of each 1/F-second step (a window too short for any such time gets one sample at
+    its own midpoint).
     Neither: every frame whose PTS lies in [start, end).
     Midpoints at or beyond ``duration`` (an ``end`` past the video) have no frame.
 
@@ -148,8 +149,9 @@ def sample_indices(
         f = float(fps)
         if not (f > 0 and math.isfinite(f)):
             raise SamplingError(f"fps must be > 0, got {fps}")
-        k = max(1, math.ceil((e - s) * f - 0.5 - 1e-9))
-        targets = s + (np.arange(k) + 0.5) / f
+        k = max(0, math.ceil((e - s) * f - 0.5 - 1e-9))  # number of k with s + (k + .5) / f < e
+        # a window shorter than half a step still gets one sample, at its own midpoint
+        targets = s + (np.arange(k) + 0.5) / f if k else np.array([(s + e) / 2])
     inside = targets < duration - _EPS
     idx = np.searchsorted(times, targets + _EPS, side="right") - 1
     idx = np.clip(idx, 0, len(times) - 1)
