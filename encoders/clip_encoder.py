@@ -413,12 +413,15 @@ def _hub_offline_if_unreachable():
 
 
 def _download_error(model: str, tag: str, cause: Exception) -> UserError:
-    reason = str(cause).splitlines()[0][:200] if str(cause) else type(cause).__name__
+    cfg = open_clip.get_pretrained_cfg(model, tag) or {}
+    source = cfg.get("hf_hub") or cfg.get("url") or "the open_clip weights host"
+    offline = not _host_resolves("huggingface.co")
+    why = "no network and not in the local cache" if offline else f"{type(cause).__name__}"
     return UserError(
-        f"could not download the pretrained weights {model!r}/{tag!r} (no network or not cached: "
-        f"{reason}). Pass a local weights file instead: --checkpoint PATH on the command line, or "
-        f"create_encoder({model!r}, checkpoint=PATH) in Python (open_clip .bin/.pt state dict or "
-        ".safetensors)."
+        f"could not download the pretrained weights {model!r}/{tag!r} from {source.rstrip('/')} "
+        f"({why}). Pass a local weights file instead: --checkpoint PATH on the command line, or "
+        f"create_encoder({model!r}, checkpoint=PATH) in Python (open_clip .bin/.pt state dict "
+        "or .safetensors)."
     )
 
 
@@ -441,8 +444,9 @@ def _read_encoder_file_spec(path: Path) -> dict | None:
 def _build_open_clip(name: str, seed: int, quick_gelu: bool, pretrained: str | None = None):
     register_model_configs()
     previous = logging.root.manager.disable
-    if pretrained is None:  # silence open_clip's "initialized randomly" warning: that is intended
-        logging.disable(logging.WARNING)
+    # silence open_clip's "initialized randomly" warning (intended here) and its download error
+    # log (create_encoder raises one UserError with the cause and the remedy instead)
+    logging.disable(logging.WARNING if pretrained is None else logging.ERROR)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -7,6 +7,7 @@ time this module is imported.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import open_clip
@@ -45,7 +46,9 @@ def check_model_name(name: str) -> str:
         raise UserError(f"model name must be a non-empty string, got {name!r}")
     if name in open_clip.list_models():
         return name
-    close = [m for m in open_clip.list_models() if name.lower() in m.lower()][:5]
+    known = open_clip.list_models()
+    lowered = {m.lower(): m for m in known}
+    close = [lowered[m] for m in difflib.get_close_matches(name.lower(), list(lowered), n=4)]
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise UserError(
         f"unknown model {name!r}.{hint} Known models include {', '.join(_EXAMPLE_MODELS)} "
