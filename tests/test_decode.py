@@ -30,6 +30,7 @@ from video_retrieval.decode import (
     resize_frames,
     sample_indices,
 )
+from video_retrieval.decode_pyav import decode_pts, scan_video
 from video_retrieval.errors import UserError, VideoDecodeError
 from video_retrieval.videowrite import write_video
 
@@ -201,6 +202,26 @@ def test_mpegts_goes_to_pyav(vids):
     _check(f, [3, 9, 15, 21, 28, 34, 40, 46], "pyav")
     with pytest.raises(VideoDecodeError, match="not trusted"):
         load_frames(vids["ts"], num_frames=8, backend="decord")
+
+
+def test_sparse_sampling_decodes_only_needed_gops(vids):
+    # 100 frames, keyframe every 10: two samples need two GOPs, not the whole file
+    index = scan_video(str(vids["moov_end"]))
+    assert len(index.key_pts) >= 10
+    stats = {}
+    ids, _ = sample_indices(index.times, index.duration, num_frames=2)
+    np.testing.assert_array_equal(ids, [25, 75])
+    out = decode_pts(str(vids["moov_end"]), index, index.pts[ids], stats=stats)
+    assert len(out) == 2 and stats["seeks"] == 2
+    assert stats["packets"] <= 2 * 10 + 8  # at most a GOP each, plus B-frame reordering slack
+    # dense sampling inside one GOP continues decoding without seeking again
+    key_pos = np.searchsorted(index.pts, index.key_pts)
+    gap = int(np.argmax(np.diff(key_pos)))
+    inside = np.arange(key_pos[gap] + 1, key_pos[gap + 1])[::2]  # frames between two keyframes
+    assert len(inside) >= 3
+    stats = {}
+    out = decode_pts(str(vids["moov_end"]), index, index.pts[inside], stats=stats)
+    assert len(out) == len(inside) and stats["seeks"] == 1
 
 
 # ---------------------------------------------------------------- short videos and padding

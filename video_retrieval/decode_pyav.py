@@ -169,11 +169,12 @@ def _scan(path: str, container) -> FrameIndex:
 
 
 def decode_pts(
-    path: str, index: FrameIndex, wanted: np.ndarray, threads: int = 1
+    path: str, index: FrameIndex, wanted: np.ndarray, threads: int = 1, stats: dict | None = None
 ) -> dict[int, np.ndarray]:
     """Decode the frames whose raw PTS are in ``wanted``; returns {pts: uint8 [H,W,3] RGB}.
 
-    Frames that cannot be decoded (damaged data) are missing from the result.
+    Frames that cannot be decoded (damaged data) are missing from the result. ``stats``, when
+    given, receives ``packets`` (packets sent to the decoder) and ``seeks``.
     """
     wanted = np.unique(np.asarray(wanted, dtype=np.int64))
     out: dict[int, np.ndarray] = {}
@@ -190,6 +191,8 @@ def decode_pts(
                 out[int(target)] = frame.to_ndarray(format="rgb24")
     finally:
         container.close()
+    if stats is not None:
+        stats.update(packets=reader.packets, seeks=reader.seeks)
     return out
 
 
@@ -207,6 +210,8 @@ class _Reader:
         # references need not be reconstructed at all (typically the B-frames).
         self.wanted = {int(w) for w in wanted}
         self.ctx = stream.codec_context
+        self.packets = 0
+        self.seeks = 0
         self.stream = stream
         self.key_pts = key_pts
         self.frames = None  # generator of decoded frames since the last seek
@@ -224,6 +229,7 @@ class _Reader:
         pos = 0
         for packet in self.container.demux(self.stream):
             pos += 1
+            self.packets += 1
             if self.wanted:
                 skip = (
                     "DEFAULT" if packet.pts is None or int(packet.pts) in self.wanted else "NONREF"
@@ -249,6 +255,7 @@ class _Reader:
                 yield frame
 
     def _seek(self, key: int | None) -> None:
+        self.seeks += 1
         if key is None:  # from the start of the file
             self.container.seek(0, backward=True, any_frame=False)
         else:
