@@ -317,6 +317,16 @@ def test_probe_video(vids):
     assert (info.width, info.height, info.rotation) == (64, 48, 0)
     assert info.duration == pytest.approx(2.0) and info.fps == pytest.approx(25.0)
     assert probe_video(vids["h264_mp4"]).header_frames == 50
+    for name in ("h264_mp4", "vp9_webm", "rot90"):
+        exact, quick = probe_video(vids[name]), probe_video(vids[name], exact=False)
+        assert (quick.width, quick.height, quick.rotation) == (
+            exact.width,
+            exact.height,
+            exact.rotation,
+        )
+        assert quick.duration == pytest.approx(exact.duration, abs=0.05)
+        assert quick.fps == pytest.approx(exact.fps)
+        assert abs(quick.num_frames - exact.num_frames) <= 1
 
 
 # ---------------------------------------------------------------- errors and damaged files
@@ -364,6 +374,8 @@ def test_bad_inputs_raise_video_decode_error(vids, tmp_path, kind, backend):
     assert isinstance(err.value, UserError)
     with pytest.raises(VideoDecodeError):
         probe_video(path)
+    with pytest.raises(VideoDecodeError):
+        probe_video(path, exact=False)
 
 
 def test_truncated_faststart_returns_decodable_part(vids, tmp_path):

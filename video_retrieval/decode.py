@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from video_retrieval.decode_decord import decord_ok
-from video_retrieval.decode_pyav import FrameIndex, check_path, decode_pts, scan_video
+from video_retrieval.decode_pyav import FrameIndex, check_path, decode_pts, header_info, scan_video
 from video_retrieval.errors import UserError, VideoDecodeError
 
 BACKENDS = ("auto", "decord", "pyav")
@@ -90,9 +90,21 @@ class Frames:
     indices: np.ndarray = field(default=None)  # int64 [T] frame index of each returned frame
 
 
-def probe_video(path) -> VideoInfo:
-    """Duration, frame rate, frame count, upright size and rotation of a video file."""
+def probe_video(path, exact: bool = True) -> VideoInfo:
+    """Duration, frame rate, frame count, upright size and rotation of a video file.
+
+    ``exact=True`` (default) scans every packet (no decoding): the true frame count and the end of
+    the last frame, also for truncated files and containers without a count (WebM, MKV); about
+    40 ms for a 60 s 640x360 H.264 file here. ``exact=False`` reads only the header and the first
+    frame (constant time; duration/num_frames are the header's claims).
+    """
     path = check_path(path)
+    if not exact:
+        h = header_info(path)
+        swap = h["rotation"] in (90, 270)
+        if swap:
+            h["width"], h["height"] = h["height"], h["width"]
+        return VideoInfo(**h)
     return _info(scan_video(path))
 
 

@@ -87,6 +87,51 @@ def scan_video(path: str) -> FrameIndex:
         container.close()
 
 
+def header_info(path: str) -> dict:
+    """Container-header facts plus the first frame (for size and rotation), without a packet scan.
+
+    Cheap on any file size, but duration and frame count are what the header claims (estimated
+    as duration * fps when the header has no count).
+    """
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        first = None
+        try:
+            for frame in container.decode(stream):
+                first = frame
+                break
+        except av.error.FFmpegError:
+            pass
+        if first is None:
+            raise VideoDecodeError(
+                path, "no decodable video frames (empty, truncated or corrupt stream)"
+            )
+        tb = float(stream.time_base) if stream.time_base else 0.0
+        if stream.duration and tb:
+            duration = stream.duration * tb
+        elif container.duration:
+            duration = container.duration / 1_000_000
+        else:
+            duration = 0.0
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else 0.0
+        frames = int(stream.frames or 0) or int(round(duration * fps))
+        rotation = int(round(float(getattr(first, "rotation", 0) or 0) / 90.0)) % 4 * 90
+        return {
+            "duration": float(duration),
+            "fps": fps,
+            "num_frames": frames,
+            "width": int(first.width),
+            "height": int(first.height),
+            "rotation": rotation,
+            "codec": stream.codec_context.name,
+            "header_frames": int(stream.frames or 0),
+        }
+    finally:
+        container.close()
+
+
 def _scan(path: str, container) -> FrameIndex:
     stream = container.streams.video[0]
     ctx = stream.codec_context
