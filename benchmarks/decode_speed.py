@@ -5,7 +5,7 @@ keyframe every 250 frames, B-frames), then times ``load_frames`` with num_frames
 (60 frames) for decord and PyAV, plus the packet scan alone (``probe_video``), which every
 ``load_frames`` call includes. Prints frames/s and ms per call (median of --repeat runs).
 
-    python benchmarks/decode_speed.py [--video PATH] [--repeat 3] [--threads 1]
+    python benchmarks/decode_speed.py [--keyint 25] [--video PATH] [--repeat 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ from video_retrieval.decode import load_frames, probe_video
 from video_retrieval.videowrite import ffmpeg_exe
 
 
-def make_video(path: str, seconds: int = 60) -> str:
+def make_video(path: str, seconds: int = 60, keyint: int | None = None) -> str:
     if not os.path.exists(path):
+        gop = ["-g", str(keyint)] if keyint else []
         tmp = path + ".tmp.mp4"
         subprocess.run(
             [ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
              f"testsrc2=size=640x360:rate=25:duration={seconds}",
-             "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", tmp],
+             "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", *gop, tmp],
             check=True,
         )  # fmt: skip
         os.replace(tmp, path)
@@ -46,13 +47,15 @@ def timeit(fn, repeat: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--video", help="time this file instead of the generated one")
     ap.add_argument(
-        "--video", default=os.path.join(tempfile.gettempdir(), "vr_decode_bench_60s_640x360.mp4")
+        "--keyint", type=int, help="keyframe interval of the generated video (x264: 250)"
     )
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="decoder threads (0 = FFmpeg's choice)")
     args = ap.parse_args()
-    path = make_video(args.video)
+    name = f"vr_decode_bench_60s_640x360_g{args.keyint or 'default'}.mp4"
+    path = args.video or make_video(os.path.join(tempfile.gettempdir(), name), keyint=args.keyint)
     info = probe_video(path)
     print(
         f"video: {path} {info.width}x{info.height} {info.num_frames} frames {info.duration:.1f}s {info.codec}"
@@ -61,7 +64,10 @@ def main() -> None:
         f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}"
     )
     scan = timeit(lambda: probe_video(path), args.repeat)
-    print(f"packet scan (probe_video, part of every call): {scan * 1000:.1f} ms")
+    quick = timeit(lambda: probe_video(path, exact=False), args.repeat)
+    print(
+        f"packet scan (probe_video, part of every call): {scan * 1000:.1f} ms; header probe {quick * 1000:.1f} ms"
+    )
     for backend in ("decord", "pyav"):
         for label, kwargs in (("num_frames=12", {"num_frames": 12}), ("fps=1", {"fps": 1.0})):
             f = load_frames(
