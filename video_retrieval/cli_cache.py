@@ -1,0 +1,124 @@
+"""``vr cache``: encode a dataset once with a frozen CLIP into a feature cache directory.
+
+    vr cache --captions OUT/captions.jsonl --split train --out cache/train --model vr-tiny
+    vr cache --videos videos/ --out cache/videos --patches topk --patch-topk 16
+
+Rerunning the same command after an interruption resumes it; on a finished cache it does nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--videos", help="a folder of videos (recursive) or a text file listing one path per line"
+    )
+    src.add_argument(
+        "--captions", help="captions.jsonl ({'video', 'caption', 'split'} rows): videos + captions"
+    )
+    parser.add_argument("--split", default=None, help="with --captions: keep only this split")
+    parser.add_argument("--out", required=True, help="cache directory")
+    parser.add_argument("--model", default=None, help="open_clip model name (default vr-tiny)")
+    parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag")
+    parser.add_argument("--checkpoint", default=None, help="local encoder weights file")
+    parser.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32", "bf16"], help="encoder autocast"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    frames = parser.add_mutually_exclusive_group()
+    frames.add_argument(
+        "--num-frames", type=int, default=None, help="T uniformly sampled frames (default 12)"
+    )
+    frames.add_argument("--fps", type=float, default=None, help="sample F frames per second")
+    parser.add_argument(
+        "--max-frames", type=int, default=12, help="with --fps: uniformly subsample to at most this"
+    )
+    parser.add_argument(
+        "--decode-size", type=int, default=None, help="resize short side while decoding"
+    )
+    parser.add_argument(
+        "--patches",
+        default="none",
+        choices=["none", "all", "topk"],
+        help="store projected patch tokens: none, all [N,T,P,D], or topk (highest cosine to CLS)",
+    )
+    parser.add_argument("--patch-topk", type=int, default=16, help="K patches kept per frame")
+    parser.add_argument("--max-words", type=int, default=32, help="token length incl. SOT/EOT")
+    parser.add_argument("--no-words", action="store_true", help="do not store word features")
+    parser.add_argument("--batch-size", type=int, default=64, help="frames per encoder batch")
+    parser.add_argument("--chunk-size", type=int, default=16, help="videos per journaled chunk")
+    parser.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing cache")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+def run(args: argparse.Namespace) -> int:
+    from video_retrieval.encoders import create_encoder
+    from video_retrieval.feature_cache import CacheSettings, build_cache
+    from video_retrieval.feature_cache_data import (
+        items_from_captions_jsonl,
+        videos_from_list_or_dir,
+    )
+
+    settings = CacheSettings(
+        num_frames=args.num_frames if args.num_frames is not None else 12,
+        fps=args.fps,
+        max_frames=args.max_frames,
+        decode_size=args.decode_size,
+        patches=args.patches,
+        patch_topk=args.patch_topk,
+        max_words=args.max_words,
+        words=not args.no_words,
+    )
+    if args.captions:
+        videos, captions = items_from_captions_jsonl(args.captions, split=args.split)
+    else:
+        videos, captions = videos_from_list_or_dir(args.videos), []
+    encoder = create_encoder(
+        args.model,
+        pretrained=args.pretrained,
+        checkpoint=args.checkpoint,
+        precision=args.precision,
+        device=args.device,
+    )
+    encoder.eval()
+    log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    report = build_cache(
+        encoder,
+        videos,
+        captions,
+        args.out,
+        settings,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        num_workers=args.workers,
+        overwrite=args.overwrite,
+        log=log,
+    )
+    summary = {
+        "out": report.out_dir,
+        "videos": report.num_videos,
+        "captions": report.num_texts,
+        "failed": len(report.failures),
+        "failures": report.failures,
+        "resumed": report.resumed,
+        "up_to_date": report.up_to_date,
+        "seconds": round(report.seconds, 3),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        state = "up to date" if report.up_to_date else ("resumed" if report.resumed else "built")
+        print(
+            f"cache {state}: {report.num_videos} videos ({len(report.failures)} failed), "
+            f"{report.num_texts} captions -> {report.out_dir} ({report.seconds:.1f} s)"
+        )
+        for f in report.failures:
+            print(f"  failed: {f['path']}: {f['reason']}")
+    return 0
