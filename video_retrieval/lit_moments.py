@@ -1,0 +1,482 @@
+"""Lightning wrappers for Moment-DETR: ``MomentDataModule`` (annotations -> cached CLIP clip
+features + query token features -> padded batches with span and saliency targets) and
+``MomentDETRModule`` (model, Hungarian criterion, QVHighlights metrics at validation/test).
+
+Config (``vr train fit --config configs/moments_synth.yaml``)::
+
+    model: {class_path: video_retrieval.lit_moments.MomentDETRModule, init_args: {...}}
+    data:  {class_path: video_retrieval.lit_moments.MomentDataModule, init_args: {...}}
+
+Feature widths are read from the data at ``setup`` (``v_feat_dim: 0`` = infer) and recorded in
+the checkpoint, together with the encoder that produced the features (``moment_meta``), so
+``MomentPredictor.from_checkpoint`` can rebuild everything with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from video_retrieval.datasets.moments import load_moments, resolve_video, sample_saliency_pairs
+from video_retrieval.errors import UserError
+from video_retrieval.moment_features import FeatureCache
+from video_retrieval.moment_metrics import evaluate
+from video_retrieval.moment_predictor import postprocess
+from video_retrieval.temporal.moment_detr import MomentDETR
+from video_retrieval.temporal.moment_loss import MomentCriterion
+from video_retrieval.temporal.moment_matcher import HungarianMatcher
+
+DEMO_CKPT = Path(__file__).resolve().parent / "assets" / "demo_model.ckpt"
+
+
+class MomentItems(Dataset):
+    """Items: ``{"v": [Lv,D], "t": [Lq,D], "row": annotation, "num_clips", "duration"}``."""
+
+    def __init__(
+        self, items: list[dict], clip_len: float, train: bool, max_windows: int, seed: int
+    ):
+        self.items = items
+        self.clip_len = clip_len
+        self.train = train
+        self.max_windows = max_windows
+        self.rng = random.Random(seed)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        it = self.items[i]
+        n = it["num_clips"]
+        span_len = n * self.clip_len  # target normalisation = decoding convention
+        windows = list(it["row"].get("relevant_windows") or [])
+        if self.train and len(windows) > self.max_windows:
+            windows = self.rng.sample(windows, self.max_windows)
+        se = torch.tensor(windows, dtype=torch.float32).reshape(-1, 2) / span_len
+        se = se.clamp(0, 1)
+        cxw = torch.stack([(se[:, 0] + se[:, 1]) / 2, se[:, 1] - se[:, 0]], -1)
+        cxw = cxw[cxw[:, 1] > 0]
+        pos, neg = sample_saliency_pairs(it["row"], self.clip_len, n, self.rng)
+        return {
+            "v": torch.from_numpy(it["v"]),
+            "t": torch.from_numpy(it["t"]),
+            "spans": cxw,
+            "pos": torch.tensor(pos),
+            "neg": torch.tensor(neg),
+            "index": i,
+        }
+
+
+def collate_moments(batch: list[dict]) -> dict:
+    bsz = len(batch)
+    lv = max(len(b["v"]) for b in batch)
+    lq = max(len(b["t"]) for b in batch)
+    dv, dt = batch[0]["v"].shape[1], batch[0]["t"].shape[1]
+    v = torch.zeros(bsz, lv, dv)
+    vm = torch.zeros(bsz, lv, dtype=torch.bool)
+    t = torch.zeros(bsz, lq, dt)
+    tm = torch.zeros(bsz, lq, dtype=torch.bool)
+    for i, b in enumerate(batch):
+        v[i, : len(b["v"])] = b["v"]
+        vm[i, : len(b["v"])] = True
+        t[i, : len(b["t"])] = b["t"]
+        tm[i, : len(b["t"])] = True
+    return {
+        "vid_feats": v,
+        "vid_mask": vm,
+        "txt_feats": t,
+        "txt_mask": tm,
+        "span_labels": [b["spans"] for b in batch],
+        "saliency_pos_labels": torch.stack([b["pos"] for b in batch]),
+        "saliency_neg_labels": torch.stack([b["neg"] for b in batch]),
+        "index": torch.tensor([b["index"] for b in batch]),
+    }
+
+
+class MomentDataModule(L.LightningDataModule):
+    """Moment annotations + per-clip features read through an npz cache.
+
+    Args:
+        train_path / val_path / test_path: annotation files (``fmt`` decides the reader).
+        fmt: ``qvhighlights`` (also lighthouse / synthetic jsonl), ``charades``, ``didemo``.
+        video_dir: where ``<vid>[.ext]`` live (default: ``videos/`` next to the annotations).
+        durations_csv: Charades ``Charades_v1_*.csv`` for durations (else read from the videos).
+        cache_dir: feature cache root (``<cache_dir>/<encoder+clip key>/<vid>.npz``).
+        encoder_model / encoder_pretrained / encoder_checkpoint / encoder_seed / precision: the
+            CLIP encoder (``create_encoder``); ``retrieval_checkpoint``: a ``vr train`` retrieval
+            checkpoint whose encoder is used instead (``"auto"``: the committed demo model when it
+            exists, else the encoder args).
+    """
+
+    def __init__(
+        self,
+        train_path: str | None = None,
+        val_path: str | None = None,
+        test_path: str | None = None,
+        fmt: str = "qvhighlights",
+        video_dir: str | None = None,
+        durations_csv: str | None = None,
+        cache_dir: str = ".cache/moment_features",
+        encoder_model: str = "vr-tiny",
+        encoder_pretrained: str | None = None,
+        encoder_checkpoint: str | None = None,
+        encoder_seed: int = 0,
+        retrieval_checkpoint: str | None = None,
+        precision: str = "fp32",
+        clip_len: float = 2.0,
+        frames_per_clip: int = 1,
+        max_v_l: int = 75,
+        max_q_l: int = 32,
+        max_windows: int = 5,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 2018,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.paths = {"train": train_path, "val": val_path, "test": test_path}
+        self.items: dict[str, list[dict]] = {}
+        self.encoder = None
+        self.encoder_source: dict | None = None
+        self.v_feat_dim = 0
+        self.t_feat_dim = 0
+
+    # ----------------------------------------------------------------- encoder
+    def build_encoder(self):
+        h = self.hparams
+        rc = h.retrieval_checkpoint
+        if rc == "auto":
+            rc = str(DEMO_CKPT) if DEMO_CKPT.exists() else None
+        if rc:
+            from video_retrieval.model_io import load_retrieval_model
+
+            if not Path(rc).exists():
+                raise UserError(f"retrieval checkpoint not found: {rc}")
+            enc = load_retrieval_model(rc)[0]
+            source = {"kind": "retrieval_checkpoint", "path": str(Path(rc).resolve())}
+        else:
+            from video_retrieval.encoders import create_encoder
+
+            enc = create_encoder(
+                h.encoder_model,
+                pretrained=h.encoder_pretrained,
+                checkpoint=h.encoder_checkpoint,
+                precision=h.precision,
+                seed=h.encoder_seed,
+            )
+            if h.encoder_checkpoint:
+                source = {
+                    "kind": "encoder_file",
+                    "path": str(Path(h.encoder_checkpoint).resolve()),
+                    "precision": h.precision,
+                }
+            else:
+                source = {"kind": "spec", "spec": dict(enc.spec)}
+        enc.eval()
+        return enc, source
+
+    # ----------------------------------------------------------------- data
+    def _video_dir(self, ann_path: str) -> str:
+        return self.hparams.video_dir or str(Path(ann_path).parent / "videos")
+
+    def _load_split(self, split: str, cache: FeatureCache) -> list[dict]:
+        path = self.paths[split]
+        h = self.hparams
+        kwargs = {"durations": h.durations_csv} if h.fmt == "charades" else {}
+        rows = load_moments(path, h.fmt, **kwargs)
+        vdir = self._video_dir(path)
+        video_feats: dict[str, tuple] = {}
+        for r in rows:
+            if r["vid"] not in video_feats:
+                video_feats[r["vid"]] = cache.get(r["vid"], resolve_video(vdir, r))
+        texts = cache.get_text(split, [r["query"] for r in rows], h.max_q_l)
+        items = []
+        for r, t in zip(rows, texts):
+            feats, _times, vdur = video_feats[r["vid"]]
+            feats = feats[: h.max_v_l]
+            n = len(feats)
+            dur = r["duration"] if r.get("duration") else vdur
+            dur = min(float(dur), n * h.clip_len)
+            if r.get("duration") is None:
+                r = {**r, "duration": dur}
+            items.append({"v": feats, "t": t, "row": r, "num_clips": n, "duration": dur})
+        return items
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.encoder is None:
+            self.encoder, self.encoder_source = self.build_encoder()
+        h = self.hparams
+        cache = FeatureCache(h.cache_dir, self.encoder, h.clip_len, h.frames_per_clip)
+        for split, path in self.paths.items():
+            if path and split not in self.items:
+                self.items[split] = self._load_split(split, cache)
+        any_items = next((v for v in self.items.values() if v), None)
+        if any_items is None:
+            raise UserError("no moment annotations: give train_path / val_path / test_path")
+        self.v_feat_dim = int(any_items[0]["v"].shape[1])
+        self.t_feat_dim = int(any_items[0]["t"].shape[1])
+
+    def encoder_fingerprint(self) -> str | None:
+        return self.encoder.fingerprint() if hasattr(self.encoder, "fingerprint") else None
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if split not in self.items:
+            raise UserError(f"no {split}_path given for the moment data")
+        h = self.hparams
+        ds = MomentItems(self.items[split], h.clip_len, train, h.max_windows, h.seed)
+        return DataLoader(
+            ds,
+            batch_size=h.batch_size if train else h.eval_batch_size,
+            shuffle=train,
+            num_workers=h.num_workers,
+            collate_fn=collate_moments,
+            persistent_workers=h.num_workers > 0,
+        )
+
+    def train_dataloader(self):
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        return self._loader("val", False)
+
+    def test_dataloader(self):
+        return self._loader("test", False)
+
+    def predict_dataloader(self):
+        return self._loader("test" if "test" in self.items else "val", False)
+
+
+class MomentDETRModule(L.LightningModule):
+    """Moment-DETR with its Hungarian criterion, AdamW + StepLR, QVHighlights metrics."""
+
+    def __init__(
+        self,
+        v_feat_dim: int = 0,
+        t_feat_dim: int = 0,
+        hidden_dim: int = 256,
+        num_queries: int = 10,
+        enc_layers: int = 2,
+        dec_layers: int = 2,
+        nheads: int = 8,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.1,
+        input_dropout: float = 0.5,
+        n_input_proj: int = 2,
+        use_tef: bool = True,
+        aux_loss: bool = True,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-4,
+        lr_drop: int = 400,
+        w_span: float = 10.0,
+        w_giou: float = 1.0,
+        w_label: float = 4.0,
+        w_saliency: float = 1.0,
+        eos_coef: float = 0.1,
+        saliency_margin: float = 0.2,
+        round_multiple: float = 0.0,
+        nms_iou: float = -1.0,
+        max_pred_windows: int = 10,
+        predictions_dir: str | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model: MomentDETR | None = None
+        self.criterion = MomentCriterion(
+            HungarianMatcher(w_span, w_giou, w_label),
+            w_span,
+            w_giou,
+            w_label,
+            w_saliency,
+            eos_coef,
+            saliency_margin,
+        )
+        self._eval_rows: list[dict] = []
+        self.meta_extra: dict = {}
+        if v_feat_dim and t_feat_dim:
+            self._build()
+
+    def model_kwargs(self) -> dict:
+        h = self.hparams
+        keys = (
+            "v_feat_dim t_feat_dim hidden_dim num_queries enc_layers dec_layers nheads "
+            "dim_feedforward dropout input_dropout n_input_proj use_tef aux_loss"
+        ).split()
+        return {k: h[k] for k in keys}
+
+    def _build(self):
+        self.model = MomentDETR(**self.model_kwargs())
+
+    def setup(self, stage: str | None = None) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "v_feat_dim"):
+            for k in ("v_feat_dim", "t_feat_dim"):
+                have, got = self.hparams[k], getattr(dm, k)
+                if have and got and have != got:
+                    raise UserError(f"{k}={have} in the model config but the data has {got}")
+                if not have:
+                    self.hparams[k] = got
+            self.meta_extra = {
+                "encoder_source": dm.encoder_source,
+                "encoder_fingerprint": dm.encoder_fingerprint(),
+                "clip_len": float(dm.hparams.clip_len),
+                "frames_per_clip": int(dm.hparams.frames_per_clip),
+                "max_v_l": int(dm.hparams.max_v_l),
+                "max_q_l": int(dm.hparams.max_q_l),
+            }
+        if self.model is None:
+            if not (self.hparams.v_feat_dim and self.hparams.t_feat_dim):
+                raise UserError("v_feat_dim / t_feat_dim unknown: use MomentDataModule or set them")
+            self._build()
+
+    # ----------------------------------------------------------------- steps
+    def forward(self, batch):
+        return self.model(
+            batch["vid_feats"], batch["vid_mask"], batch["txt_feats"], batch["txt_mask"]
+        )
+
+    def training_step(self, batch, batch_idx):
+        out = self(batch)
+        losses = self.criterion(out, batch)
+        bsz = batch["vid_feats"].shape[0]
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bsz)
+        for k in ("loss_span", "loss_giou", "loss_label", "loss_saliency"):
+            if k in losses:
+                self.log(f"train/{k}", losses[k], batch_size=bsz)
+        return losses["loss"]
+
+    def _items(self, stage: str) -> list[dict]:
+        return self.trainer.datamodule.items[stage]
+
+    def _clip_len(self) -> float:
+        return float(self.meta_extra.get("clip_len", 2.0))
+
+    def _predict_rows(self, batch, out, items) -> list[dict]:
+        rows = []
+        for b, idx in enumerate(batch["index"].tolist()):
+            it = items[idx]
+            n = it["num_clips"]
+            windows = postprocess(
+                out["pred_logits"][b],
+                out["pred_spans"][b],
+                n,
+                self._clip_len(),
+                it["duration"],
+                self.hparams.round_multiple,
+                self.hparams.nms_iou,
+                self.hparams.max_pred_windows,
+            )
+            rows.append(
+                {
+                    "qid": it["row"]["qid"],
+                    "query": it["row"]["query"],
+                    "vid": it["row"]["vid"],
+                    "pred_relevant_windows": [[round(float(x), 4) for x in w] for w in windows],
+                    "pred_saliency_scores": [
+                        round(float(x), 4) for x in out["saliency_scores"][b, :n].cpu()
+                    ],
+                }
+            )
+        return rows
+
+    def _eval_step(self, batch, stage):
+        out = self(batch)
+        losses = self.criterion(out, batch)
+        self.log(f"{stage}/loss", losses["loss"], batch_size=batch["vid_feats"].shape[0])
+        self._eval_rows.extend(self._predict_rows(batch, out, self._items(stage)))
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch, batch_idx):
+        dm = self.trainer.datamodule
+        split = "test" if "test" in dm.items else "val"
+        return self._predict_rows(batch, self(batch), dm.items[split])
+
+    def _eval_end(self, stage):
+        rows, self._eval_rows = self._eval_rows, []
+        if not rows or self.trainer.sanity_checking:
+            return
+        gts = [it["row"] for it in self._items(stage)]
+        seen = {str(r["qid"]) for r in rows}
+        gts = [g for g in gts if str(g["qid"]) in seen]
+        metrics = evaluate(rows, gts, match_number=False, clip_len=self._clip_len())
+        brief = metrics["brief"]
+        for k, v in brief.items():
+            self.log(f"{stage}/{k}", float(v), sync_dist=True)
+        if self.hparams.predictions_dir and stage == "test":
+            d = Path(self.hparams.predictions_dir)
+            d.mkdir(parents=True, exist_ok=True)
+            with open(d / f"{stage}_preds.jsonl", "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+            (d / f"{stage}_metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    def on_validation_epoch_end(self):
+        self._eval_end("val")
+
+    def on_test_epoch_end(self):
+        self._eval_end("test")
+
+    # ----------------------------------------------------------------- optim / ckpt
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=self.hparams.lr_drop)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["moment_meta"] = {
+            "format": "video_retrieval.moment_detr/1",
+            "model_kwargs": self.model_kwargs(),
+            "round_multiple": float(self.hparams.round_multiple),
+            "nms_iou": float(self.hparams.nms_iou),
+            **self.meta_extra,
+        }
+
+
+def zero_shot_split(dm: MomentDataModule, split: str, top: int = 10) -> list[dict]:
+    """Zero-shot baseline predictions for a split of a set-up ``MomentDataModule``."""
+    from video_retrieval.moment_zeroshot import clip_similarities, zero_shot_windows
+
+    items = dm.items[split]
+    enc = dm.encoder
+    queries = [it["row"]["query"] for it in items]
+    sents = []
+    with torch.no_grad():
+        for i in range(0, len(queries), 256):
+            tok = enc.tokenize(queries[i : i + 256])
+            sents.append(enc.encode_text(tok).sentence.float().cpu().numpy())
+    sents = np.concatenate(sents) if sents else np.zeros((0, 1))
+    rows = []
+    for it, s in zip(items, sents):
+        sims = clip_similarities(it["v"], s)
+        w = zero_shot_windows(sims, dm.hparams.clip_len, it["duration"], top=top)
+        rows.append(
+            {
+                "qid": it["row"]["qid"],
+                "vid": it["row"]["vid"],
+                "pred_relevant_windows": [[float(a), float(b), float(c)] for a, b, c in w],
+                "pred_saliency_scores": [float(x) for x in sims],
+            }
+        )
+    return rows
+
+
+def predict_split(module: MomentDETRModule, dm: MomentDataModule, split: str) -> list[dict]:
+    """Head predictions for a split without a Trainer (eval mode, no grad)."""
+    module.eval()
+    rows = []
+    loader = dm._loader(split, False)
+    with torch.no_grad():
+        for batch in loader:
+            rows.extend(module._predict_rows(batch, module(batch), dm.items[split]))
+    return rows

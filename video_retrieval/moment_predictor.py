@@ -1,0 +1,152 @@
+"""Moment-DETR inference: post-processing and a small predictor API.
+
+>>> p = MomentPredictor.from_checkpoint("moments.ckpt")        # doctest: +SKIP
+>>> p.predict("video.mp4", "a red circle moves left", top=5)   # doctest: +SKIP
+{"moments": [[start_s, end_s, score], ...], "saliency": [per-clip floats], "clip_len": 2.0, ...}
+
+Spans are decoded with the same convention as the training targets: normalised by
+``num_clips * clip_len`` (not the annotation's duration), then clamped to ``[0, duration]``,
+optionally rounded to a multiple of ``round_multiple`` seconds (QVHighlights: 2 s), sorted by the
+foreground probability, optionally passed through temporal NMS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from video_retrieval.errors import UserError
+from video_retrieval.temporal.moment_matcher import FOREGROUND, span_cxw_to_se, temporal_nms
+
+
+def postprocess(
+    pred_logits: torch.Tensor,
+    pred_spans: torch.Tensor,
+    num_clips: int,
+    clip_len: float,
+    duration: float,
+    round_multiple: float = 0.0,
+    nms_iou: float = -1.0,
+    top: int | None = None,
+) -> np.ndarray:
+    """One sample: logits [N,2], spans [N,2] cxw -> rows (start, end, score) sorted by score."""
+    prob = pred_logits.float().softmax(-1)[:, FOREGROUND]
+    se = span_cxw_to_se(pred_spans.float()) * (num_clips * clip_len)
+    se = se.clamp(min=0.0, max=float(duration))
+    if round_multiple and round_multiple > 0:
+        se = torch.round(se / round_multiple) * round_multiple
+        se = se.clamp(min=0.0, max=float(duration))
+    rows = torch.cat([se, prob[:, None]], 1).detach().cpu().double().numpy()
+    rows = rows[np.argsort(-rows[:, 2], kind="stable")]
+    if nms_iou is not None and nms_iou >= 0:
+        rows = temporal_nms(rows, nms_iou)
+    if top is not None:
+        rows = rows[:top]
+    return rows
+
+
+def build_encoder(source: dict):
+    """Rebuild the frame/text encoder recorded in a moment checkpoint."""
+    kind = source.get("kind")
+    if kind == "retrieval_checkpoint":
+        from video_retrieval.model_io import load_retrieval_model
+
+        return load_retrieval_model(source["path"])[0]
+    from video_retrieval.encoders import create_encoder
+
+    if kind == "encoder_file":
+        return create_encoder(checkpoint=source["path"], precision=source.get("precision", "fp32"))
+    spec = dict(source["spec"])
+    return create_encoder(**spec)
+
+
+class MomentPredictor:
+    def __init__(self, model, encoder, meta: dict, device: str = "cpu"):
+        self.model = model.eval().to(device)
+        self.encoder = encoder.eval()
+        self.meta = meta
+        self.device = device
+        self.clip_len = float(meta.get("clip_len", 2.0))
+        self.max_v_l = int(meta.get("max_v_l", 75))
+        self.max_q_l = int(meta.get("max_q_l", 32))
+        self.round_multiple = float(meta.get("round_multiple", 0.0))
+        self.nms_iou = float(meta.get("nms_iou", -1.0))
+        self.frames_per_clip = int(meta.get("frames_per_clip", 1))
+
+    @classmethod
+    def from_checkpoint(cls, path, device: str = "cpu", encoder=None) -> MomentPredictor:
+        from video_retrieval.temporal.moment_detr import MomentDETR
+
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"no such checkpoint: {path}")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise UserError(f"{path}: not a loadable checkpoint ({type(e).__name__})") from e
+        meta = ckpt.get("moment_meta")
+        if not meta:
+            raise UserError(
+                f"{path}: not a moment checkpoint (no moment_meta); train one with "
+                "`vr train fit --config configs/moments_*.yaml`"
+            )
+        model = MomentDETR(**meta["model_kwargs"])
+        state = {
+            k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")
+        }
+        model.load_state_dict(state)
+        if encoder is None:
+            encoder = build_encoder(meta["encoder_source"])
+            fp = meta.get("encoder_fingerprint")
+            if fp and hasattr(encoder, "fingerprint") and encoder.fingerprint() != fp:
+                raise UserError(
+                    f"{path}: the rebuilt encoder differs from the one the head was trained on "
+                    f"({encoder.fingerprint()} != {fp})"
+                )
+        return cls(model, encoder, meta, device)
+
+    def encode_video(self, video_path) -> dict:
+        from video_retrieval.moment_features import clip_features
+
+        feats, times, duration = clip_features(
+            self.encoder, video_path, self.clip_len, self.frames_per_clip
+        )
+        return {"feats": feats, "clip_times": times, "duration": duration}
+
+    @torch.no_grad()
+    def predict(self, video_path, query: str, top: int = 5, video: dict | None = None) -> dict:
+        from video_retrieval.moment_features import text_token_features
+
+        if not isinstance(query, str) or not query.strip():
+            raise UserError("the query is empty")
+        video = video or self.encode_video(video_path)
+        feats = video["feats"][: self.max_v_l]
+        n = len(feats)
+        duration = min(float(video["duration"]), n * self.clip_len)
+        txt = text_token_features(self.encoder, [query], self.max_q_l)[0]
+        v = torch.from_numpy(feats)[None].to(self.device)
+        t = torch.from_numpy(txt)[None].to(self.device)
+        out = self.model(
+            v,
+            torch.ones(1, n, dtype=torch.bool, device=self.device),
+            t,
+            torch.ones(1, len(txt), dtype=torch.bool, device=self.device),
+        )
+        rows = postprocess(
+            out["pred_logits"][0],
+            out["pred_spans"][0],
+            n,
+            self.clip_len,
+            duration,
+            self.round_multiple,
+            self.nms_iou,
+            top,
+        )
+        return {
+            "moments": [[float(s), float(e), float(sc)] for s, e, sc in rows],
+            "saliency": [float(x) for x in out["saliency_scores"][0, :n].cpu()],
+            "clip_len": self.clip_len,
+            "duration": float(video["duration"]),
+        }
