@@ -329,6 +329,15 @@ def test_probe_video(vids):
         assert abs(quick.num_frames - exact.num_frames) <= 1
 
 
+def test_scan_cache_follows_file_changes(tmp_path):
+    p = write_index_video(tmp_path / "v.mp4", n=10)
+    assert probe_video(p).num_frames == 10
+    assert scan_video(str(p)) is scan_video(str(p))  # probe + load scan once
+    write_index_video(p, n=20)  # rewritten in place: a new scan
+    assert probe_video(p).num_frames == 20
+    _check(load_frames(p, num_frames=2), [5, 15])
+
+
 # ---------------------------------------------------------------- errors and damaged files
 
 

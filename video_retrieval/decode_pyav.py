@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import av
@@ -79,12 +81,35 @@ def check_path(path: str | os.PathLike) -> str:
 
 
 def scan_video(path: str) -> FrameIndex:
-    """Build the frame index of ``path`` from its packets; raises VideoDecodeError when unusable."""
+    """Build the frame index of ``path`` from its packets; raises VideoDecodeError when unusable.
+
+    The last few indexes are cached by (path, size, mtime), so ``probe_video`` followed by
+    ``load_frames`` on the same file scans it once; a rewritten file is scanned again.
+    """
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    with _LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+            return hit
     container = _open(path)
     try:
-        return _scan(path, container)
+        index = _scan(path, container)
     finally:
         container.close()
+    for arr in (index.pts, index.times, index.key_pts):
+        arr.flags.writeable = False  # shared between callers through the cache
+    with _LOCK:
+        _CACHE[key] = index
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return index
+
+
+_CACHE: OrderedDict = OrderedDict()
+_CACHE_SIZE = 32
+_LOCK = threading.Lock()
 
 
 def header_info(path: str) -> dict:
