@@ -326,6 +326,10 @@ def plan_moments(seed: int, **params) -> dict:
         raise TypeError(f"unknown parameters: {sorted(unknown)}")
     if int(p["min_duration"]) < 8 or int(p["max_duration"]) < int(p["min_duration"]):
         raise ValueError("need 8 <= min_duration <= max_duration")
+    if not 0 < float(p["fps"]) <= 30:
+        raise ValueError(f"fps must be in (0, 30], got {p['fps']}")
+    if not 1 <= int(p["objects_per_video"]) <= 4:
+        raise ValueError("objects_per_video must be 1..4")
     if int(p["num_videos"]) < 1:
         raise ValueError("num_videos must be >= 1")
     rng = np.random.default_rng(seed)

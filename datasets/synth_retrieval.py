@@ -330,6 +330,17 @@ def plan_retrieval(seed: int, **params) -> dict:
     unknown = set(params) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown parameters: {sorted(unknown)}")
+    for k in ("num_train", "num_test", "num_compositional", "num_held_out"):
+        if int(p[k]) < 0:
+            raise ValueError(f"{k} must be >= 0, got {p[k]}")
+    if int(p["num_frames"]) < 12:
+        raise ValueError(f"num_frames must be >= 12, got {p['num_frames']}")
+    if float(p["fps"]) <= 0:
+        raise ValueError(f"fps must be > 0, got {p['fps']}")
+    if not 1 <= int(p["min_captions"]) <= int(p["max_captions"]):
+        raise ValueError("need 1 <= min_captions <= max_captions")
+    if int(p["num_compositional"]) > 0 and int(p["num_held_out"]) < 1:
+        raise ValueError("a compositional split needs num_held_out >= 1")
     n_test = int(p["num_test"])
     if p["test_direction_pairs"] is None:
         p["test_direction_pairs"] = n_test // 8
