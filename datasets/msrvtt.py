@@ -91,11 +91,19 @@ def load_msrvtt(
     return load_msrvtt_train(data_json, split_csv, video_dir)
 
 
-def load_temporal_pairs(path: str | Path, split: RetrievalSplit) -> list[tuple[int, int]]:
-    """Synthetic-world ``temporal_pairs.json`` as (a, b) indices into ``split.videos``.
+def load_temporal_pairs(
+    path: str | Path, split: RetrievalSplit, with_kind: bool = False
+) -> list[tuple]:
+    """Synthetic-world ``temporal_pairs.json`` as (a, b) indices into ``split.videos`` (plus the
+    pair's ``kind``, "direction" | "order", with ``with_kind``).
 
     Pairs whose videos are not both in the split are skipped."""
     with open(_require(Path(path), "temporal pairs file"), encoding="utf-8") as f:
         pairs = json.load(f)
     index = {v.video_id: i for i, v in enumerate(split.videos)}
-    return [(index[p["a"]], index[p["b"]]) for p in pairs if p["a"] in index and p["b"] in index]
+    out = []
+    for p in pairs:
+        if p["a"] in index and p["b"] in index:
+            a, b = index[p["a"]], index[p["b"]]
+            out.append((a, b, p.get("kind", "")) if with_kind else (a, b))
+    return out

@@ -121,6 +121,7 @@ class RetrievalModule(pl.LightningModule):
                 p.requires_grad_(False)
         if freeze_backbone:
             self.encoder.requires_grad_(False)
+        self.train()  # create_encoder returns eval-mode modules; Lightning keeps module modes
         self.failures: list[tuple[str, str]] = []
         self._eval_cache: dict[int, dict[str, list]] = {}
 
@@ -161,8 +162,11 @@ class RetrievalModule(pl.LightningModule):
         return self
 
     # -- training --------------------------------------------------------------------------------
+    def _world(self) -> int:
+        return self._trainer.world_size if self._trainer is not None else 1
+
     def _gather(self, x: torch.Tensor | None) -> torch.Tensor | None:
-        if x is None or self.trainer is None or self.trainer.world_size == 1:
+        if x is None or self._world() == 1:
             return x
         g = self.all_gather(x, sync_grads=True)  # [W, B, ...]
         return g.reshape(-1, *g.shape[2:])
@@ -214,7 +218,7 @@ class RetrievalModule(pl.LightningModule):
                     }
                 )
         opt = torch.optim.AdamW(params, betas=tuple(hp.betas), eps=hp.eps)
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer else 1
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer else 1
         warmup = int(round(hp.warmup_proportion * total))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: warmup_cosine(step, total, warmup)
@@ -262,7 +266,7 @@ class RetrievalModule(pl.LightningModule):
 
     def _gather_rows(self, x: torch.Tensor) -> torch.Tensor:
         """Concatenate a CPU tensor's rows over all processes (row counts may differ)."""
-        if self.trainer is None or self.trainer.world_size == 1:
+        if self._world() == 1:
             return x
         n = torch.tensor([x.shape[0]], device=self.device)
         counts = self.all_gather(n).reshape(-1).tolist()
@@ -328,7 +332,7 @@ class RetrievalModule(pl.LightningModule):
         return torch.cat(rows, dim=0)
 
     def _bank_text(self) -> TextFeatures | None:
-        dm = getattr(self.trainer, "datamodule", None)
+        dm = getattr(self._trainer, "datamodule", None)
         if dm is None or not hasattr(dm, "caption_bank"):
             return None
         try:
@@ -347,32 +351,32 @@ class RetrievalModule(pl.LightningModule):
         )
 
     def sinkhorn_matrix(self, text, video, bank) -> torch.Tensor:
-        """UCoFiA SK-norm: per level, a video prior from the bank-vs-test logits, then average."""
+        """UCoFiA SK-norm (t2v): per level, the Sinkhorn video prior from the bank (training
+        captions) x test-video logits is added to the test logits; the levels are then averaged."""
         from video_retrieval.temporal.sinkhorn import apply_sinkhorn
 
-        def levels(t, v):
-            return self.aggregator.level_similarities(t, v)
-
-        test_levels = _stack_levels(self.similarity_matrix_levels(text, video, levels))
-        bank_levels = _stack_levels(self.similarity_matrix_levels(bank, video, levels))
-        out = [apply_sinkhorn(tl, bl) for tl, bl in zip(test_levels, bank_levels)]
+        test = self.level_matrices(text, video)
+        bank_l = self.level_matrices(bank, video)
+        out = [apply_sinkhorn(test[k], bank_l[k], dim="t2v") for k in sorted(test)]
         return torch.stack(out).mean(0)
 
     @torch.no_grad()
-    def similarity_matrix_levels(self, text, video, fn) -> list[torch.Tensor]:
+    def level_matrices(self, text, video) -> dict[str, torch.Tensor]:
+        """``aggregator.level_similarities`` computed block-wise: {level: [Nt, Nv]} (CPU)."""
         bs = self.hparams.eval_block_size
-        rows = []
+        rows: dict[str, list] = {}
         for i in range(0, len(text), bs):
             t = text[i : i + bs].to(self.device)
-            cols = [
-                [x.float().cpu() for x in fn(t, video[j : j + bs].to(self.device))]
+            blocks = [
+                self.aggregator.level_similarities(t, video[j : j + bs].to(self.device))
                 for j in range(0, len(video), bs)
             ]
-            rows.append([torch.cat(lv, dim=1) for lv in zip(*cols)])
-        return [torch.cat(lv, dim=0) for lv in zip(*rows)]
+            for k in blocks[0]:
+                rows.setdefault(k, []).append(torch.cat([b[k].float().cpu() for b in blocks], 1))
+        return {k: torch.cat(v, 0) for k, v in rows.items()}
 
     def _finish_eval(self, stage: str):
-        dm = getattr(self.trainer, "datamodule", None)
+        dm = getattr(self._trainer, "datamodule", None)
         names = dm.eval_sets(stage) if dm is not None and hasattr(dm, "eval_sets") else None
         prefix_stage = "val" if stage == "validate" else "test"
         results = {}
@@ -388,10 +392,15 @@ class RetrievalModule(pl.LightningModule):
                 bank = self._bank_text()
                 if bank is not None:
                     sk = self.sinkhorn_matrix(text, video, bank)
-                    res.update(flatten_metrics(retrieval_metrics(sk, t2v), "sk_"))
+                    # the prior is per video: it changes t2v only (v2t needs a video bank)
+                    sk_res = retrieval_metrics(sk, t2v)["t2v"]
+                    res.update(flatten_metrics({"t2v": sk_res}, "sk_"))
             pairs = _pairs_for(dm, name, vid)
             if pairs:
-                res["temporal_pair_acc"] = temporal_pair_accuracy(sim, t2v, pairs)
+                res["temporal_pair_acc"] = temporal_pair_accuracy(sim, t2v, [p[:2] for p in pairs])
+                for kind in sorted({p[2] for p in pairs if p[2]}):
+                    sub = [p[:2] for p in pairs if p[2] == kind]
+                    res[f"temporal_pair_acc_{kind}"] = temporal_pair_accuracy(sim, t2v, sub)
             res["num_videos"] = float(len(video))
             res["num_captions"] = float(len(text))
             res["num_failed"] = float(len(self.failures))
@@ -402,13 +411,18 @@ class RetrievalModule(pl.LightningModule):
         self._eval_cache = {}
 
 
-def _pairs_for(dm, name: str, vid: torch.Tensor) -> list[tuple[int, int]]:
-    """Temporal pairs of eval set ``name`` mapped to gallery columns (dataset index -> column)."""
+def _pairs_for(dm, name: str, vid: torch.Tensor) -> list[tuple[int, int, str]]:
+    """Temporal pairs (a, b, kind) of eval set ``name`` mapped to gallery columns."""
     pairs = getattr(dm, "pairs", {}).get(name) if dm is not None else None
     if not pairs:
         return []
     col = {int(v): i for i, v in enumerate(vid.tolist())}
-    return [(col[a], col[b]) for a, b in pairs if a in col and b in col]
+    out = []
+    for p in pairs:
+        a, b = p[0], p[1]
+        if a in col and b in col:
+            out.append((col[a], col[b], p[2] if len(p) > 2 else ""))
+    return out
 
 
 def _first_unique(idx: torch.Tensor) -> torch.Tensor:
@@ -418,10 +432,6 @@ def _first_unique(idx: torch.Tensor) -> torch.Tensor:
     first = torch.ones_like(s, dtype=torch.bool)
     first[1:] = s[1:] != s[:-1]
     return order[first]
-
-
-def _stack_levels(levels) -> list[torch.Tensor]:
-    return list(levels)
 
 
 def _to_float(t: TextFeatures) -> TextFeatures:

@@ -101,7 +101,9 @@ class FrameReader:
         cache_frames: bool = False,
         cache_dir: str | None = None,
         backend: str = "auto",
+        symmetric_window: bool = False,
     ):
+        self.symmetric_window = symmetric_window
         self.num_frames = int(num_frames)
         self.frame_size = int(frame_size)
         self.cache_frames = cache_frames
@@ -112,6 +114,7 @@ class FrameReader:
     def _disk_key(self, path: str, start, end) -> Path:
         st = os.stat(path)
         key = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{start}|{end}|"
+        key += f"{self.symmetric_window}|"
         key += f"{self.num_frames}|{self.frame_size}"
         return self.cache_dir / (hashlib.sha1(key.encode()).hexdigest()[:24] + ".npz")
 
@@ -127,8 +130,15 @@ class FrameReader:
             with np.load(disk) as z:
                 pixels, mask = z["pixels"], z["mask"]
         else:
-            from video_retrieval.decode import load_frames
+            from video_retrieval.decode import load_frames, probe_video
 
+            if self.symmetric_window and start is None and end is None:
+                # sample over [first frame centre, last frame centre]: segment midpoints are then
+                # symmetric under time reversal (a reversed video yields the reversed frames)
+                info = probe_video(path)
+                half = 0.5 / info.fps if info.fps > 0 else 0.0
+                if info.duration > 2 * half:
+                    start, end = half, info.duration - half
             fr = load_frames(
                 path,
                 num_frames=self.num_frames,
@@ -285,6 +295,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         expand_sentences: every (video, caption) pair is a training sample.
         max_train_videos / max_eval_videos: keep only the first N (tiny debug runs).
         cache_frames: keep decoded frames in memory; frame_cache_dir: npz cache folder.
+        symmetric_window: sample between the first and the last frame centres (instead of over
+            [0, duration]) so that a time-reversed video gives exactly the reversed frames.
     """
 
     def __init__(
@@ -309,6 +321,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         cache_frames: bool = False,
         frame_cache_dir: str | None = None,
         decode_backend: str = "auto",
+        symmetric_window: bool = False,
         didemo_end: float = 30.0,
     ):
         super().__init__()
@@ -328,10 +341,10 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.reader = FrameReader(
-            num_frames, frame_size, cache_frames, frame_cache_dir, decode_backend
+            num_frames, frame_size, cache_frames, frame_cache_dir, decode_backend, symmetric_window
         )
         self.splits: dict[str, RetrievalSplit] = {}
-        self.pairs: dict[str, list[tuple[int, int]]] = {}
+        self.pairs: dict[str, list[tuple[int, int, str]]] = {}  # (a, b, kind) per eval split
         self._datasets: dict[str, Dataset] = {}
 
     # -- annotations ---------------------------------------------------------------------------
@@ -365,7 +378,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.splits[which] = split
         tp = self.files["temporal_pairs_file"]
         if which in ("val", "test") and tp is not None and self._path(tp).is_file():
-            self.pairs[which] = load_temporal_pairs(self._path(tp), split)
+            self.pairs[which] = load_temporal_pairs(self._path(tp), split, with_kind=True)
         return split
 
     def has_split(self, which: str) -> bool:
