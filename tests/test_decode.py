@@ -283,6 +283,13 @@ def test_odd_size_and_resize(vids, name, backend):
     assert f.pixels.shape == (2, 24, 40, 3)
 
 
+def test_write_video_pads_odd_sizes_also_with_a_filter(tmp_path):
+    p = write_index_video(tmp_path / "odd_vf.mp4", n=4, h=61, w=97, extra_args=["-vf", "hflip"])
+    info = probe_video(p)
+    assert (info.width, info.height, info.num_frames) == (98, 62, 4)
+    _check(load_frames(p), [0, 1, 2, 3])
+
+
 def test_resize_frames_keeps_flat_colours():
     x = index_frames(3, 60, 80)
     y = resize_frames(x, 30)

@@ -215,8 +215,10 @@ def _scan(path: str, container) -> FrameIndex:
         step = float(np.median(np.diff(times)))
     else:
         step = 1.0 / float(rate) if rate else 0.04
-    last_dur = dur_sorted[-1] * tb if dur_sorted[-1] > 0 else step
-    duration = float(times[-1] + last_dur)
+    if dur_sorted[-1] > 0:  # in integer ticks first: 0.4, not 0.39999999999999997
+        duration = float(int(pts_sorted[-1] - pts_sorted[0] + dur_sorted[-1]) * tb)
+    else:
+        duration = float(times[-1] + step)
     fps = float(rate) if rate else n / duration
     if not keys:
         keys = [int(pts_sorted[0])]

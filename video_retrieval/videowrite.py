@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 # Encoder arguments per codec name; each chosen so the result decodes with decord and PyAV.
+# fmt: off
 CODECS: dict[str, list[str]] = {
     "h264": ["-c:v", "libx264", "-preset", "veryfast", "-crf", "12", "-pix_fmt", "yuv420p"],
     "h264_lossless": ["-c:v", "libx264", "-preset", "veryfast", "-qp", "0", "-pix_fmt", "yuv444p"],
@@ -20,6 +21,7 @@ CODECS: dict[str, list[str]] = {
     "hevc": ["-c:v", "libx265", "-preset", "ultrafast", "-crf", "12", "-pix_fmt", "yuv420p", "-x265-params", "log-level=error"],
     "mjpeg": ["-c:v", "mjpeg", "-q:v", "2", "-pix_fmt", "yuvj420p"],
 }
+# fmt: on
 
 
 def ffmpeg_exe() -> str:
@@ -51,19 +53,28 @@ def write_video(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     args = CODECS[codec] if codec in CODECS else ["-c:v", codec]
+    extra = list(extra_args or [])
     if codec in ("h264", "hevc", "vp9", "mpeg4") and (h % 2 or w % 2):
         # yuv420p needs even sizes; pad by one pixel rather than failing on odd inputs.
-        args = [*args, "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
+        pad = "pad=ceil(iw/2)*2:ceil(ih/2)*2"
+        for i, a in enumerate(extra[:-1]):
+            if a in ("-vf", "-filter:v"):  # a caller's filter chain: pad after it (one -vf wins)
+                extra[i + 1] = f"{extra[i + 1]},{pad}"
+                break
+        else:
+            args = [*args, "-vf", pad]
     if gop is not None:
         args = [*args, "-g", str(gop)]
     cmd = [
         ffmpeg_exe(), "-y", "-loglevel", "error",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{fps}", "-i", "-",
-        *args, *(extra_args or []), str(tmp),
+        *args, *extra, str(tmp),
     ]  # fmt: skip
     proc = subprocess.run(cmd, input=frames.tobytes(), capture_output=True)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"ffmpeg failed writing {path}: {proc.stderr.decode(errors='replace')[-800:]}")
+        raise RuntimeError(
+            f"ffmpeg failed writing {path}: {proc.stderr.decode(errors='replace')[-800:]}"
+        )
     os.replace(tmp, path)
     return path
