@@ -97,6 +97,10 @@ def vids(tmp_path_factory):
     v["with_audio"] = d / "av.mp4"
     ffmpeg("-itsoffset", "1.5", "-i", str(base), "-c", "copy", str(d / "offset.mkv"))
     v["offset"] = d / "offset.mkv"
+    # AV1: decord's bundled FFmpeg has no AV1 decoder, so auto mode must fall back to PyAV
+    v["av1"] = write_index_video(
+        d / "av1.mkv", n=20, codec="libaom-av1", extra_args=["-cpu-used", "8", "-crf", "20"]
+    )
     v["dir"] = d
     return v
 
@@ -195,6 +199,13 @@ def test_audio_track_and_start_offset(vids, name, backend):
     ids = [3, 9, 15, 21, 28, 34, 40, 46]
     _check(f, ids, backend)
     np.testing.assert_allclose(f.timestamps, np.array(ids) / 25, atol=1e-9)  # from the first frame
+
+
+def test_decord_failure_falls_back_to_pyav(vids):
+    f = load_frames(vids["av1"], num_frames=4)
+    _check(f, [2, 7, 12, 17], "pyav")
+    with pytest.raises(VideoDecodeError, match="decord failed"):
+        load_frames(vids["av1"], num_frames=4, backend="decord")
 
 
 def test_mpegts_goes_to_pyav(vids):
