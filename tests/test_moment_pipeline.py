@@ -1,0 +1,114 @@
+"""Features, cache, Lightning fit, checkpoint and predictor on three tiny generated videos."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from video_retrieval.moment_features import FeatureCache, clip_features
+from video_retrieval.videowrite import write_video
+
+torch.set_num_threads(1)  # 2 shared cores: oversubscribed intra-op threads are far slower
+
+
+def _video(path, seconds=10, fps=4, bright=(2, 6)):
+    n = seconds * fps
+    frames = np.full((n, 32, 32, 3), 20, np.uint8)
+    a, b = bright
+    frames[a * fps : b * fps, 8:24, 8:24] = (230, 40, 40)
+    write_video(path, frames, fps=fps)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("momworld")
+    (root / "videos").mkdir()
+    rows = []
+    for i, (a, b) in enumerate([(2, 6), (4, 8), (0, 4)]):
+        _video(root / "videos" / f"v{i}.mp4", bright=(a, b))
+        rows.append(
+            {
+                "qid": i,
+                "query": "a red square appears",
+                "vid": f"v{i}",
+                "duration": 10,
+                "relevant_windows": [[a, b]],
+            }
+        )
+    for split in ("train", "val"):
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from video_retrieval.encoders import create_encoder
+
+    return create_encoder("vr-tiny", precision="fp32").eval()
+
+
+def test_clip_features_shapes_and_cache(world, encoder, tmp_path):
+    feats, times, duration = clip_features(encoder, world / "videos" / "v0.mp4", clip_len=2.0)
+    assert duration == pytest.approx(10.0, abs=0.3)
+    assert feats.shape == (5, encoder.embed_dim) and feats.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-3)
+    np.testing.assert_allclose(times[:, 0], [0, 2, 4, 6, 8])
+    np.testing.assert_allclose(times[:, 1], [2, 4, 6, 8, 10], atol=0.3)
+    # bright clips 1,2 differ from dark clip 0
+    assert feats[1] @ feats[2] > feats[0] @ feats[1]
+    cache = FeatureCache(tmp_path, encoder, 2.0)
+    f1, _, d1 = cache.get("v0", world / "videos" / "v0.mp4")
+    assert cache.path("v0").exists()
+    f2, _, d2 = cache.get("v0", "/nonexistent.mp4")  # served from the npz
+    np.testing.assert_array_equal(f1, f2)
+    assert d1 == d2
+    np.testing.assert_allclose(f1, feats, atol=1e-6)
+
+
+def test_fit_checkpoint_and_predictor(world, tmp_path):
+    import lightning as L
+
+    from video_retrieval.lit_moments import MomentDataModule, MomentDETRModule, predict_split
+    from video_retrieval.moment_predictor import MomentPredictor
+
+    L.seed_everything(0)
+    dm = MomentDataModule(
+        train_path=str(world / "train.jsonl"),
+        val_path=str(world / "val.jsonl"),
+        cache_dir=str(tmp_path / "cache"),
+        batch_size=3,
+    )
+    model = MomentDETRModule(
+        hidden_dim=32, nheads=4, dim_feedforward=64, num_queries=4, round_multiple=2.0, lr=1e-3
+    )
+    trainer = L.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        gradient_clip_val=0.1,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, dm)
+    assert "val/MR-full-mAP" in trainer.callback_metrics
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    raw = torch.load(ckpt, weights_only=True, map_location="cpu")
+    meta = raw["moment_meta"]
+    assert meta["model_kwargs"]["v_feat_dim"] == dm.v_feat_dim
+    assert meta["encoder_source"]["kind"] == "spec"
+
+    pred = MomentPredictor.from_checkpoint(ckpt)
+    out = pred.predict(world / "videos" / "v1.mp4", "a red square appears", top=3)
+    moms = np.array(out["moments"])
+    assert moms.shape == (3, 3)
+    assert np.all(np.diff(moms[:, 2]) <= 0)
+    assert np.all(moms[:, 0] >= 0) and np.all(moms[:, 1] <= out["duration"] + 1e-6)
+    assert np.all(np.mod(moms[:, :2], 2.0) == 0)  # rounded to the 2 s grid
+    assert len(out["saliency"]) == 5
+    # the predictor and the module agree on the same features
+    rows = predict_split(model, dm, "val")
+    assert rows[1]["pred_relevant_windows"][0][:2] == pytest.approx(out["moments"][0][:2])
