@@ -1,0 +1,50 @@
+"""vr localize: zero-shot moments over per-clip CLIP similarity, JSON schema, --plot PNG."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from video_retrieval.cli import main
+from video_retrieval.errors import UserError
+from video_retrieval.localize import localize
+from video_retrieval.videowrite import write_video
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    d = tmp_path_factory.mktemp("loc")
+    x = np.full((80, 48, 64, 3), 10, np.uint8)  # 8 s at 10 fps
+    x[30:50, 10:40, 10:54] = (240, 30, 30)  # a red box from 3 s to 5 s
+    return write_video(d / "box.mp4", x, fps=10, gop=5)
+
+
+def test_zero_shot_moments(video):
+    res = localize(video, "a red box", top=3)
+    assert res["method"] == "zero_shot" and res["query"] == "a red box"
+    assert len(res["saliency"]) == 4  # ceil(8 s / 2 s clips)
+    ms = res["moments"]
+    assert 1 <= len(ms) <= 3
+    assert [m["score"] for m in ms] == sorted((m["score"] for m in ms), reverse=True)
+    for m in ms:
+        assert 0.0 <= m["start"] < m["end"] <= 8.0 + 1e-6
+
+
+def test_cli_json_and_plot(video, tmp_path, capsys):
+    png = tmp_path / "plot.png"
+    rc = main(["localize", str(video), "a red box", "--top", "2", "--plot", str(png), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and set(out) == {"video", "query", "moments", "saliency"}
+    assert all(set(m) == {"start", "end", "score"} for m in out["moments"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_refusals(video, tmp_path, capsys):
+    with pytest.raises(UserError, match="query is empty"):
+        localize(video, " ")
+    with pytest.raises(UserError, match="no such video"):
+        localize(tmp_path / "missing.mp4", "a box")
+    assert main(["localize", str(video), "a box", "--checkpoint", str(tmp_path / "none.ckpt")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
