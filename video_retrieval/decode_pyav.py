@@ -107,6 +107,11 @@ def scan_video(path: str) -> FrameIndex:
     return index
 
 
+def clear_scan_cache() -> None:
+    with _LOCK:
+        _CACHE.clear()
+
+
 _CACHE: OrderedDict = OrderedDict()
 _CACHE_SIZE = 32
 _LOCK = threading.Lock()
