@@ -1,0 +1,32 @@
+"""``vr demo``: the offline end-to-end walk-through (see ``video_retrieval.demo``)."""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", default="demo_out", help="working folder (default: demo_out)")
+    parser.add_argument(
+        "--seed", type=int, default=20261125, help="seed of the generated collection"
+    )
+    parser.add_argument("--num-videos", type=int, default=48, help="short videos to index")
+    parser.add_argument("--moment-videos", type=int, default=3, help="long videos to localize in")
+    parser.add_argument("--searches", type=int, default=4, help="example searches to print")
+    parser.add_argument(
+        "--checkpoint", default=None, help="retrieval checkpoint (default: bundled)"
+    )
+    parser.add_argument("--moment-checkpoint", default=None, help="moment head (default: bundled)")
+
+
+def run(args) -> int:
+    from video_retrieval.demo import run_demo
+
+    run_demo(
+        out=args.out,
+        seed=args.seed,
+        num_videos=args.num_videos,
+        moment_videos=args.moment_videos,
+        searches=args.searches,
+        retrieval_checkpoint=args.checkpoint,
+        moment_checkpoint=args.moment_checkpoint,
+    )
+    return 0

@@ -1,0 +1,231 @@
+"""The offline walk-through behind ``vr demo`` / ``make demo``.
+
+It exercises the whole system on a freshly generated synthetic collection (a seed the demo model
+never saw): generate videos -> index them with the committed demo model -> search -> localize a
+query in a long video (PNG plot) -> retrieval and moment metrics. No network, no GPU.
+
+The demo model is ``video_retrieval/assets/demo_retrieval.ckpt`` (vr-tiny CLIP + seqTransf,
+trained from scratch by ``vr train`` on the synthetic world) and, for moments,
+``video_retrieval/assets/demo_moments.ckpt`` (Moment-DETR head on that CLIP's features). The
+README names the commands that reproduce both.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEMO_RETRIEVAL = ASSETS / "demo_retrieval.ckpt"
+DEMO_MOMENTS = ASSETS / "demo_moments.ckpt"
+
+
+def _say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _fmt_metrics(d: dict, keys) -> str:
+    return "  ".join(f"{k} {d[k]:.1f}" for k in keys if k in d)
+
+
+def generate_collection(out: Path, seed: int, num_videos: int, moment_videos: int) -> dict:
+    """A retrieval collection and a few long moment videos, from a seed unseen in training."""
+    from video_retrieval.datasets.synth_moments import generate_moments
+    from video_retrieval.datasets.synth_retrieval import generate_retrieval
+
+    retrieval = generate_retrieval(
+        out / "collection",
+        seed=seed,
+        num_train=0,
+        num_test=num_videos,
+        num_compositional=0,
+        min_captions=2,
+        max_captions=3,
+    )
+    moments = generate_moments(
+        out / "long_videos",
+        seed=seed,
+        num_videos=moment_videos,
+        val_fraction=0.0,
+        test_fraction=1.0,
+        min_duration=40,
+        max_duration=90,
+        queries_per_video=4,
+    )
+    return {"retrieval": retrieval, "moments": moments}
+
+
+def run_searches(index, captions: list[tuple[str, str]], n: int, k: int) -> list[dict]:
+    """Search the first caption of ``n`` different videos; print the ranked hits."""
+    seen, shown = set(), []
+    for video, caption in captions:
+        if video in seen:
+            continue
+        seen.add(video)
+        hits = index.search(caption, k=k, rerank="cliprerank")
+        found = next((h.rank for h in hits if h.video == video), None)
+        _say(f'\n  query: "{caption}"   (its video: {Path(video).name})')
+        for h in hits:
+            mark = "  <- the described video" if h.video == video else ""
+            s, e = h.moment
+            _say(
+                f"    {h.rank}. {Path(h.video).name:<14} score {h.score:.3f}  moment {s:5.1f}-{e:5.1f} s{mark}"
+            )
+        shown.append({"query": caption, "video": video, "found_at": found})
+        if len(shown) >= n:
+            break
+    return shown
+
+
+def moment_predictions(queries: list[dict], videos_dir: Path, checkpoint: Path | None, encoder):
+    """QVHighlights-style predictions for every query, from the head or the zero-shot baseline."""
+    preds = []
+    if checkpoint is not None:
+        from video_retrieval.moment_predictor import MomentPredictor
+
+        predictor = MomentPredictor.from_checkpoint(checkpoint)
+        cache: dict[str, dict] = {}
+        for q in queries:
+            path = videos_dir / f"{q['vid']}.mp4"
+            video = cache.setdefault(q["vid"], predictor.encode_video(path))
+            out = predictor.predict(path, q["query"], top=10, video=video)
+            preds.append(
+                {
+                    "qid": q["qid"],
+                    "vid": q["vid"],
+                    "pred_relevant_windows": out["moments"],
+                    "pred_saliency_scores": out["saliency"],
+                }
+            )
+        return preds
+    import torch
+
+    from video_retrieval.moment_features import clip_features
+    from video_retrieval.moment_zeroshot import clip_similarities, zero_shot_windows
+
+    cache = {}
+    for q in queries:
+        path = videos_dir / f"{q['vid']}.mp4"
+        if q["vid"] not in cache:
+            cache[q["vid"]] = clip_features(encoder, path, clip_len=2.0)
+        feats, _times, duration = cache[q["vid"]]
+        with torch.no_grad():
+            text = encoder.encode_text(encoder.tokenize([q["query"]])).sentence[0].float().numpy()
+        sims = clip_similarities(feats, text)
+        rows = zero_shot_windows(sims, 2.0, duration, top=10)
+        preds.append(
+            {
+                "qid": q["qid"],
+                "vid": q["vid"],
+                "pred_relevant_windows": [[float(a), float(b), float(c)] for a, b, c in rows],
+                "pred_saliency_scores": [float(x) for x in sims],
+            }
+        )
+    return preds
+
+
+def run_demo(
+    out: str | Path = "demo_out",
+    seed: int = 20261125,
+    num_videos: int = 48,
+    moment_videos: int = 3,
+    searches: int = 4,
+    retrieval_checkpoint: str | Path | None = None,
+    moment_checkpoint: str | Path | None = None,
+) -> dict:
+    """Run the walk-through; returns (and writes to ``out/summary.json``) what it measured."""
+    from video_retrieval.cli_eval import evaluate_retrieval, read_captions
+    from video_retrieval.index_store import Index
+    from video_retrieval.localize import localize
+    from video_retrieval.moment_metrics import evaluate
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = Path(retrieval_checkpoint) if retrieval_checkpoint else DEMO_RETRIEVAL
+    mckpt = Path(moment_checkpoint) if moment_checkpoint else DEMO_MOMENTS
+    if not ckpt.is_file():
+        from video_retrieval.errors import UserError
+
+        raise UserError(f"demo model not found: {ckpt} (see README: 'Reproduce the demo model')")
+
+    _say(f"[1/5] Generating a synthetic collection (seed {seed}, unseen in training) in {out}/")
+    world = generate_collection(out, seed, num_videos, moment_videos)
+    coll = out / "collection"
+    _say(
+        f"      {world['retrieval']['videos']['test']} short videos with captions, "
+        f"{world['moments']['videos']['test']} long videos with "
+        f"{world['moments']['queries']['test']} moment queries"
+    )
+
+    _say(f"\n[2/5] Indexing {coll / 'videos'} with the demo model {ckpt.name}")
+    index = Index.build(
+        [coll / "videos"], out / "index", checkpoint=str(ckpt), num_frames=8, batch_size=64
+    )
+    summ = index.build_summary or {}
+    _say(
+        f"      indexed {len(index)} videos ({summ.get('frames', '?')} frames), index at {out / 'index'}"
+    )
+
+    _say("\n[3/5] Searching (stage 1: FAISS over pooled seqTransf vectors; stage 2: CLIPRerank)")
+    captions = read_captions(coll / "captions.jsonl")
+    shown = run_searches(index, captions, searches, k=3)
+
+    _say("\n[4/5] Localizing a query inside a long video")
+    long_dir = out / "long_videos"
+    queries = _read_jsonl(long_dir / "test.jsonl")
+    q = queries[0]
+    plot = out / "localize.png"
+    use_head = mckpt.is_file()
+    result = localize(
+        long_dir / "videos" / f"{q['vid']}.mp4",
+        q["query"],
+        checkpoint=str(mckpt) if use_head else None,
+        encoder=None if use_head else index.models()[0],
+        top=3,
+        plot=plot,
+    )
+    _say(f'      video {q["vid"]}.mp4 ({q["duration"]} s), query "{q["query"]}"')
+    _say(f"      ground truth: {q['relevant_windows']}")
+    for i, m in enumerate(result["moments"], 1):
+        _say(f"      {i}. {m['start']:6.1f} - {m['end']:6.1f} s   score {m['score']:.3f}")
+    _say(f"      ({result['method']}) plot written to {plot}")
+
+    _say("\n[5/5] Metrics on this collection")
+    ret = {
+        rr: evaluate_retrieval(index, captions, rerank=rr)["t2v"] for rr in ("none", "cliprerank")
+    }
+    chance = 100.0 / max(1, len(index))
+    for rr, m in ret.items():
+        _say(f"      retrieval t2v ({rr:>10}): {_fmt_metrics(m, ('R1', 'R5', 'R10', 'MdR', 'MnR'))}"
+             f"   (chance R1 {chance:.1f})")  # fmt: skip
+    preds = moment_predictions(
+        queries, long_dir / "videos", mckpt if use_head else None, index.models()[0]
+    )
+    mom = evaluate(preds, queries)["brief"]
+    keys = ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP", "MR-full-mIoU")
+    _say(f"      moments ({'Moment-DETR' if use_head else 'zero-shot'}): "
+         + "  ".join(f"{k.replace('MR-full-', '')} {mom[k]:.1f}" for k in keys if k in mom))  # fmt: skip
+
+    summary = {
+        "seed": seed,
+        "videos": len(index),
+        "searches": shown,
+        "localize": result,
+        "retrieval": ret,
+        "retrieval_chance_R1": chance,
+        "moments": mom,
+        "moment_method": "moment_detr" if use_head else "zero_shot",
+        "plot": str(plot),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _say(f"\nDone in {summary['seconds']} s. Summary: {out / 'summary.json'}")
+    sys.stdout.flush()
+    return summary
