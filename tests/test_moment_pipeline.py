@@ -112,3 +112,15 @@ def test_fit_checkpoint_and_predictor(world, tmp_path):
     # the predictor and the module agree on the same features
     rows = predict_split(model, dm, "val")
     assert rows[1]["pred_relevant_windows"][0][:2] == pytest.approx(out["moments"][0][:2])
+
+
+@pytest.mark.parametrize("name", ["synth", "qvhighlights", "charades", "didemo"])
+def test_moment_configs_parse(name, capsys):
+    from video_retrieval.cli_train import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", f"configs/moments_{name}.yaml", "--print_config"])
+    assert e.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "video_retrieval.lit_moments.MomentDETRModule" in out
+    assert "gradient_clip_val: 0.1" in out
