@@ -497,3 +497,50 @@ def test_cli_cache_builds_and_resumes(world, tmp_path, capsys):
         )
         == 2
     )
+
+
+def test_video_captions_dataset_and_datamodule(full_cache, encoder):
+    from video_retrieval.feature_cache_data import (
+        CachedRetrievalDataModule,
+        CachedVideoCaptionsDataset,
+    )
+
+    out, _ = full_cache
+    cache = FeatureCache.open(out)
+    ds = CachedVideoCaptionsDataset(cache, split="train")
+    batch = ds.collate([ds[0], ds[1]])
+    assert batch["video_index"].tolist() == [0, 1]
+    assert batch["text_index"].tolist() == [0, 4, 1, 7]
+    assert batch["caption_video"].tolist() == [0, 0, 1, 1]
+    assert torch.equal(
+        batch["video_index"][batch["caption_video"]], cache.text_to_video[batch["text_index"]]
+    )
+
+    dm = CachedRetrievalDataModule(
+        train_cache=str(out), val_cache=str(out), train_split="train", val_split="test",
+        global_batch_size=2, eval_batch_size=4, words=False, patches=False,
+    )  # fmt: skip
+    dm.setup("fit")
+    dm.check_encoder(encoder)
+    train_batches = list(dm.train_dataloader())
+    assert len(train_batches) == 2  # 4 train videos, batch 2, drop_last
+    assert train_batches[0]["video"].patches is None and train_batches[0]["text"].words is None
+    (val,) = list(dm.val_dataloader())
+    assert val["video_index"].tolist() == [4] and val["text_index"].tolist() == [5]
+    assert dm.caption_bank() == [cache.captions[j] for j in (0, 1, 2, 3, 4, 7)]
+    assert dm.caption_bank_features().sentence.shape == (6, cache.embed_dim)
+    with pytest.raises(UserError, match="different model"):
+        dm.check_encoder(create_encoder("vr-tiny", precision="fp32", seed=1))
+
+
+def test_fps_sampling_pads_to_max_frames(world, encoder, tmp_path):
+    _, videos, _ = world
+    out = tmp_path / "fps"
+    build_cache(encoder, videos[:3], [], out, CacheSettings(fps=2.0, max_frames=3, words=False))
+    cache = FeatureCache.open(out)
+    assert cache.num_frames == 3 and cache.manifest["sampling"]["fps"] == 2.0
+    mask = cache.video_features().mask
+    assert mask[0].all() and mask[1].all()  # 2 s videos at 2 fps: 4 frames, subsampled to 3
+    assert mask[2].sum() == 1  # 0.5 s video at 2 fps: one frame, padded and masked
+    ts = cache.timestamps([0])[0]
+    assert torch.all(ts[1:] > ts[:-1])

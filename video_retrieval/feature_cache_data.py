@@ -8,6 +8,12 @@ order). Both yield the same batch from their ``collate``::
     {"video": VideoFeatures (fp32), "text": TextFeatures (fp32),
      "video_index": LongTensor [B] (cache video index), "text_index": LongTensor [B] (cache caption index)}
 
+For evaluation in the layout of ``retrieval_data.collate_retrieval`` (one item per video with all
+its captions) use :class:`CachedVideoCaptionsDataset`: its batches add ``caption_video``
+(LongTensor [N_captions], row of each caption's video in the batch) and ``text``/``text_index``
+hold every caption of the batch's videos. :class:`CachedRetrievalDataModule` wires train/val/test
+caches into Lightning.
+
 Videos whose decoding failed (manifest ``failures``) are left out, with their captions, unless
 ``include_failed=True`` (their features are fully masked).
 """
@@ -212,6 +218,49 @@ class CachedCaptionDataset(_CacheBatches):
         return {"video_index": self.t2v[t], "text_index": t}
 
 
+class CachedVideoCaptionsDataset(_CacheBatches):
+    """One item per video with *all* its captions (evaluation, video side read once)."""
+
+    def __init__(
+        self,
+        cache,
+        split: str | None = None,
+        video_indices=None,
+        words: bool | None = None,
+        patches: bool | None = None,
+        include_failed: bool = False,
+    ):
+        super().__init__(cache, words, patches)
+        if video_indices is None:
+            video_indices = self.cache.video_indices(split, include_failed=include_failed)
+        allowed = set(self.cache.text_indices(split, include_failed=include_failed).tolist())
+        caps = self.cache.video_captions
+        self.items = []
+        for v in np.asarray(video_indices, dtype=np.int64).tolist():
+            self.items.append((int(v), [j for j in caps[v] if j in allowed]))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        v, caps = self.items[i]
+        return {"video_index": v, "text_indices": caps}
+
+    def collate(self, items: list[dict]) -> dict:
+        vi = torch.as_tensor([it["video_index"] for it in items], dtype=torch.long)
+        ti = torch.as_tensor([j for it in items for j in it["text_indices"]], dtype=torch.long)
+        rows = torch.as_tensor(
+            [b for b, it in enumerate(items) for _ in it["text_indices"]], dtype=torch.long
+        )
+        return {
+            "video": self.cache.video_features(vi, patches=self.patches),
+            "text": self.cache.text_features(ti, words=self.words),
+            "video_index": vi,
+            "text_index": ti,
+            "caption_video": rows,
+        }
+
+
 def pair_loader(
     cache,
     batch_size: int = 64,
@@ -257,3 +306,131 @@ def eval_arrays(cache: FeatureCache, split: str | None = None, words=None, patch
         torch.from_numpy(vidx),
         torch.from_numpy(tidx),
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# Lightning
+# ------------------------------------------------------------------------------------------------
+try:
+    import lightning.pytorch as _pl
+
+    _DataModuleBase = _pl.LightningDataModule
+except ImportError:  # pragma: no cover - lightning is a dependency
+    _DataModuleBase = object
+
+
+class CachedRetrievalDataModule(_DataModuleBase):
+    """Frozen-backbone training from feature caches (one cache per split, built by ``vr cache``).
+
+    ``train_cache`` / ``val_cache`` / ``test_cache``: cache folders (``test_cache`` defaults to
+    ``val_cache``); ``*_split``: optional split label inside a cache built from a multi-split
+    captions.jsonl. Training batches: :class:`CachedPairDataset` (one random caption per video,
+    per-process batch = ``global_batch_size`` / world size); evaluation batches:
+    :class:`CachedVideoCaptionsDataset`. ``words`` / ``patches``: load word / patch features
+    (None: whatever the cache holds; set them from ``aggregator.needs_words/needs_patches``).
+    Call :meth:`check_encoder` with the model's encoder to refuse caches of another model.
+    """
+
+    def __init__(
+        self,
+        train_cache: str | None = None,
+        val_cache: str | None = None,
+        test_cache: str | None = None,
+        train_split: str | None = None,
+        val_split: str | None = None,
+        test_split: str | None = None,
+        global_batch_size: int = 128,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        words: bool | None = None,
+        patches: bool | None = None,
+        shuffle: bool = True,
+    ):
+        super().__init__()
+        self.paths = {"train": train_cache, "val": val_cache, "test": test_cache or val_cache}
+        self.split_names = {"train": train_split, "val": val_split, "test": test_split}
+        self.global_batch_size = int(global_batch_size)
+        self.eval_batch_size = int(eval_batch_size)
+        self.num_workers = int(num_workers)
+        self.words, self.patches, self.shuffle = words, patches, shuffle
+        self.caches: dict[str, FeatureCache] = {}
+
+    def cache(self, which: str) -> FeatureCache:
+        if which not in self.caches:
+            path = self.paths.get(which)
+            if path is None:
+                raise UserError(f"no {which} feature cache given (--data.{which}_cache DIR)")
+            self.caches[which] = FeatureCache.open(path)
+        return self.caches[which]
+
+    def check_encoder(self, encoder) -> None:
+        """UserError unless every configured cache was built by ``encoder``."""
+        for which, path in self.paths.items():
+            if path is not None:
+                self.cache(which).check_fingerprint(encoder)
+
+    def setup(self, stage: str | None = None):
+        if stage in (None, "fit"):
+            self.cache("train")
+        if stage in (None, "fit", "validate") and self.paths["val"] is not None:
+            self.cache("val")
+        if stage in (None, "test", "predict"):
+            self.cache("test")
+
+    def per_process_batch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        world = trainer.world_size if trainer is not None else 1
+        if self.global_batch_size % world:
+            raise UserError(
+                f"global_batch_size {self.global_batch_size} is not divisible by world size {world}"
+            )
+        return self.global_batch_size // world
+
+    def train_dataloader(self) -> DataLoader:
+        ds = CachedPairDataset(
+            self.cache("train"),
+            split=self.split_names["train"],
+            words=self.words,
+            patches=self.patches,
+        )
+        return DataLoader(
+            ds,
+            batch_size=self.per_process_batch(),
+            shuffle=self.shuffle,
+            drop_last=True,
+            num_workers=self.num_workers,
+            collate_fn=ds.collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _eval_loader(self, which: str) -> DataLoader:
+        ds = CachedVideoCaptionsDataset(
+            self.cache(which), split=self.split_names[which], words=self.words, patches=self.patches
+        )
+        return DataLoader(
+            ds,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=ds.collate,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def caption_bank(self, max_captions: int | None = None) -> list[str]:
+        """Training captions (UCoFiA's Sinkhorn bank), as text."""
+        c = self.cache("train")
+        caps = [c.captions[j] for j in c.text_indices(self.split_names["train"]).tolist()]
+        return caps if max_captions is None else caps[:max_captions]
+
+    def caption_bank_features(self, max_captions: int | None = None):
+        """The same bank as cached ``TextFeatures`` (no text encoding needed)."""
+        c = self.cache("train")
+        idx = c.text_indices(self.split_names["train"])
+        if max_captions is not None:
+            idx = idx[:max_captions]
+        return c.text_features(idx, words=self.words)
