@@ -365,6 +365,10 @@ def _bad_files(vids, d):
     (d / "junk.mp4").write_bytes(
         np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes()
     )
+    # an AVI whose FourCC names no known codec (FFmpeg then has no decoder for the stream)
+    avi = vids["mpeg4_avi"].read_bytes()
+    assert avi.count(b"FMP4") == 2
+    (d / "unknown_codec.avi").write_bytes(avi.replace(b"FMP4", b"ZZZZ"))
     return {
         "missing": (d / "nope.mp4", "no such file"),
         "directory": (d, "directory"),
@@ -376,6 +380,7 @@ def _bad_files(vids, d):
             truncate_copy(vids["moov_end"], d / "half.mp4"),
             "not a readable video",
         ),
+        "unknown_codec": (d / "unknown_codec.avi", "unknown or unsupported video codec"),
     }
 
 
@@ -389,6 +394,7 @@ def _bad_files(vids, d):
         "zero_length",
         "garbage",
         "half_mp4_moov_at_end",
+        "unknown_codec",
     ],
 )
 @pytest.mark.parametrize("backend", ["auto", "pyav", "decord"])

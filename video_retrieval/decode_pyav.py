@@ -60,6 +60,9 @@ def _open(path: str):
     if not container.streams.video:
         container.close()
         raise VideoDecodeError(path, "no video stream in the file (audio-only or data file?)")
+    if container.streams.video[0].codec_context is None:  # codec id unknown or damaged header
+        container.close()
+        raise VideoDecodeError(path, "unknown or unsupported video codec (no decoder)")
     return container
 
 
