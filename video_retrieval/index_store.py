@@ -292,6 +292,15 @@ class Index:
             raise UserError(f"{index_dir} is not an index directory (build one with vr index)")
         videos = read_json(d / VIDEOS)
         pooled = np.load(d / POOLED, mmap_mode="r")
+        if (
+            not manifest.get("complete")
+            or len(videos) != manifest["counts"]["videos"]
+            or pooled.shape[0] != len(videos)
+        ):
+            raise UserError(
+                f"index {index_dir} is incomplete (an indexing run was interrupted); "
+                "run the same vr index command again to finish it"
+            )
         idx = cls(d, manifest, videos, pooled)
         if encoder is not None:
             idx.check_encoder(encoder)
