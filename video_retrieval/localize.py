@@ -114,7 +114,8 @@ def plot_moments(result: dict, out_png, thumbnails: int = 4) -> Path:
 
     sal = np.asarray(result["saliency"], dtype=np.float64)
     clip_len = float(result.get("clip_len", 2.0))
-    centres = (np.arange(len(sal)) + 0.5) * clip_len
+    end = float(result.get("duration") or len(sal) * clip_len)
+    edges = np.minimum(np.arange(len(sal) + 1) * clip_len, max(end, clip_len * (len(sal) - 1)))
     moments = result["moments"][:thumbnails]
     thumbs = []
     if moments:
@@ -133,7 +134,7 @@ def plot_moments(result: dict, out_png, thumbnails: int = 4) -> Path:
     rows = 2 if thumbs else 1
     ax = fig.add_subplot(rows, 1, 1)
     if len(sal):
-        ax.plot(centres, sal, color="tab:blue", lw=1.5, label="query similarity")
+        ax.step(edges, np.append(sal, sal[-1]), where="post", color="tab:blue", lw=1.5)
     for i, m in enumerate(result["moments"]):
         ax.axvspan(m["start"], m["end"], color="tab:orange", alpha=0.35 if i == 0 else 0.15, lw=0)
         ax.text(m["start"], ax.get_ylim()[1], f"#{i + 1}", va="top", fontsize=8)
