@@ -480,3 +480,18 @@ def predict_split(module: MomentDETRModule, dm: MomentDataModule, split: str) ->
         for batch in loader:
             rows.extend(module._predict_rows(batch, module(batch), dm.items[split]))
     return rows
+
+
+def load_module(ckpt_path) -> MomentDETRModule:
+    """A ``MomentDETRModule`` with its weights from a checkpoint (``weights_only=True``)."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    meta = ckpt.get("moment_meta")
+    if not meta:
+        raise UserError(f"{ckpt_path}: not a moment checkpoint (no moment_meta)")
+    hp = dict(ckpt.get("hyper_parameters", {}))
+    hp.update(meta["model_kwargs"])
+    allowed = MomentDETRModule.__init__.__code__.co_varnames
+    module = MomentDETRModule(**{k: v for k, v in hp.items() if k in allowed})
+    module.load_state_dict(ckpt["state_dict"])
+    module.meta_extra = {k: v for k, v in meta.items() if k not in ("model_kwargs", "format")}
+    return module.eval()
