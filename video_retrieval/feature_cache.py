@@ -472,6 +472,8 @@ def build_cache(
         "build_key": key,
         "fingerprint": fingerprint,
         "encoder_spec": _jsonable(getattr(encoder, "spec", {})),
+        # the autocast really used (spec "auto" resolves per machine): bf16 features differ a bit
+        "encoder_autocast": str(getattr(encoder, "autocast_dtype", None)),
         "embed_dim": d,
         "sampling": {
             "num_frames": settings.num_frames,
