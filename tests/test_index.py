@@ -219,9 +219,11 @@ def _journal_videos(d: Path) -> int:
 
 def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     src = tmp_path / "many"
-    n = 36
-    for i in range(n):
-        make_video(src / f"v{i:02d}.mp4", i, frames=24, h=96, w=128, fps=12)
+    n = 24
+    for i in range(4):
+        make_video(src / f"v{i:02d}.mp4", i, frames=24, h=72, w=96, fps=12)
+    for i in range(4, n):  # copies: distinct paths are distinct videos to the index
+        shutil.copy(src / f"v{i % 4:02d}.mp4", src / f"v{i:02d}.mp4")
     killed = tmp_path / "killed"
     cmd = [*VR, "index", str(src), "--index", str(killed), "--num-frames", "6", "--workers", "0",
            "--shard-size", "1", "--batch-size", "4", "--no-progress"]  # fmt: skip
