@@ -4,11 +4,10 @@ failures, fingerprint refusal, datasets and the ``vr cache`` command."""
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import pickle
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -267,20 +266,36 @@ def test_resume_after_exception_equals_uninterrupted(world, encoder, full_cache,
     assert again.up_to_date and again.video_chunks_done == 0
 
 
+def _killed_build(videos, captions, out: str, kill_after: int) -> None:
+    """Child process body: build the cache and SIGKILL itself after ``kill_after`` chunks."""
+    torch.set_num_threads(1)
+    enc = create_encoder("vr-tiny", precision="fp32")
+    count = [0]
+
+    def on_chunk(kind, start, end):
+        count[0] += 1
+        if count[0] == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    build_cache(
+        enc, videos, captions, out, CacheSettings(**SETTINGS), chunk_size=2, text_chunk_size=3,
+        on_chunk=on_chunk,
+    )  # fmt: skip
+    os._exit(0)
+
+
 def test_resume_after_sigkill_equals_uninterrupted(world, encoder, full_cache, tmp_path):
-    """A real process SIGKILLed after two recorded chunks; the rerun resumes and matches."""
-    root, videos, captions = world
+    """A real (forked) process SIGKILLed after two recorded chunks; the rerun resumes and
+    produces exactly the arrays of an uninterrupted build."""
+    _, videos, captions = world
     out_full, _ = full_cache
     out = tmp_path / "killed"
-    script = (
-        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-        "from test_feature_cache import _build_in_subprocess; "
-        f"_build_in_subprocess({str(root)!r}, {str(out)!r}, kill_after=2)"
+    proc = mp.get_context("fork").Process(
+        target=_killed_build, args=(videos, captions, str(out), 2)
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    proc.start()
+    proc.join(timeout=300)
+    assert proc.exitcode == -signal.SIGKILL
     man = json.loads((out / "manifest.json").read_text())
     assert man["status"] == "building"
     journal = [json.loads(x) for x in (out / "journal.jsonl").read_text().splitlines()]
@@ -296,43 +311,6 @@ def test_resume_after_sigkill_equals_uninterrupted(world, encoder, full_cache, t
     assert report.resumed and report.video_chunks_done == 1
     assert any("resuming" in m for m in logs)
     _assert_same_arrays(out, out_full)
-
-
-def _build_in_subprocess(root: str, out: str, kill_after: int) -> None:
-    """Rebuild the ``world`` fixture's inputs and cache them, SIGKILLing itself after
-    ``kill_after`` recorded chunks (used by the SIGKILL test through a real subprocess)."""
-    vids = sorted(Path(root, "videos").glob("*.mp4"))
-    videos = [
-        VideoItem(id=p.stem, path=str(p), split="train" if i < 4 else "test")
-        for i, p in enumerate(vids)
-    ]
-    texts = [
-        "a red circle moves left",
-        "a blue square grows",
-        "two shapes appear then vanish",
-        "a green triangle shrinks slowly",
-        "the circle moves right",
-        "a yellow star appears",
-        "something in the broken video",
-        "a purple square moves up",
-    ]
-    t2v = [0, 1, 2, 3, 0, 4, 5, 1]
-    captions = [
-        CaptionItem(text=t, video_index=v, split=videos[v].split) for t, v in zip(texts, t2v)
-    ]
-    enc = create_encoder("vr-tiny", precision="fp32")
-    enc.eval()
-    count = [0]
-
-    def on_chunk(kind, start, end):
-        count[0] += 1
-        if count[0] == kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    build_cache(
-        enc, videos, captions, out, CacheSettings(**SETTINGS), chunk_size=2, text_chunk_size=3,
-        on_chunk=on_chunk, log=lambda m: print(m, file=sys.stderr),
-    )  # fmt: skip
 
 
 def test_changed_inputs_are_refused_unless_overwrite(world, encoder, tmp_path):
