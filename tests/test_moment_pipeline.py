@@ -124,3 +124,16 @@ def test_moment_configs_parse(name, capsys):
     out = capsys.readouterr().out
     assert "video_retrieval.lit_moments.MomentDETRModule" in out
     assert "gradient_clip_val: 0.1" in out
+
+
+def test_center_normalisation_keeps_only_temporal_change():
+    from video_retrieval.moment_features import normalize_clip_features
+
+    base = np.ones((4, 3), np.float32)
+    base[2, 0] += 0.01  # clip 2 differs slightly
+    out = normalize_clip_features(base, "center")
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-4)
+    assert out[2, 0] > 0.99  # the change dominates after centring
+    np.testing.assert_array_equal(normalize_clip_features(base, "none"), base)
+    with pytest.raises(ValueError):
+        normalize_clip_features(base, "bogus")

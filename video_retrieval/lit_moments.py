@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from video_retrieval.datasets.moments import load_moments, resolve_video, sample_saliency_pairs
 from video_retrieval.errors import UserError
-from video_retrieval.moment_features import FeatureCache
+from video_retrieval.moment_features import FeatureCache, normalize_clip_features
 from video_retrieval.moment_metrics import evaluate
 from video_retrieval.moment_predictor import postprocess
 from video_retrieval.temporal.moment_detr import MomentDETR
@@ -111,6 +111,8 @@ class MomentDataModule(L.LightningDataModule):
             CLIP encoder (``create_encoder``); ``retrieval_checkpoint``: a ``vr train`` retrieval
             checkpoint whose encoder is used instead (``"auto"``: the committed demo model when it
             exists, else the encoder args).
+        video_feature_norm: ``none`` (Moment-DETR) or ``center`` (per-video mean removed, then
+            L2; for near-constant features of a randomly initialised encoder).
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class MomentDataModule(L.LightningDataModule):
         max_v_l: int = 75,
         max_q_l: int = 32,
         max_windows: int = 5,
+        video_feature_norm: str = "none",
         batch_size: int = 32,
         eval_batch_size: int = 64,
         num_workers: int = 0,
@@ -199,7 +202,7 @@ class MomentDataModule(L.LightningDataModule):
         items = []
         for r, t in zip(rows, texts):
             feats, _times, vdur = video_feats[r["vid"]]
-            feats = feats[: h.max_v_l]
+            feats = normalize_clip_features(feats[: h.max_v_l], h.video_feature_norm)
             n = len(feats)
             dur = r["duration"] if r.get("duration") else vdur
             dur = min(float(dur), n * h.clip_len)
@@ -328,6 +331,7 @@ class MomentDETRModule(L.LightningModule):
                 "frames_per_clip": int(dm.hparams.frames_per_clip),
                 "max_v_l": int(dm.hparams.max_v_l),
                 "max_q_l": int(dm.hparams.max_q_l),
+                "video_feature_norm": str(dm.hparams.video_feature_norm),
             }
         if self.model is None:
             if not (self.hparams.v_feat_dim and self.hparams.t_feat_dim):

@@ -74,6 +74,7 @@ class MomentPredictor:
         self.round_multiple = float(meta.get("round_multiple", 0.0))
         self.nms_iou = float(meta.get("nms_iou", -1.0))
         self.frames_per_clip = int(meta.get("frames_per_clip", 1))
+        self.video_feature_norm = str(meta.get("video_feature_norm", "none"))
 
     @classmethod
     def from_checkpoint(cls, path, device: str = "cpu", encoder=None) -> MomentPredictor:
@@ -117,12 +118,12 @@ class MomentPredictor:
 
     @torch.no_grad()
     def predict(self, video_path, query: str, top: int = 5, video: dict | None = None) -> dict:
-        from video_retrieval.moment_features import text_token_features
+        from video_retrieval.moment_features import normalize_clip_features, text_token_features
 
         if not isinstance(query, str) or not query.strip():
             raise UserError("the query is empty")
         video = video or self.encode_video(video_path)
-        feats = video["feats"][: self.max_v_l]
+        feats = normalize_clip_features(video["feats"][: self.max_v_l], self.video_feature_norm)
         n = len(feats)
         duration = min(float(video["duration"]), n * self.clip_len)
         txt = text_token_features(self.encoder, [query], self.max_q_l)[0]
