@@ -132,6 +132,7 @@ def load_didemo_moments(path) -> list[dict]:
                     else []
                 ),
                 "annotator_windows": windows,
+                "times": [list(t) for t in times],
                 "num_segments": nseg,
             }
         )

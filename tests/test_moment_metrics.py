@@ -129,3 +129,17 @@ def test_evaluate_files_roundtrip(tmp_path):
     assert evaluate_files(p, g)["brief"]["MR-full-mAP"] == 100.0
     with pytest.raises(UserError):
         evaluate_files(tmp_path / "missing.jsonl", g)
+
+
+def test_didemo_official_protocol_by_hand():
+    from video_retrieval.moment_metrics import didemo_metrics, windows_to_didemo_ranking
+
+    ranking = windows_to_didemo_ranking([[5, 10, 0.9], [5.2, 9.8, 0.8], [0, 30, 0.1]])
+    assert ranking[:2] == [(1, 1), (0, 5)] and len(ranking) == 21 and len(set(ranking)) == 21
+    row = {"qid": 1, "times": [[1, 1], [1, 1], [1, 1], [0, 0]]}
+    m = didemo_metrics([{"qid": 1, "pred_relevant_windows": [[5, 10, 0.9]]}], [row])
+    # ranks 1,1,1,(0,0) -> best three mean 1 -> R@1 hit; IoUs 1,1,1,0 -> top-3 mean 1
+    assert m["R@1"] == 100.0 and m["R@5"] == 100.0 and m["mIoU"] == 100.0
+    m = didemo_metrics([{"qid": 1, "pred_relevant_windows": [[0, 10, 0.9]]}], [row])
+    # top-1 (0,1): IoU with (1,1) = 1/2, with (0,0) = 1/2 -> mIoU 50; (1,1) ranked after (0,1)
+    assert m["mIoU"] == 50.0 and m["R@1"] == 0.0

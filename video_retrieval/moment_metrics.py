@@ -300,3 +300,50 @@ def load_jsonl(path) -> list[dict]:
 def evaluate_files(pred_path, gt_path, match_number: bool = True) -> dict:
     """``vr eval moments --pred FILE --gt FILE``: both QVHighlights-style jsonl."""
     return evaluate(load_jsonl(pred_path), load_jsonl(gt_path), match_number=match_number)
+
+
+DIDEMO_MOMENTS = [(i, j) for i in range(6) for j in range(i, 6)]  # the 21 candidate moments
+
+
+def windows_to_didemo_ranking(windows, segment: float = 5.0) -> list[tuple[int, int]]:
+    """Predicted (start, end, score) rows in seconds -> a ranking of all 21 DiDeMo moments:
+    each row snapped to inclusive segment indices (duplicates dropped), then the moments not
+    predicted, by descending IoU with the top-1 (ties in the canonical order)."""
+    ranked: list[tuple[int, int]] = []
+    for w in windows:
+        a = int(min(5, max(0, round(float(w[0]) / segment))))
+        b = int(min(5, max(a, round(float(w[1]) / segment) - 1)))
+        if (a, b) not in ranked:
+            ranked.append((a, b))
+    top = ranked[0] if ranked else (0, 0)
+    rest = [m for m in DIDEMO_MOMENTS if m not in ranked]
+    rest.sort(key=lambda m: -_didemo_iou(top, m))
+    return ranked + rest
+
+
+def _didemo_iou(pred, gt) -> float:
+    inter = max(0, min(pred[1], gt[1]) + 1 - max(pred[0], gt[0]))
+    union = max(pred[1], gt[1]) + 1 - min(pred[0], gt[0])
+    return inter / union
+
+
+def didemo_metrics(preds: list[dict], rows: list[dict]) -> dict:
+    """DiDeMo's official protocol (LocalizingMoments ``utils/eval.py``): per query, the rank of
+    each annotator's moment in the 21-moment ranking; R@1 / R@5 use the mean of the 3 best ranks,
+    mIoU the mean of the 3 best IoUs of the top-1 (segment units, inclusive ends). ``rows`` are
+    ``load_didemo_moments`` rows (their ``times``). Percentages, 2 decimals."""
+    pmap = {_key(p["qid"]): p for p in preds}
+    ranks, ious = [], []
+    for r in rows:
+        p = pmap.get(_key(r["qid"]))
+        ranking = windows_to_didemo_ranking(p.get("pred_relevant_windows", []) if p else [])
+        times = [tuple(t) for t in r["times"]]
+        ious.append(float(np.mean(np.sort([_didemo_iou(ranking[0], t) for t in times])[-3:])))
+        ranks.append(float(np.mean(np.sort([ranking.index(t) + 1 for t in times])[:3])))
+    ranks_a = np.asarray(ranks)
+    return {
+        "R@1": _pct(float(np.mean(ranks_a <= 1))),
+        "R@5": _pct(float(np.mean(ranks_a <= 5))),
+        "mIoU": _pct(float(np.mean(ious))),
+        "num_queries": len(rows),
+    }
