@@ -325,6 +325,13 @@ def test_changed_inputs_are_refused_unless_overwrite(world, encoder, tmp_path):
     report = build_cache(encoder, videos[:2], [], out, CacheSettings(num_frames=3), overwrite=True)
     assert not report.up_to_date
     assert FeatureCache.open(out).num_frames == 3
+    # two builds of one folder at once: the second is refused
+    import fcntl
+
+    with open(out / ".lock", "a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(UserError, match="another `vr cache`"):
+            build_cache(encoder, videos[:2], [], out, CacheSettings(num_frames=3))
     # a non-cache folder is never overwritten by mistake
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.txt").write_text("keep me")

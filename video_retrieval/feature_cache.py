@@ -28,6 +28,7 @@ manifest's ``failures`` (index, id, path, reason), its mask is all False and ``v
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -50,6 +51,7 @@ FORMAT_NAME = "vr-feature-cache"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 JOURNAL = "journal.jsonl"
+LOCK = ".lock"
 PATCH_MODES = ("none", "all", "topk")
 TOPK_CRITERION = "cosine_to_frame_cls"
 
@@ -369,6 +371,44 @@ def build_cache(
     captions: Sequence[CaptionItem] = (),
     out_dir: str | os.PathLike = "cache",
     settings: CacheSettings | None = None,
+    **kwargs,
+) -> BuildReport:
+    """Encode ``videos`` and ``captions`` with the frozen ``encoder`` into ``out_dir``.
+
+    Reruns resume an interrupted build with the same inputs and settings; a finished cache with the
+    same inputs is left untouched (``up_to_date``). Different inputs or a different model in an
+    existing cache directory are refused unless ``overwrite``. ``on_chunk(kind, start, end)`` is
+    called after each chunk is durably recorded (``kind`` is "video" or "text"). Keyword options:
+    ``batch_size`` (frames per encoder call), ``chunk_size`` (videos per journaled chunk),
+    ``text_chunk_size``, ``num_workers`` (decoding threads), ``overwrite``, ``load_frames``
+    (decoder override), ``on_chunk``, ``log``. Two builds of one directory at once are refused.
+    """
+    out = Path(out_dir)
+    if (
+        out.exists()
+        and not (out / MANIFEST).exists()
+        and any(p.name != LOCK for p in out.iterdir())
+        and not kwargs.get("overwrite", False)
+    ):
+        raise UserError(f"{out} exists and is not a feature cache; choose an empty --out")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK, "a") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{out}: another `vr cache` is building this cache right now") from None
+        try:
+            return _build_cache_locked(encoder, videos, captions, out, settings, **kwargs)
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _build_cache_locked(
+    encoder,
+    videos: Sequence[VideoItem],
+    captions: Sequence[CaptionItem] = (),
+    out_dir: str | os.PathLike = "cache",
+    settings: CacheSettings | None = None,
     *,
     batch_size: int = 64,
     chunk_size: int = 16,
@@ -379,13 +419,6 @@ def build_cache(
     on_chunk: Callable[[str, int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> BuildReport:
-    """Encode ``videos`` and ``captions`` with the frozen ``encoder`` into ``out_dir``.
-
-    Reruns resume an interrupted build with the same inputs and settings; a finished cache with the
-    same inputs is left untouched (``up_to_date``). Different inputs or a different model in an
-    existing cache directory are refused unless ``overwrite``. ``on_chunk(kind, start, end)`` is
-    called after each chunk is durably recorded (``kind`` is "video" or "text").
-    """
     t0 = time.perf_counter()
     settings = settings or CacheSettings()
     videos = [v if isinstance(v, VideoItem) else VideoItem(**v) for v in videos]
@@ -435,8 +468,6 @@ def build_cache(
             raise UserError(
                 f"{out} already holds a feature cache built with {why}; use --overwrite or another --out"
             )
-    elif out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} exists and is not a feature cache; choose an empty --out")
 
     if not resume and out.exists():
         for name in ARRAY_FILES:
