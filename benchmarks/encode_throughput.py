@@ -77,14 +77,19 @@ def main(argv=None) -> int:
     n = len(frames.pixels)
     rows = []
 
+    def record(stage, precision, seconds):
+        rows.append((stage, precision, n / seconds, seconds))
+        if not args.json:  # progress, as the whole run can take minutes on a busy machine
+            print(f"  measured {stage} {precision}: {n / seconds:.1f} frames/s", flush=True)
+
     t = best_time(lambda: load_frames(video, fps=args.fps), args.repeat)
-    rows.append(("decode", "-", n / t, t))
+    record("decode", "-", t)
 
     for precision in args.precisions.split(","):
         enc = create_encoder(args.model, precision=precision)
         t = best_time(lambda enc=enc: enc.preprocess(frames.pixels), args.repeat)
         if precision == args.precisions.split(",")[0]:
-            rows.append(("preprocess", "-", n / t, t))
+            record("preprocess", "-", t)
         images = enc.preprocess(frames.pixels)
 
         def encode(enc=enc, images=images):
@@ -93,14 +98,14 @@ def main(argv=None) -> int:
                     enc.encode_images(images[i : i + args.batch_size])
 
         t = best_time(encode, args.repeat)
-        rows.append(("encode", precision, n / t, t))
+        record("encode", precision, t)
 
         def end_to_end(enc=enc):
             pixels = load_frames(video, fps=args.fps).pixels
             enc.encode_frames(pixels, batch_size=args.batch_size)
 
         t = best_time(end_to_end, args.repeat)
-        rows.append(("end-to-end", precision, n / t, t))
+        record("end-to-end", precision, t)
 
     machine = {
         "cpu": platform.processor() or platform.machine(),

@@ -2,6 +2,8 @@
 
     vr cache --captions OUT/captions.jsonl --split train --out cache/train --model vr-tiny
     vr cache --videos videos/ --out cache/videos --patches topk --patch-topk 16
+    vr cache --dataset synth --root data/synth --split train --frame-size 64 --symmetric-window \
+             --out cache/train      # exactly the frames RetrievalDataModule(...) trains on
 
 Rerunning the same command after an interruption resumes it; on a finished cache it does nothing.
 """
@@ -12,6 +14,8 @@ import argparse
 import json
 import sys
 
+from video_retrieval.errors import UserError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
@@ -21,7 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument(
         "--captions", help="captions.jsonl ({'video', 'caption', 'split'} rows): videos + captions"
     )
-    parser.add_argument("--split", default=None, help="with --captions: keep only this split")
+    src.add_argument(
+        "--dataset",
+        choices=["msrvtt", "didemo", "jsonl", "synth"],
+        help="a training dataset (RetrievalDataModule loaders) under --root; needs --split",
+    )
+    parser.add_argument("--root", default=None, help="with --dataset: the dataset folder")
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="--captions: keep only this split; --dataset: train|val|test|compositional",
+    )
     parser.add_argument("--out", required=True, help="cache directory")
     parser.add_argument("--model", default=None, help="open_clip model name (default vr-tiny)")
     parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag")
@@ -40,6 +54,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--decode-size", type=int, default=None, help="resize short side while decoding"
+    )
+    parser.add_argument(
+        "--frame-size",
+        type=int,
+        default=None,
+        help="decode at short side S + centre square crop, as RetrievalDataModule(frame_size=S)",
+    )
+    parser.add_argument(
+        "--symmetric-window",
+        action="store_true",
+        help="sample between first and last frame centres (RetrievalDataModule symmetric_window)",
     )
     parser.add_argument(
         "--patches",
@@ -63,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from video_retrieval.feature_cache import CacheSettings, build_cache
     from video_retrieval.feature_cache_data import (
         items_from_captions_jsonl,
+        items_from_dataset,
         videos_from_list_or_dir,
     )
 
@@ -75,8 +101,14 @@ def run(args: argparse.Namespace) -> int:
         patch_topk=args.patch_topk,
         max_words=args.max_words,
         words=not args.no_words,
+        frame_size=args.frame_size,
+        symmetric_window=args.symmetric_window,
     )
-    if args.captions:
+    if args.dataset:
+        if not args.root or not args.split:
+            raise UserError("--dataset needs --root DIR and --split train|val|test|compositional")
+        videos, captions = items_from_dataset(args.dataset, args.root, args.split)
+    elif args.captions:
         videos, captions = items_from_captions_jsonl(args.captions, split=args.split)
     else:
         videos, captions = videos_from_list_or_dir(args.videos), []

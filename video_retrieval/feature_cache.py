@@ -79,7 +79,10 @@ class CacheSettings:
     ``fps=F``: one frame each 1/F s, then uniformly subsampled to at most ``max_frames`` (CLIP4Clip's
     1 fps + uniform slicing); shorter videos are padded and masked. ``decode_size`` resizes while
     decoding (short side); None decodes at full size so features equal ``encode_frames`` on the
-    decoded frames.
+    decoded frames. ``frame_size=S`` reproduces the training DataModule's frames exactly
+    (``RetrievalDataModule(frame_size=S)``: decode at short side S, centre square crop with
+    ``retrieval_data.center_crop_square``); ``symmetric_window`` samples between the first and the
+    last frame centres like ``RetrievalDataModule(symmetric_window=True)`` (time-reversal exact).
     """
 
     num_frames: int | None = 12
@@ -90,6 +93,8 @@ class CacheSettings:
     patch_topk: int = 16
     max_words: int = 32
     words: bool = True
+    frame_size: int | None = None
+    symmetric_window: bool = False
 
     def __post_init__(self):
         if self.fps is not None:
@@ -106,6 +111,8 @@ class CacheSettings:
             )
         if self.patches == "topk" and int(self.patch_topk) < 1:
             raise UserError(f"--patch-topk must be >= 1, got {self.patch_topk}")
+        if self.frame_size is not None and int(self.frame_size) < 1:
+            raise UserError(f"--frame-size must be >= 1, got {self.frame_size}")
         if int(self.max_words) < 2:
             raise UserError(f"--max-words must be >= 2 (SOT and EOT), got {self.max_words}")
 
@@ -119,6 +126,8 @@ class VideoItem:
     id: str
     path: str
     split: str | None = None
+    start: float | None = None  # seconds; None = whole video (DiDeMo-style windows otherwise)
+    end: float | None = None
 
 
 @dataclass
@@ -314,11 +323,26 @@ def _probe_dims(encoder, settings: CacheSettings, need_text: bool) -> tuple[int,
 def _decode_one(load_frames, item: VideoItem, settings: CacheSettings) -> _Decoded:
     t = settings.frames_per_video
     try:
+        start, end = item.start, item.end
+        if settings.symmetric_window and start is None and end is None:
+            from video_retrieval.decode import probe_video
+
+            info = probe_video(item.path)
+            half = 0.5 / info.fps if info.fps > 0 else 0.0
+            if info.duration > 2 * half:
+                start, end = half, info.duration - half
+        size = settings.frame_size if settings.frame_size is not None else settings.decode_size
+        window = {"start": start, "end": end, "size": size}
         if settings.fps is None:
-            fr = load_frames(item.path, num_frames=t, size=settings.decode_size)
+            fr = load_frames(item.path, num_frames=t, **window)
         else:
-            fr = load_frames(item.path, fps=settings.fps, size=settings.decode_size)
-        pixels, ts, mask = _fit_length(fr.pixels, fr.timestamps, fr.mask, t)
+            fr = load_frames(item.path, fps=settings.fps, **window)
+        pixels = fr.pixels
+        if settings.frame_size is not None:
+            from video_retrieval.retrieval_data import center_crop_square
+
+            pixels = center_crop_square(np.asarray(pixels), int(settings.frame_size))
+        pixels, ts, mask = _fit_length(pixels, fr.timestamps, fr.mask, t)
         if pixels is None or not mask.any():
             raise ValueError("no decodable frames")
         return _Decoded(pixels, ts, mask, float(fr.duration))
@@ -359,7 +383,7 @@ def _build_key(fingerprint, settings, videos, captions) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([fingerprint, asdict(settings)], sort_keys=True).encode())
     for v in videos:
-        h.update(json.dumps([v.id, v.path, v.split]).encode())
+        h.update(json.dumps([v.id, v.path, v.split, v.start, v.end]).encode())
     for c in captions:
         h.update(json.dumps([c.text, c.video_index, c.split]).encode())
     return h.hexdigest()
@@ -512,6 +536,8 @@ def _build_cache_locked(
             "max_frames": settings.max_frames,
             "frames_per_video": t,
             "decode_size": settings.decode_size,
+            "frame_size": settings.frame_size,
+            "symmetric_window": settings.symmetric_window,
         },
         "patches": {
             "mode": settings.patches,

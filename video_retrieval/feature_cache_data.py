@@ -124,6 +124,30 @@ def items_from_captions_jsonl(
     return videos, captions
 
 
+def items_from_retrieval_split(split, split_name: str | None = None):
+    """Cache inputs from a training-side ``RetrievalSplit`` (``datasets.captions_jsonl``), i.e. the
+    videos/windows and captions that ``RetrievalDataModule.load_split`` gives for MSR-VTT, DiDeMo,
+    captions.jsonl or the synthetic world, in the same order (cache index == split index)."""
+    name = split_name if split_name is not None else (getattr(split, "name", "") or None)
+    videos = [
+        VideoItem(id=v.video_id, path=str(v.path), split=name, start=v.start, end=v.end)
+        for v in split.videos
+    ]
+    captions = [
+        CaptionItem(text=str(c), video_index=int(v), split=name)
+        for c, v in zip(split.captions, split.caption_video)
+    ]
+    return videos, captions
+
+
+def items_from_dataset(dataset: str, root: str, which: str, **datamodule_kwargs):
+    """``RetrievalDataModule(dataset, root, ...).load_split(which)`` as cache inputs."""
+    from video_retrieval.retrieval_data import RetrievalDataModule
+
+    dm = RetrievalDataModule(dataset=dataset, root=root, **datamodule_kwargs)
+    return items_from_retrieval_split(dm.load_split(which), which)
+
+
 # ------------------------------------------------------------------------------------------------
 # datasets
 # ------------------------------------------------------------------------------------------------

@@ -32,7 +32,13 @@ from video_retrieval.temporal.moment_detr import MomentDETR
 from video_retrieval.temporal.moment_loss import MomentCriterion
 from video_retrieval.temporal.moment_matcher import HungarianMatcher
 
-DEMO_CKPT = Path(__file__).resolve().parent / "assets" / "demo_model.ckpt"
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEMO_CKPTS = (ASSETS / "demo_retrieval.ckpt", ASSETS / "demo_model.ckpt")
+
+
+def demo_retrieval_checkpoint() -> str | None:
+    """The committed demo retrieval model (vr-tiny CLIP trained on the synthetic world), if any."""
+    return next((str(p) for p in DEMO_CKPTS if p.exists()), None)
 
 
 class MomentItems(Dataset):
@@ -155,7 +161,7 @@ class MomentDataModule(L.LightningDataModule):
         h = self.hparams
         rc = h.retrieval_checkpoint
         if rc == "auto":
-            rc = str(DEMO_CKPT) if DEMO_CKPT.exists() else None
+            rc = demo_retrieval_checkpoint()
         if rc:
             from video_retrieval.model_io import load_retrieval_model
 

@@ -225,6 +225,20 @@ class RetrievalModule(pl.LightningModule):
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Plain-JSON metadata for ``model_io.load_retrieval_model`` (no Lightning needed)."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        checkpoint["vr_meta"] = {
+            "format": "vr-retrieval-1",
+            "encoder_spec": dict(self.encoder.spec),
+            "aggregator": self.hparams.aggregator,
+            "data_num_frames": getattr(dm, "num_frames", None),
+            "frame_size": getattr(dm, "frame_size", None),
+            "symmetric_window": bool(
+                getattr(getattr(dm, "reader", None), "symmetric_window", False)
+            ),
+        }
+
     # -- evaluation: cache features ----------------------------------------------------------
     def _note_failures(self, batch):
         for f in batch.get("failed", []):

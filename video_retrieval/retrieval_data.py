@@ -24,7 +24,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from video_retrieval.datasets.captions_jsonl import RetrievalSplit, load_captions_jsonl
 from video_retrieval.datasets.didemo import load_didemo
@@ -293,6 +293,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         global_batch_size: training batch over all processes (per process = global / world size).
         eval_batch_size: videos per evaluation batch (per process).
         expand_sentences: every (video, caption) pair is a training sample.
+        shuffle: shuffle the training set (off: deterministic order, e.g. to compare DDP runs).
         max_train_videos / max_eval_videos: keep only the first N (tiny debug runs).
         cache_frames: keep decoded frames in memory; frame_cache_dir: npz cache folder.
         symmetric_window: sample between the first and the last frame centres (instead of over
@@ -316,6 +317,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         eval_batch_size: int = 16,
         num_workers: int = 0,
         expand_sentences: bool = False,
+        shuffle: bool = True,
         max_train_videos: int | None = None,
         max_eval_videos: int | None = None,
         cache_frames: bool = False,
@@ -436,8 +438,22 @@ class RetrievalDataModule(pl.LightningDataModule):
         bs = self.per_process_batch()
         world = self.trainer.world_size if self.trainer is not None else 1
         drop_last = len(ds) >= bs * world
+        if world > 1 and not self.hparams.shuffle:
+            # Lightning always installs a shuffling DistributedSampler for training; an explicit
+            # one keeps the order, so that rank r's step-s batch is items r, r+W, ... of the
+            # single-process step-s batch (same global batches, as the DDP test requires).
+            sampler = DistributedSampler(
+                ds, num_replicas=world, rank=self.trainer.global_rank, shuffle=False
+            )
+            return DataLoader(
+                ds, batch_size=bs, sampler=sampler, drop_last=drop_last, **self._loader_kwargs()
+            )
         return DataLoader(
-            ds, batch_size=bs, shuffle=True, drop_last=drop_last, **self._loader_kwargs()
+            ds,
+            batch_size=bs,
+            shuffle=self.hparams.shuffle,
+            drop_last=drop_last,
+            **self._loader_kwargs(),
         )
 
     def _eval_loader(self, which: str):
