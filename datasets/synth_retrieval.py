@@ -8,6 +8,8 @@
     OUT/test.csv              key,vid_key,video_id,sentence   (every caption of every test video)
     OUT/test_compositional.csv  same columns; videos with held-out colour-shape combinations
     OUT/temporal_pairs.json   [{"a", "b", "kind": "direction"|"order"}]  (both videos in test.csv)
+    OUT/train_pairs.json      the same for the train split (hard negatives that training can
+                              put in one batch: RetrievalDataModule(pair_batches=True))
     OUT/captions.jsonl        {"video": "videos/<id>.mp4", "caption", "split"}
     OUT/videos/<id>.mp4       H.264, 64x64, 32 frames at 8 fps by default
     OUT/world.json            seed, parameters and per-video ground truth (objects with per-frame
@@ -425,6 +427,7 @@ def plan_retrieval(seed: int, **params) -> dict:
 
     videos: dict[str, dict] = {}
     pairs_out = []
+    train_pairs_out = []
     idx = 0
     for split, specs, pairs in (
         ("train", train, train_pairs),
@@ -444,8 +447,9 @@ def plan_retrieval(seed: int, **params) -> dict:
         for i, j, kind in pairs:
             videos[ids[i]]["pair"] = {"with": ids[j], "kind": kind}
             videos[ids[j]]["pair"] = {"with": ids[i], "kind": kind}
-            if split == "test":
-                pairs_out.append({"a": ids[i], "b": ids[j], "kind": kind})
+            out = {"test": pairs_out, "train": train_pairs_out}.get(split)
+            if out is not None:
+                out.append({"a": ids[i], "b": ids[j], "kind": kind})
     return {
         "kind": "retrieval",
         "version": WORLD_VERSION,
@@ -457,6 +461,7 @@ def plan_retrieval(seed: int, **params) -> dict:
         "grow_factor": GROW_FACTOR,
         "held_out_combos": [list(c) for c in held],
         "temporal_pairs": pairs_out,
+        "train_pairs": train_pairs_out,
         "videos": videos,
     }
 
@@ -518,6 +523,7 @@ def generate_retrieval(
     _write_text(out / "test.csv", _csv_text(header, split_rows["test"]))
     _write_text(out / "test_compositional.csv", _csv_text(header, split_rows["test_compositional"]))
     _write_text(out / "temporal_pairs.json", json.dumps(world["temporal_pairs"], indent=1) + "\n")
+    _write_text(out / "train_pairs.json", json.dumps(world["train_pairs"], indent=1) + "\n")
     _write_text(out / "captions.jsonl", "\n".join(cap_lines) + "\n")
     _write_text(out / "world.json", json.dumps(world) + "\n")
 

@@ -30,6 +30,7 @@ ANNOTATIONS = (
     "test.csv",
     "test_compositional.csv",
     "temporal_pairs.json",
+    "train_pairs.json",
     "captions.jsonl",
     "world.json",
 )
@@ -113,11 +114,17 @@ def test_retrieval_counts_and_formats(rworld):
     assert len(pairs) == 6
     for p in pairs:
         assert p["a"] in test_vids and p["b"] in test_vids and p["kind"] in ("direction", "order")
-    # the train split holds direction and order pairs too (but they are not listed)
+    # the train split holds direction and order pairs too, listed in train_pairs.json
     train_pairs = [
         s["pair"]["kind"] for s in world["videos"].values() if s["split"] == "train" and "pair" in s
     ]
     assert train_pairs.count("direction") >= 2 and train_pairs.count("order") >= 2
+    train_vids = {r["video_id"] for r in read_csv(out / "train.csv")}
+    listed = json.loads((out / "train_pairs.json").read_text())
+    assert 2 * len(listed) == len(train_pairs)
+    for p in listed:
+        assert p["a"] in train_vids and p["b"] in train_vids
+        assert world["videos"][p["a"]]["pair"] == {"with": p["b"], "kind": p["kind"]}
 
 
 def test_retrieval_semantics_unique_within_split(rworld):

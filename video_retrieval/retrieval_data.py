@@ -30,6 +30,7 @@ from video_retrieval.datasets.captions_jsonl import RetrievalSplit, load_caption
 from video_retrieval.datasets.didemo import load_didemo
 from video_retrieval.datasets.msrvtt import load_msrvtt, load_temporal_pairs
 from video_retrieval.errors import UserError
+from video_retrieval.pair_sampler import PairBatchSampler
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ _DEFAULTS = {
         "test_file": "MSRVTT_JSFUSION_test.csv",
         "compositional_file": None,
         "temporal_pairs_file": None,
+        "train_pairs_file": None,
         "video_dir": "videos",
     },
     "synth": {
@@ -53,6 +55,7 @@ _DEFAULTS = {
         "test_file": "test.csv",
         "compositional_file": "test_compositional.csv",
         "temporal_pairs_file": "temporal_pairs.json",
+        "train_pairs_file": "train_pairs.json",
         "video_dir": "videos",
     },
     "didemo": {
@@ -62,6 +65,7 @@ _DEFAULTS = {
         "test_file": "test_data.json",
         "compositional_file": None,
         "temporal_pairs_file": None,
+        "train_pairs_file": None,
         "video_dir": "videos",
     },
     "jsonl": {
@@ -71,6 +75,7 @@ _DEFAULTS = {
         "test_file": "captions.jsonl:test",
         "compositional_file": None,
         "temporal_pairs_file": None,
+        "train_pairs_file": None,
         "video_dir": None,
     },
 }
@@ -288,12 +293,16 @@ class RetrievalDataModule(pl.LightningDataModule):
         dataset: ``msrvtt`` | ``didemo`` | ``jsonl`` | ``synth``.
         root: dataset folder; file arguments are relative to it (absolute paths also work).
         data_json, train_file, val_file, test_file, compositional_file, temporal_pairs_file,
-            video_dir: override the per-dataset defaults (``jsonl`` files are ``name:split``).
+            train_pairs_file, video_dir: override the per-dataset defaults (``jsonl`` files are
+            ``name:split``). Pairs files: ``[{"a": video_id, "b": video_id, ...}]``.
         num_frames: frames per video (uniform segment midpoints); frame_size: square crop side.
         global_batch_size: training batch over all processes (per process = global / world size).
         eval_batch_size: videos per evaluation batch (per process).
         expand_sentences: every (video, caption) pair is a training sample.
         shuffle: shuffle the training set (off: deterministic order, e.g. to compare DDP runs).
+        pair_batches: put both videos of each ``train_pairs_file`` pair (hard negatives, e.g. the
+            synthetic world's time-reversed pairs) into the same global batch
+            (``video_retrieval.pair_sampler``); one caption per video per epoch only.
         max_train_videos / max_eval_videos: keep only the first N (tiny debug runs).
         cache_frames: keep decoded frames in memory; frame_cache_dir: npz cache folder.
         symmetric_window: sample between the first and the last frame centres (instead of over
@@ -310,6 +319,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         test_file: str | None = None,
         compositional_file: str | None = None,
         temporal_pairs_file: str | None = None,
+        train_pairs_file: str | None = None,
         video_dir: str | None = None,
         num_frames: int = 12,
         frame_size: int = 224,
@@ -318,6 +328,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         expand_sentences: bool = False,
         shuffle: bool = True,
+        pair_batches: bool = False,
         max_train_videos: int | None = None,
         max_eval_videos: int | None = None,
         cache_frames: bool = False,
@@ -438,6 +449,14 @@ class RetrievalDataModule(pl.LightningDataModule):
         bs = self.per_process_batch()
         world = self.trainer.world_size if self.trainer is not None else 1
         drop_last = len(ds) >= bs * world
+        if self.hparams.pair_batches and self.hparams.shuffle:
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            sampler = PairBatchSampler(
+                ds, self._train_item_pairs(ds), self.global_batch_size, world, rank, self._seed()
+            )
+            return DataLoader(
+                ds, batch_size=bs, sampler=sampler, drop_last=drop_last, **self._loader_kwargs()
+            )
         if world > 1 and not self.hparams.shuffle:
             # Lightning always installs a shuffling DistributedSampler for training; an explicit
             # one keeps the order, so that rank r's step-s batch is items r, r+W, ... of the
@@ -455,6 +474,23 @@ class RetrievalDataModule(pl.LightningDataModule):
             drop_last=drop_last,
             **self._loader_kwargs(),
         )
+
+    def _train_item_pairs(self, ds: RetrievalTrainDataset) -> list[tuple[int, int]]:
+        if self.hparams.expand_sentences:
+            raise UserError("pair_batches needs expand_sentences=false (one item per video)")
+        name = self.files.get("train_pairs_file")
+        path = self._path(name)
+        if path is None or not path.is_file():
+            raise UserError(
+                f"pair_batches: no train pairs file ({path or 'set data.train_pairs_file'})"
+            )
+        item = {v: i for i, v in enumerate(ds.with_caps)}
+        pairs = load_temporal_pairs(path, ds.split)
+        return [(item[a], item[b]) for a, b in pairs if a in item and b in item]
+
+    @staticmethod
+    def _seed() -> int:
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     def _eval_loader(self, which: str):
         if which not in self._datasets:
