@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from _video_util import (
     ffmpeg,
     ffmpeg_decode_first,
@@ -288,8 +289,13 @@ def test_odd_size_and_resize(vids, name, backend):
     assert f.pixels.shape == (4, 61, 97, 3)
     _check(f, [1, 3, 6, 8], backend)
     f = load_frames(vids[name], num_frames=2, size=32, backend=backend)
-    assert f.pixels.shape == (2, 32, 51, 3)  # short side 32, 97*32/61 = 50.9
+    assert f.pixels.shape == (2, 32, 50, 3)  # short side 32, 97*32/61 = 50.9 truncated (CLIP)
     _check(f, [2, 7], backend)
+    # decoding at the CLIP size then preprocessing == preprocessing the full-size frames
+    from video_retrieval.encoders.preprocess import clip_preprocess
+
+    full = load_frames(vids[name], num_frames=2, backend=backend)
+    assert torch.equal(clip_preprocess(f.pixels, 32), clip_preprocess(full.pixels, 32))
     f = load_frames(vids[name], num_frames=2, size=(24, 40), backend=backend)
     assert f.pixels.shape == (2, 24, 40, 3)
 

@@ -256,13 +256,15 @@ def load_frames(
 
 
 def target_size(h: int, w: int, size) -> tuple[int, int]:
-    """(H, W) for ``size``: int = short side (aspect kept, rounded), (H, W) = exact."""
+    """(H, W) for ``size``: int = short side (aspect kept, long side truncated as CLIP's
+    torchvision ``Resize`` does), (H, W) = exact."""
     if isinstance(size, (int, np.integer)):
         if size <= 0:
             raise SamplingError(f"size must be positive, got {size}")
-        if h <= w:
-            return int(size), max(1, round(w * size / h))
-        return max(1, round(h * size / w)), int(size)
+        from video_retrieval.encoders.preprocess import resize_shape
+
+        th, tw = resize_shape(h, w, int(size))
+        return max(1, th), max(1, tw)
     th, tw = (int(v) for v in size)
     if th <= 0 or tw <= 0:
         raise SamplingError(f"size must be positive, got {size}")
@@ -270,18 +272,23 @@ def target_size(h: int, w: int, size) -> tuple[int, int]:
 
 
 def resize_frames(pixels: np.ndarray, size) -> np.ndarray:
-    """Bilinear (antialiased when shrinking) resize of uint8 [T,H,W,3] frames."""
+    """Resize uint8 [T,H,W,3] frames with CLIP's resize (antialiased bicubic, width then height
+    pass, each rounded to uint8: ``encoders.preprocess``), so that decoding at ``size=S`` and
+    then preprocessing for an S-px CLIP gives exactly the pixels of preprocessing full frames."""
     t, h, w, _ = pixels.shape
     th, tw = target_size(h, w, size)
     if (th, tw) == (h, w):
         return pixels
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float()
-    y = torch.nn.functional.interpolate(
-        x, size=(th, tw), mode="bilinear", align_corners=False, antialias=True
-    )
-    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    from video_retrieval.encoders.preprocess import _resize_uint8
+
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2)
+    if tw != w:
+        x = _resize_uint8(x, (h, tw))
+    if th != h:
+        x = _resize_uint8(x, (th, tw))
+    return x.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 __all__ = [
