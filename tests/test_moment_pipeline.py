@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from video_retrieval.errors import UserError
 from video_retrieval.moment_features import FeatureCache, clip_features
 from video_retrieval.videowrite import write_video
 
@@ -112,6 +113,16 @@ def test_fit_checkpoint_and_predictor(world, tmp_path):
     # the predictor and the module agree on the same features
     rows = predict_split(model, dm, "val")
     assert rows[1]["pred_relevant_windows"][0][:2] == pytest.approx(out["moments"][0][:2])
+    # a head is never scored on features normalised otherwise than in training
+    other = MomentDataModule(
+        train_path=str(world / "train.jsonl"),
+        val_path=str(world / "val.jsonl"),
+        cache_dir=str(tmp_path / "cache"),
+        video_feature_norm="center",
+    )
+    other.setup("validate")
+    with pytest.raises(UserError, match="video_feature_norm='none'"):
+        predict_split(model, other, "val")
 
 
 @pytest.mark.parametrize("name", ["synth", "qvhighlights", "charades", "didemo"])

@@ -483,6 +483,12 @@ def zero_shot_split(dm: MomentDataModule, split: str, top: int = 10) -> list[dic
 
 def predict_split(module: MomentDETRModule, dm: MomentDataModule, split: str) -> list[dict]:
     """Head predictions for a split without a Trainer (eval mode, no grad)."""
+    trained = getattr(module, "meta_extra", {}).get("video_feature_norm")
+    if trained is not None and trained != dm.hparams.video_feature_norm:
+        raise UserError(
+            f"the head was trained on video_feature_norm={trained!r} features but the data "
+            f"module gives {dm.hparams.video_feature_norm!r}"
+        )
     module.eval()
     rows = []
     loader = dm._loader(split, False)
