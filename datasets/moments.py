@@ -191,7 +191,7 @@ def sample_saliency_pairs(
 ) -> tuple[list[int], list[int]]:
     """Moment-DETR's (pos, neg) clip indices: a hard pair (the relevant clip with the highest /
     lowest summed annotator score) + an easy pair (a random relevant clip / a random clip outside
-    the relevant ones; the hard negative when too few are outside). Without saliency scores:
+    the relevant ones; the hard pair again when too few are outside). Without saliency scores:
     random clips inside the windows as positives and outside as negatives."""
     rel = relevant_clip_ids(row, clip_len, num_clips)
     if not rel:
@@ -206,9 +206,10 @@ def sample_saliency_pairs(
             order = sorted(range(len(pairs)), key=lambda i: pairs[i][1])
             hard_pos = [pairs[i][0] for i in order[-n:]]
             hard_neg = [pairs[i][0] for i in order[:n]]
+            if len(outside) < n:  # moments cover (nearly) the whole video: reuse the hard pair
+                return hard_pos + hard_pos, hard_neg + hard_neg
             easy_pos = [rng.choice(rel) for _ in range(n)]
-            easy_neg = rng.sample(outside, n) if len(outside) >= n else hard_neg
-            return hard_pos + easy_pos, hard_neg + easy_neg
+            return hard_pos + easy_pos, hard_neg + rng.sample(outside, n)
     pos = [rng.choice(rel) for _ in range(2 * n)]
     neg = [rng.choice(outside) for _ in range(2 * n)] if outside else list(pos)
     return pos, neg

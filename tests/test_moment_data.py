@@ -101,10 +101,11 @@ def test_saliency_pairs_hard_and_easy():
     pos, neg = sample_saliency_pairs(row, 2.0, 8, random.Random(0))
     assert pos[0] == 3 and neg[0] == 4  # hard pair: highest / lowest summed score
     assert pos[1] in (2, 3, 4) and neg[1] in (0, 1, 5, 6, 7)
-    # whole video relevant: the easy negative falls back to the hard negative
+    # whole video relevant: the hard pair is used again (never a positive equal to its negative)
     row2 = {"relevant_clip_ids": [0, 1], "saliency_scores": [[1, 1, 1], [2, 2, 2]]}
-    pos, neg = sample_saliency_pairs(row2, 2.0, 2, random.Random(0))
-    assert neg == [0, 0]
+    for seed in range(5):
+        pos, neg = sample_saliency_pairs(row2, 2.0, 2, random.Random(seed))
+        assert pos == [1, 1] and neg == [0, 0]
     # without scores: inside vs outside the windows
     pos, neg = sample_saliency_pairs({"relevant_windows": [[0, 4]]}, 2.0, 6, random.Random(1))
     assert set(pos) <= {0, 1} and set(neg) <= {2, 3, 4, 5}

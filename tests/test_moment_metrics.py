@@ -131,6 +131,20 @@ def test_evaluate_files_roundtrip(tmp_path):
         evaluate_files(tmp_path / "missing.jsonl", g)
 
 
+def test_vr_eval_moments_prints_json(tmp_path, capsys):
+    from video_retrieval.cli import main
+
+    p, g = tmp_path / "p.jsonl", tmp_path / "g.jsonl"
+    p.write_text(json.dumps(_pred(3, [[0, 4, 0.9], [20, 30, 0.5]])) + "\n")
+    g.write_text(json.dumps(_gt(3, [[0, 10]])) + "\n")
+    assert main(["eval", "moments", "--pred", str(p), "--gt", str(g)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["brief"]["MR-full-R1@0.3"] == 100.0  # IoU([0,4],[0,10]) = 0.4
+    assert out["brief"]["MR-full-R1@0.5"] == 0.0
+    assert main(["eval", "moments", "--pred", str(p), "--gt", str(g), "--table"]) == 0
+    assert "MR-full-R1@0.3" in capsys.readouterr().out
+
+
 def test_didemo_official_protocol_by_hand():
     from video_retrieval.moment_metrics import didemo_metrics, windows_to_didemo_ranking
 

@@ -307,3 +307,22 @@ def test_ddp_two_processes_matches_one(world, tmp_path):
         "v2t_MnR": 1 / n_v,
     }.items():
         assert abs(ddp[k] - one[k]) <= tol + 1e-9, (k, ddp[k], one[k])
+
+
+def test_seq_transformer_initialises_from_a_local_clip_file(tmp_path):
+    from video_retrieval.encoders import create_encoder
+
+    torch.manual_seed(1)
+    path = create_encoder("vr-micro", precision="fp32").save_encoder(tmp_path / "clip.safetensors")
+    kw = {"model": "vr-micro", "aggregator": "seq_transformer", "num_frames": 3, "max_words": 16}
+    m = RetrievalModule(checkpoint=str(path), aggregator_kwargs={"heads": 2}, **kw)
+    text_block = m.encoder.model.transformer.resblocks[0].attn.in_proj_weight
+    agg_block = m.aggregator.transformer.resblocks[0].attn.in_proj_weight
+    assert torch.equal(agg_block, text_block)
+    pos = m.encoder.model.positional_embedding
+    assert torch.equal(m.aggregator.frame_position_embeddings.weight[: len(pos)], pos)
+    scratch = RetrievalModule(aggregator_kwargs={"heads": 2}, **kw)  # random CLIP: CLIP4Clip init
+    assert not torch.equal(
+        scratch.aggregator.transformer.resblocks[0].attn.in_proj_weight,
+        scratch.encoder.model.transformer.resblocks[0].attn.in_proj_weight,
+    )

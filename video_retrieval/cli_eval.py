@@ -35,7 +35,8 @@ def add_arguments(parser) -> None:
     m = sub.add_parser("moments", help="QVHighlights metrics of predictions against ground truth")
     m.add_argument("--pred", required=True, metavar="FILE")
     m.add_argument("--gt", required=True, metavar="FILE")
-    m.add_argument("--json", action="store_true")
+    m.add_argument("--json", action="store_true", help="(the default output) the metrics as JSON")
+    m.add_argument("--table", action="store_true", help="one 'name value' line per metric instead")
 
 
 def read_captions(path, split=None) -> list[tuple[str, str]]:
@@ -110,21 +111,18 @@ def run(args) -> int:
     if args.what is None:
         raise UserError("say what to evaluate: vr eval retrieval ... or vr eval moments ...")
     if args.what == "moments":
-        try:
-            from video_retrieval.moment_metrics import evaluate_files
-        except (ModuleNotFoundError, ImportError):
-            print("vr eval moments: not yet available", file=sys.stderr)
-            return 2
+        from video_retrieval.moment_metrics import evaluate_files
+
         for p in (args.pred, args.gt):
             if not Path(p).is_file():
                 raise UserError(f"no such file: {p}")
         res = evaluate_files(args.pred, args.gt)
-        if args.json:
-            json.dump(res, sys.stdout, indent=1)
-            print()
-        else:
+        if args.table:
             for k, v in _flatten(res).items():
                 print(f"{k:40s} {v}")
+        else:
+            json.dump(res, sys.stdout, indent=1)
+            print()
         return 0
     from video_retrieval.index_store import Index
 

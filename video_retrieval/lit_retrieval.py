@@ -112,7 +112,9 @@ class RetrievalModule(pl.LightningModule):
         self.aggregator = build_aggregator(
             aggregator, self.encoder.embed_dim, max_frames=num_frames, **(aggregator_kwargs or {})
         )
-        if init_aggregator_from_clip and checkpoint is None and pretrained is not None:
+        # CLIP4Clip initialises seqTransf / tightTransf from the CLIP text tower: do it for any
+        # trained CLIP, from a pretrained tag or a local weights file (the offline route).
+        if init_aggregator_from_clip and (checkpoint is not None or pretrained is not None):
             self.aggregator.init_from_clip(self.encoder)
         # The encoder's own CLIP logit scale/bias are unused (the aggregator owns the scale):
         # exclude them from training so DDP does not see parameters without gradient.
