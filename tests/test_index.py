@@ -181,9 +181,9 @@ def test_bad_files_are_skipped_and_listed(vids, tmp_path, capsys):
     (bad / "empty.avi").write_bytes(b"")
     good = vids / "clip0.mp4"
     rc = main(["index", str(bad), str(good), str(bad / "tone.m4a"), "--index", str(tmp_path / "i"),
-               "--workers", "0", "--json"])  # fmt: skip
+               "--workers", "0", "--precision", "fp32", "--json"])  # fmt: skip
     out = json.loads(capsys.readouterr().out)
-    assert rc == 0 and out["videos"] == 1
+    assert rc == 0 and out["videos"] == 1 and out["autocast"] == "fp32"
     reasons = {Path(f["path"]).name: f["reason"] for f in out["failed"]}
     assert set(reasons) == {"corrupt.mp4", "text.mkv", "tone.m4a", "empty.avi"}
     assert all(r.strip() for r in reasons.values())

@@ -130,6 +130,9 @@ def test_query_scored_reranker_plugs_in(index_dir):
     assert len(hits) == 3 and all(np.isfinite(h.score) for h in hits)
     with pytest.raises(UserError, match="unknown reranker"):
         build_reranker("no_such_thing", 128)
+    for name in ("tight_transformer", "ucofia", "seq_transformer"):  # untrained: refused
+        with pytest.raises(UserError, match="learned weights"):
+            build_reranker(name, 128)
 
 
 def test_search_cli_json_schema_and_refusals(index_dir, capsys):

@@ -62,7 +62,7 @@ def build_ann(
     ef_search: int = HNSW_EF_SEARCH,
     nlist: int | None = None,
     nprobe: int | None = None,
-    train_size: int = 100_000,
+    train_size: int = 100_000,  # raised to 64 points per list when there are many lists
     seed: int = 0,
 ):
     """Build a FAISS inner-product index over ``vectors`` (float32 [N,D], row id = position)."""
@@ -83,7 +83,9 @@ def build_ann(
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nl, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
-        sample = x if n <= train_size else x[np.sort(rng.choice(n, train_size, replace=False))]
+        # k-means wants >= 39 points per centroid (FAISS warns and clusters poorly below that)
+        m = max(int(train_size), 64 * nl)
+        sample = x if n <= m else x[np.sort(rng.choice(n, m, replace=False))]
         index.cp.seed = seed
         index.train(sample)
         index.nprobe = nprobe or max(1, int(round(nl * IVF_NPROBE_FRACTION)))

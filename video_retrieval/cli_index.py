@@ -27,6 +27,12 @@ def add_arguments(parser) -> None:
     g.add_argument("--fps", type=float, default=None, help="frames sampled per second (default 1)")
     g.add_argument("--num-frames", type=int, default=None, help="frames per video, evenly spread")
     parser.add_argument("--batch-size", type=int, default=64, help="frames per encoder batch")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="encoder precision (auto: bf16 autocast where the CPU/GPU supports it)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding videos")
     parser.add_argument(
         "--devices", type=int, default=1, help="processes (Lightning DDP on CPU) for encoding"
@@ -67,6 +73,7 @@ def run(args) -> int:
         fps=args.fps,
         num_frames=args.num_frames,
         batch_size=args.batch_size,
+        precision=args.precision,
         workers=args.workers,
         devices=args.devices,
         prune=args.prune,

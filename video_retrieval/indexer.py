@@ -90,11 +90,9 @@ def load_models(cfg: IndexConfig):
         ckpt = Path(cfg.checkpoint).expanduser()
         if not ckpt.exists():
             raise UserError(f"no such checkpoint: {cfg.checkpoint}")
-        try:
-            from video_retrieval.model_io import load_retrieval_model
-        except ModuleNotFoundError as exc:
-            raise UserError("indexing with --checkpoint is not yet available (model_io)") from exc
-        encoder, agg, _meta = load_retrieval_model(str(ckpt))
+        from video_retrieval.model_io import load_retrieval_model
+
+        encoder, agg, _meta = load_retrieval_model(str(ckpt), cfg.device, cfg.precision)
         sha = _file_sha256(ckpt)
         info = {"checkpoint": str(ckpt.resolve()), "checkpoint_sha256": sha}
         if agg.query_dependent:
@@ -644,6 +642,9 @@ def run_indexing(inputs, index_dir, cfg: IndexConfig | None = None) -> dict | No
         "frames": manifest["counts"]["frames"],
         "ann": manifest["ann"],
         "device": str(encoder.device),
+        "autocast": str(encoder.autocast_dtype).replace("torch.", "")
+        if encoder.autocast_dtype
+        else "fp32",
         "devices": max(devices, 1),
         "seconds": round(seconds, 3),
         "videos_per_s": round(len(encoded_now) / enc_seconds, 3) if enc_seconds > 0 else 0.0,

@@ -131,12 +131,17 @@ def build_reranker(
     from video_retrieval.temporal import AGGREGATORS, build_aggregator
 
     if spec in AGGREGATORS:
-        return AggregatorRerank(build_aggregator(spec, embed_dim))
+        agg = build_aggregator(spec, embed_dim)
+        learned = [n for n, _ in agg.named_parameters() if n != "logit_scale"]
+        if learned:  # a random temporal model would rerank by noise, silently
+            raise UserError(
+                f"reranker {spec!r} has learned weights: pass the checkpoint trained by "
+                f"`vr train` (--rerank path/to/last.ckpt) instead of its name"
+            )
+        return AggregatorRerank(agg)
     if os.path.exists(spec):
-        try:
-            from video_retrieval.model_io import load_retrieval_model
-        except ModuleNotFoundError as exc:
-            raise UserError("reranking with a checkpoint is not yet available (model_io)") from exc
+        from video_retrieval.model_io import load_retrieval_model
+
         encoder, aggregator, _meta = load_retrieval_model(spec)
         if index_fingerprint is not None and encoder.fingerprint() != index_fingerprint:
             raise UserError(
