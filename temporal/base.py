@@ -69,6 +69,9 @@ class Aggregator(nn.Module):
     query_dependent: bool = False
     needs_words: bool = False
     needs_patches: bool = False
+    #: train on the all-gathered global batch (contrastive towers); False for cross-encoders,
+    #: whose cost grows with the square of the batch (CLIP4Clip's tightTransf uses the local one)
+    gather_in_training: bool = True
 
     def __init__(
         self,

@@ -31,6 +31,7 @@ from video_retrieval.temporal.seq_transformer import (
 class TightTransformer(Aggregator):
     name = "tight_transformer"
     query_dependent = True
+    gather_in_training = False
 
     def __init__(
         self,

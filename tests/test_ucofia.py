@@ -334,3 +334,31 @@ def test_ucofia_init_from_clip_and_no_patch_projection_variant():
     torch.testing.assert_close(
         variant.similarity(text, video), build().similarity(text, video), rtol=1e-5, atol=1e-5
     )
+
+
+def test_module_sinkhorn_matrix_both_directions_blockwise():
+    """The evaluation path (``RetrievalModule.sinkhorn_matrix``, computed in blocks) equals the
+    per-level prior added by hand and averaged over the three levels."""
+    from video_retrieval.lit_retrieval import RetrievalModule
+
+    m = RetrievalModule(model="vr-micro", aggregator="ucofia", num_frames=T + 2, max_words=L + 3)
+    m.aggregator = build()  # width D features (the module's own width is the encoder's)
+    m.hparams.eval_block_size = 2  # several text and video blocks
+    text, video = make(b=5, nt=6, seed=1)
+    bank_t, bank_v = make(b=7, nt=9, seed=2)
+    for dim, bank in (("t2v", bank_t), ("v2t", bank_v)):
+        got = m.sinkhorn_matrix(text, video, bank, dim)
+        with torch.no_grad():
+            test = m.aggregator.level_similarities(text, video)
+            ref = m.aggregator.level_similarities(
+                *((bank, video) if dim == "t2v" else (text, bank))
+            )
+        want = torch.stack([apply_sinkhorn(test[k], ref[k], dim) for k in sorted(test)]).mean(0)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        raw = torch.stack(list(test.values())).mean(0)
+        assert not torch.allclose(got, raw)  # the prior changes the scores
+        shift = (got - raw).float()
+        if dim == "t2v":  # one prior per video column
+            torch.testing.assert_close(shift, shift[:1].expand_as(shift), rtol=0, atol=1e-5)
+        else:  # one prior per text row
+            torch.testing.assert_close(shift, shift[:, :1].expand_as(shift), rtol=0, atol=1e-5)

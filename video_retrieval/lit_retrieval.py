@@ -5,7 +5,8 @@ training recipe (CLIP4Clip, refs/retrieval.md section 1):
 
 * symmetric InfoNCE: ``(CE(S) + CE(S^T)) / 2`` on the aggregator's logits ``S`` (temperature folded
   into the logit scale), with text/frame features all-gathered across processes *with gradients*
-  before the aggregator similarity (``all_gather(sync_grads=True)``, flattened);
+  before the aggregator similarity (``all_gather(sync_grads=True)``, flattened; a cross-encoder,
+  ``gather_in_training = False``, scores only its local batch, as CLIP4Clip's tightTransf);
 * AdamW with two learning-rate groups (CLIP towers + logit scale: ``lr_clip``; new modules:
   ``lr_new``), no weight decay on biases, norms, embeddings and the logit scale; cosine schedule
   with linear warm-up stepped per optimiser step; logit scale clamped to <= 100 after each step;
@@ -15,8 +16,8 @@ training recipe (CLIP4Clip, refs/retrieval.md section 1):
 Evaluation caches text and video features over the whole val/test set, gathers them across
 processes (padded gather, de-duplicated by dataset index: DistributedSampler pads), computes the
 similarity block-wise with the aggregator, and logs t2v / v2t R@1/5/10, MdR, MnR; separately the
-transductive dual-softmax (``*_dsl_*``), UCoFiA's Sinkhorn-normalised scores (``*_sk_*``, bank =
-training captions) and the synthetic world's temporal-pair accuracy. Every rank computes the same
+transductive dual-softmax (``*_dsl_*``), UCoFiA's Sinkhorn-normalised scores (``*_sk_t2v_*`` with
+a bank of training captions, ``*_sk_v2t_*`` with a bank of training videos) and the synthetic world's temporal-pair accuracy. Every rank computes the same
 numbers from the same gathered features.
 """
 
@@ -74,7 +75,9 @@ class RetrievalModule(pl.LightningModule):
     init_aggregator_from_clip: call ``aggregator.init_from_clip(encoder)`` (seqTransf/tight).
     eval_dsl: also report dual-softmax metrics (transductive). eval_sinkhorn: also report
     Sinkhorn-normalised metrics for aggregators with ``level_similarities`` (UCoFiA).
-    sinkhorn_bank_size: at most this many training captions in the Sinkhorn bank.
+    sinkhorn_bank_size: at most this many training captions in the t2v Sinkhorn bank (a seeded
+        random sample); sinkhorn_video_bank_size: training videos in the v2t bank (UCoFiA uses
+        all; every evaluation decodes and encodes them, so the default is a sample of 1000).
     eval_block_size: similarity is computed in blocks of this many texts x videos.
     """
 
@@ -99,6 +102,7 @@ class RetrievalModule(pl.LightningModule):
         eval_dsl: bool = True,
         eval_sinkhorn: bool = True,
         sinkhorn_bank_size: int = 10000,
+        sinkhorn_video_bank_size: int | None = 1000,
         eval_block_size: int = 256,
     ):
         super().__init__()
@@ -168,7 +172,7 @@ class RetrievalModule(pl.LightningModule):
         return self._trainer.world_size if self._trainer is not None else 1
 
     def _gather(self, x: torch.Tensor | None) -> torch.Tensor | None:
-        if x is None or self._world() == 1:
+        if x is None or self._world() == 1 or not self.aggregator.gather_in_training:
             return x
         g = self.all_gather(x, sync_grads=True)  # [W, B, ...]
         return g.reshape(-1, *g.shape[2:])
@@ -366,14 +370,44 @@ class RetrievalModule(pl.LightningModule):
             None if feats[0].word_mask is None else torch.cat([f.word_mask for f in feats]),
         )
 
-    def sinkhorn_matrix(self, text, video, bank) -> torch.Tensor:
-        """UCoFiA SK-norm (t2v): per level, the Sinkhorn video prior from the bank (training
-        captions) x test-video logits is added to the test logits; the levels are then averaged."""
+    def _bank_video(self) -> VideoFeatures | None:
+        dm = getattr(self._trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "video_bank_loader"):
+            return None
+        try:
+            loader = dm.video_bank_loader(self.hparams.sinkhorn_video_bank_size)
+        except Exception as exc:  # noqa: BLE001 - no training split: skip SK v2t, say why
+            rank_zero_warn(f"Sinkhorn v2t evaluation skipped: no training videos ({exc})")
+            return None
+        parts = []
+        with torch.no_grad():
+            for batch in loader:
+                self._note_failures(batch)
+                if batch["frames"] is not None:
+                    parts.append(_to_cpu(self.encode_video(batch["frames"], batch["mask"])))
+        if not parts:
+            return None
+        patches = None if parts[0].patches is None else torch.cat([p.patches for p in parts])
+        return VideoFeatures(
+            torch.cat([p.frames for p in parts]).float(),
+            torch.cat([p.mask for p in parts]),
+            None if patches is None else patches.float(),
+        )
+
+    def sinkhorn_matrix(self, text, video, bank, dim: str = "t2v") -> torch.Tensor:
+        """UCoFiA SK-norm, per level then averaged over the levels.
+
+        ``dim="t2v"``: ``bank`` holds training captions; the Sinkhorn prior over test videos
+        (from bank x test-video logits) is added to every row. ``dim="v2t"``: ``bank`` holds
+        training videos; the prior over test texts (from test-text x bank-video logits) is added
+        to every column."""
         from video_retrieval.temporal.sinkhorn import apply_sinkhorn
 
         test = self.level_matrices(text, video)
-        bank_l = self.level_matrices(bank, video)
-        out = [apply_sinkhorn(test[k], bank_l[k], dim="t2v") for k in sorted(test)]
+        bank_l = (
+            self.level_matrices(bank, video) if dim == "t2v" else self.level_matrices(text, bank)
+        )
+        out = [apply_sinkhorn(test[k], bank_l[k], dim=dim) for k in sorted(test)]
         return torch.stack(out).mean(0)
 
     @torch.no_grad()
@@ -405,12 +439,13 @@ class RetrievalModule(pl.LightningModule):
             if self.hparams.eval_dsl:
                 res.update(flatten_metrics(retrieval_metrics(dual_softmax(sim), t2v), "dsl_"))
             if self.hparams.eval_sinkhorn and hasattr(self.aggregator, "level_similarities"):
-                bank = self._bank_text()
-                if bank is not None:
-                    sk = self.sinkhorn_matrix(text, video, bank)
-                    # the prior is per video: it changes t2v only (v2t needs a video bank)
-                    sk_res = retrieval_metrics(sk, t2v)["t2v"]
-                    res.update(flatten_metrics({"t2v": sk_res}, "sk_"))
+                # each direction has its own bank and prior: t2v reads the t2v metrics of the
+                # caption-bank matrix, v2t the v2t metrics of the video-bank matrix
+                for dim, bank in (("t2v", self._bank_text()), ("v2t", self._bank_video())):
+                    if bank is not None:
+                        sk = self.sinkhorn_matrix(text, video, bank, dim)
+                        sk_res = retrieval_metrics(sk, t2v)[dim]
+                        res.update(flatten_metrics({dim: sk_res}, "sk_"))
             pairs = _pairs_for(dm, name, vid)
             if pairs:
                 res["temporal_pair_acc"] = temporal_pair_accuracy(sim, t2v, [p[:2] for p in pairs])

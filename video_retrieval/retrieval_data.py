@@ -286,6 +286,14 @@ def collate_retrieval(items: list[dict]) -> dict:
     return out
 
 
+def _sample(n: int, k: int | None, seed: int) -> list[int]:
+    """``k`` of ``range(n)`` drawn without replacement (seeded), in increasing order; all if
+    ``k`` is None or >= n."""
+    if k is None or k >= n:
+        return list(range(n))
+    return sorted(np.random.default_rng(seed).choice(n, int(k), replace=False).tolist())
+
+
 class RetrievalDataModule(pl.LightningDataModule):
     """MSR-VTT / DiDeMo / captions.jsonl / synthetic-world retrieval data.
 
@@ -410,10 +418,25 @@ class RetrievalDataModule(pl.LightningDataModule):
             names.append("compositional")
         return names
 
-    def caption_bank(self, max_captions: int | None = None) -> list[str]:
-        """Training captions (the bank of UCoFiA's Sinkhorn prior / QB-Norm)."""
+    def caption_bank(self, max_captions: int | None = None, seed: int = 0) -> list[str]:
+        """Training captions, the t2v bank of UCoFiA's Sinkhorn prior: all of them, or a seeded
+        random sample of ``max_captions`` in file order (not the first N, which on MSR-VTT would
+        be the captions of the first few hundred videos)."""
         caps = self.load_split("train").captions
-        return caps if max_captions is None else caps[:max_captions]
+        return [caps[i] for i in _sample(len(caps), max_captions, seed)]
+
+    def video_bank_loader(self, max_videos: int | None = None, seed: int = 0) -> DataLoader:
+        """Training videos (all, or a seeded random sample), the v2t Sinkhorn bank, as an
+        evaluation loader (``collate_retrieval`` batches; undecodable videos are dropped)."""
+        split = self.load_split("train")
+        keep = _sample(len(split.videos), max_videos, seed)
+        bank = RetrievalSplit([split.videos[i] for i in keep], name="train_bank")
+        return DataLoader(
+            RetrievalEvalDataset(bank, self.reader),
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            **self._loader_kwargs(),
+        )
 
     # -- Lightning hooks -----------------------------------------------------------------------
     def setup(self, stage: str | None = None):
