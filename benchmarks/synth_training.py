@@ -82,6 +82,7 @@ def table(rows: list[dict]) -> str:
         ("v2t R@1", lambda r: _g(r, "test/", "v2t_R1")),
         ("DSL t2v R@1*", lambda r: _g(r, "test/", "dsl_t2v_R1")),
         ("SK t2v R@1", lambda r: _g(r, "test/", "sk_t2v_R1")),
+        ("SK v2t R@1", lambda r: _g(r, "test/", "sk_v2t_R1")),
         ("pair acc", lambda r: _g(r, "test/", "temporal_pair_acc", 3)),
         ("dir", lambda r: _g(r, "test/", "temporal_pair_acc_direction", 3)),
         ("order", lambda r: _g(r, "test/", "temporal_pair_acc_order", 3)),

@@ -445,16 +445,36 @@ class CachedRetrievalDataModule(_DataModuleBase):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
 
-    def caption_bank(self, max_captions: int | None = None) -> list[str]:
-        """Training captions (UCoFiA's Sinkhorn bank), as text."""
-        c = self.cache("train")
-        caps = [c.captions[j] for j in c.text_indices(self.split_names["train"]).tolist()]
-        return caps if max_captions is None else caps[:max_captions]
+    def eval_sets(self, stage: str) -> list[str]:
+        """Names of the evaluation dataloaders of a stage (one cache each)."""
+        return ["val"] if stage == "validate" else ["test"]
 
-    def caption_bank_features(self, max_captions: int | None = None):
-        """The same bank as cached ``TextFeatures`` (no text encoding needed)."""
+    def _bank_text_indices(self, max_captions: int | None, seed: int) -> np.ndarray:
+        from video_retrieval.retrieval_data import bank_sample
+
+        idx = self.cache("train").text_indices(self.split_names["train"])
+        return idx[bank_sample(len(idx), max_captions, seed)]
+
+    def caption_bank(self, max_captions: int | None = None, seed: int = 0) -> list[str]:
+        """Training captions (UCoFiA's t2v Sinkhorn bank; a seeded random sample), as text."""
         c = self.cache("train")
-        idx = c.text_indices(self.split_names["train"])
-        if max_captions is not None:
-            idx = idx[:max_captions]
-        return c.text_features(idx, words=self.words)
+        return [c.captions[j] for j in self._bank_text_indices(max_captions, seed).tolist()]
+
+    def caption_bank_features(self, max_captions: int | None = None, seed: int = 0):
+        """The same bank as cached ``TextFeatures`` (no text encoding needed)."""
+        idx = self._bank_text_indices(max_captions, seed)
+        return self.cache("train").text_features(idx, words=self.words)
+
+    def video_bank_loader(self, max_videos: int | None = None, seed: int = 0) -> DataLoader:
+        """Training videos (UCoFiA's v2t Sinkhorn bank; a seeded random sample) as cached
+        evaluation batches."""
+        from video_retrieval.retrieval_data import bank_sample
+
+        c = self.cache("train")
+        vidx = c.video_indices(self.split_names["train"])
+        vidx = vidx[bank_sample(len(vidx), max_videos, seed)]
+        ds = CachedVideoCaptionsDataset(
+            c, split=self.split_names["train"], video_indices=vidx, words=self.words,
+            patches=self.patches,
+        )  # fmt: skip
+        return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=ds.collate)

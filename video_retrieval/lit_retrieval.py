@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
+from video_retrieval.errors import UserError
 from video_retrieval.retrieval_metrics import (
     dual_softmax,
     flatten_metrics,
@@ -130,6 +131,9 @@ class RetrievalModule(pl.LightningModule):
         self.train()  # create_encoder returns eval-mode modules; Lightning keeps module modes
         self.failures: list[tuple[str, str]] = []
         self._eval_cache: dict[int, dict[str, list]] = {}
+        self.eval_results: dict[str, dict[str, float]] = {}
+        #: prefix -> (raw similarity [Nt, Nv], text_to_video [Nt]) of the last evaluation
+        self.eval_similarity: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- encoding --------------------------------------------------------------------------------
     def _autocast(self):
@@ -177,12 +181,38 @@ class RetrievalModule(pl.LightningModule):
         g = self.all_gather(x, sync_grads=True)  # [W, B, ...]
         return g.reshape(-1, *g.shape[2:])
 
+    def _cached(self, batch) -> tuple[TextFeatures, VideoFeatures] | None:
+        """(text, video) features of a feature-cache batch (``CachedRetrievalDataModule``), or
+        None for a batch of frames and captions. Cached features come from a frozen encoder."""
+        if "video" not in batch:
+            return None
+        if not self.hparams.freeze_backbone:
+            raise UserError(
+                "feature-cache batches hold features of a frozen encoder: set "
+                "--model.init_args.freeze_backbone=true (or train from videos)"
+            )
+        text, video = batch["text"].to(self.device), batch["video"].to(self.device)
+        return _to_float(text), VideoFeatures(
+            video.frames.float(),
+            video.mask.bool(),
+            None if video.patches is None else video.patches.float(),
+        )
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "check_encoder"):
+            dm.check_encoder(self.encoder)  # a cache built by another model is refused
+
     def training_step(self, batch, batch_idx):
         self._note_failures(batch)
-        if batch["frames"] is None or len(batch["captions"]) < 2:
+        cached = self._cached(batch)
+        if cached is not None:
+            text, video = cached
+        elif batch["frames"] is None or len(batch["captions"]) < 2:
             return None
-        text = self.encode_text(batch["captions"])
-        video = self.encode_video(batch["frames"], batch["mask"])
+        else:
+            text = self.encode_text(batch["captions"])
+            video = self.encode_video(batch["frames"], batch["mask"])
         text = TextFeatures(
             self._gather(text.sentence), self._gather(text.words), self._gather(text.word_mask)
         )
@@ -191,7 +221,7 @@ class RetrievalModule(pl.LightningModule):
         )
         sim = self.aggregator.similarity(text, video)
         loss = symmetric_infonce(sim)
-        bs = len(batch["captions"])
+        bs = len(text)
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/logit_scale", self.aggregator.logit_scale.exp().detach(), batch_size=bs)
         return loss
@@ -256,14 +286,20 @@ class RetrievalModule(pl.LightningModule):
         cache = self._eval_cache.setdefault(
             dataloader_idx, {k: [] for k in ("video", "vid", "text", "cid", "cvid")}
         )
-        if batch["frames"] is None:
+        cached = self._cached(batch)
+        if cached is not None:
+            text, video = cached
+            caption_ids = batch["text_index"]
+        elif batch["frames"] is None:
             return
-        video = self.encode_video(batch["frames"], batch["mask"])
-        text = self.encode_text(batch["captions"])
+        else:
+            video = self.encode_video(batch["frames"], batch["mask"])
+            text = self.encode_text(batch["captions"])
+            caption_ids = batch["caption_ids"]
         cache["video"].append(_to_cpu(video))
         cache["vid"].append(batch["video_index"].cpu())
         cache["text"].append(_to_cpu(text))
-        cache["cid"].append(batch["caption_ids"].cpu())
+        cache["cid"].append(caption_ids.cpu())
         cache["cvid"].append(batch["video_index"][batch["caption_video"]].cpu())
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
@@ -274,9 +310,11 @@ class RetrievalModule(pl.LightningModule):
 
     def on_validation_epoch_start(self):
         self._eval_cache = {}
+        self.eval_similarity = {}
 
     def on_test_epoch_start(self):
         self._eval_cache = {}
+        self.eval_similarity = {}
 
     def on_validation_epoch_end(self):
         self._finish_eval("validate")
@@ -356,6 +394,8 @@ class RetrievalModule(pl.LightningModule):
         if dm is None or not hasattr(dm, "caption_bank"):
             return None
         try:
+            if hasattr(dm, "caption_bank_features"):  # a feature cache: no text encoding
+                return _to_float(dm.caption_bank_features(self.hparams.sinkhorn_bank_size))
             caps = dm.caption_bank(self.hparams.sinkhorn_bank_size)
         except Exception as exc:  # noqa: BLE001 - no training split: skip SK, say why
             rank_zero_warn(f"Sinkhorn evaluation skipped: no training captions ({exc})")
@@ -383,7 +423,10 @@ class RetrievalModule(pl.LightningModule):
         with torch.no_grad():
             for batch in loader:
                 self._note_failures(batch)
-                if batch["frames"] is not None:
+                cached = self._cached(batch)
+                if cached is not None:
+                    parts.append(_to_cpu(cached[1]))
+                elif batch["frames"] is not None:
                     parts.append(_to_cpu(self.encode_video(batch["frames"], batch["mask"])))
         if not parts:
             return None
@@ -435,6 +478,7 @@ class RetrievalModule(pl.LightningModule):
             prefix = f"{prefix_stage}/" if name in ("val", "test") else f"{prefix_stage}_{name}/"
             text, video, t2v, vid = self._collect(self._eval_cache[idx])
             sim = self.similarity_matrix(text, video)
+            self.eval_similarity[prefix] = (sim, t2v)  # raw [Nt, Nv] logits, for analysis
             res = flatten_metrics(retrieval_metrics(sim, t2v))
             if self.hparams.eval_dsl:
                 res.update(flatten_metrics(retrieval_metrics(dual_softmax(sim), t2v), "dsl_"))

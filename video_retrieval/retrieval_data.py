@@ -286,7 +286,7 @@ def collate_retrieval(items: list[dict]) -> dict:
     return out
 
 
-def _sample(n: int, k: int | None, seed: int) -> list[int]:
+def bank_sample(n: int, k: int | None, seed: int) -> list[int]:
     """``k`` of ``range(n)`` drawn without replacement (seeded), in increasing order; all if
     ``k`` is None or >= n."""
     if k is None or k >= n:
@@ -376,7 +376,13 @@ class RetrievalDataModule(pl.LightningDataModule):
         return p if p.is_absolute() else self.root / p
 
     def load_split(self, which: str) -> RetrievalSplit:
-        """``which``: train | val | test | compositional (cached)."""
+        """``which``: train | val | test | compositional (cached). An empty split is an error."""
+        split = self._read_split(which)
+        if not split.videos:
+            raise UserError(f"{which} split of {self.dataset!r} at {self.root} is empty")
+        return split
+
+    def _read_split(self, which: str) -> RetrievalSplit:
         if which in self.splits:
             return self.splits[which]
         key = {"compositional": "compositional_file"}.get(which, f"{which}_file")
@@ -394,8 +400,6 @@ class RetrievalDataModule(pl.LightningDataModule):
         split.name = which
         limit = self.hparams.max_train_videos if which == "train" else self.hparams.max_eval_videos
         split = split.subset(limit)
-        if not split.videos:
-            raise UserError(f"{which} split of {self.dataset!r} at {self.root} is empty")
         self.splits[which] = split
         tp = self.files["temporal_pairs_file"]
         if which in ("val", "test") and tp is not None and self._path(tp).is_file():
@@ -414,7 +418,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         if stage == "validate":
             return ["val"]
         names = ["test"]
-        if self.has_split("compositional"):
+        # optional: a world generated without compositional videos has an empty file
+        if self.has_split("compositional") and self._read_split("compositional").videos:
             names.append("compositional")
         return names
 
@@ -423,13 +428,13 @@ class RetrievalDataModule(pl.LightningDataModule):
         random sample of ``max_captions`` in file order (not the first N, which on MSR-VTT would
         be the captions of the first few hundred videos)."""
         caps = self.load_split("train").captions
-        return [caps[i] for i in _sample(len(caps), max_captions, seed)]
+        return [caps[i] for i in bank_sample(len(caps), max_captions, seed)]
 
     def video_bank_loader(self, max_videos: int | None = None, seed: int = 0) -> DataLoader:
         """Training videos (all, or a seeded random sample), the v2t Sinkhorn bank, as an
         evaluation loader (``collate_retrieval`` batches; undecodable videos are dropped)."""
         split = self.load_split("train")
-        keep = _sample(len(split.videos), max_videos, seed)
+        keep = bank_sample(len(split.videos), max_videos, seed)
         bank = RetrievalSplit([split.videos[i] for i in keep], name="train_bank")
         return DataLoader(
             RetrievalEvalDataset(bank, self.reader),
