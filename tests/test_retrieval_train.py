@@ -326,3 +326,11 @@ def test_seq_transformer_initialises_from_a_local_clip_file(tmp_path):
         scratch.aggregator.transformer.resblocks[0].attn.in_proj_weight,
         scratch.encoder.model.transformer.resblocks[0].attn.in_proj_weight,
     )
+
+
+def test_frozen_cache_recipe_parses(capsys):
+    cfg = REPO / "configs" / "msrvtt_ucofia_frozen.yaml"
+    assert _cli(["fit", "--config", str(cfg), "--print_config"]) == 0
+    out = capsys.readouterr().out
+    assert "video_retrieval.feature_cache_data.CachedRetrievalDataModule" in out
+    assert "freeze_backbone: true" in out and "aggregator: ucofia" in out
