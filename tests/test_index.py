@@ -161,6 +161,32 @@ def test_incremental_add_changed_and_prune(vids, tmp_path):
     assert first is not None
 
 
+def test_update_killed_inside_finalize_is_never_read_half_written(vids, tmp_path, monkeypatch):
+    import video_retrieval.ann as ann_mod
+
+    src = tmp_path / "src"
+    shutil.copytree(vids, src)
+    d = tmp_path / "idx"
+    build([src], d)
+    make_video(src / "new.webm", 4, codec="vp9")
+    (src / "clip2.mp4").unlink()
+
+    def killed(*_a, **_k):  # dies after pooled.npy and videos.json, before ann.faiss
+        raise RuntimeError("killed while writing ann.faiss")
+
+    monkeypatch.setattr(ann_mod, "save_ann", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        build([src], d, prune=True)
+    with pytest.raises(UserError, match="incomplete"):  # not a mix of old and new files
+        Index.open(d)
+    monkeypatch.undo()
+    s = build([src], d, prune=True).build_summary
+    assert s["videos"] == 4 and len(Index.open(d)) == 4
+    fresh = tmp_path / "fresh"
+    build([src], fresh)
+    assert_same_contents(contents(d), contents(fresh))
+
+
 def write_audio_only(path: Path) -> Path:
     subprocess.run(
         [ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=1",

@@ -590,9 +590,15 @@ def run_indexing(inputs, index_dir, cfg: IndexConfig | None = None) -> dict | No
         store.atomic_write_json(index_dir / store.MANIFEST, manifest)
 
     state = store.replay(index_dir)
+    todo, events, counts = make_plan(paths, state, cfg.prune)
+    if (todo or events) and manifest.get("complete"):
+        # From here until finalize's manifest write the on-disk files change one by one (and
+        # orphan removal may delete shards the old videos.json still names): readers must see
+        # "incomplete", never a mix of old and new files.
+        manifest = {**manifest, "complete": False}
+        store.atomic_write_json(index_dir / store.MANIFEST, manifest)
     store.remove_orphans(index_dir, state)
     run = store.next_run_id(index_dir)
-    todo, events, counts = make_plan(paths, state, cfg.prune)
     store.Journal(index_dir, run, 0).append(*events)
 
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
