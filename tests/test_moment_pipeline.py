@@ -123,6 +123,16 @@ def test_fit_checkpoint_and_predictor(world, tmp_path):
     other.setup("validate")
     with pytest.raises(UserError, match="video_feature_norm='none'"):
         predict_split(model, other, "val")
+    diff = MomentDataModule(
+        train_path=str(world / "train.jsonl"),
+        val_path=str(world / "val.jsonl"),
+        cache_dir=str(tmp_path / "cache"),
+        video_feature_diff=True,
+    )
+    diff.setup("validate")
+    assert diff.v_feat_dim == 3 * dm.v_feat_dim
+    with pytest.raises(UserError, match="video_feature_diff=False"):
+        predict_split(model, diff, "val")
 
 
 @pytest.mark.parametrize("name", ["synth", "qvhighlights", "charades", "didemo"])
@@ -148,3 +158,16 @@ def test_center_normalisation_keeps_only_temporal_change():
     np.testing.assert_array_equal(normalize_clip_features(base, "none"), base)
     with pytest.raises(ValueError):
         normalize_clip_features(base, "bogus")
+
+
+def test_temporal_difference_stream_by_hand():
+    from video_retrieval.moment_features import add_temporal_differences
+
+    f = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 3.0]], np.float32)
+    out = add_temporal_differences(f)
+    assert out.shape == (3, 6)
+    np.testing.assert_array_equal(out[:, :2], f)
+    np.testing.assert_array_equal(out[:, 2:4], [[0, 0], [-1, 1], [0, 2]])  # v_i - v_(i-1)
+    np.testing.assert_array_equal(out[:, 4:], [[-1, 1], [0, 2], [0, 0]])  # v_(i+1) - v_i
+    one = add_temporal_differences(f[:1])
+    np.testing.assert_array_equal(one, [[1, 0, 0, 0, 0, 0]])

@@ -25,7 +25,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from video_retrieval.datasets.moments import load_moments, resolve_video, sample_saliency_pairs
 from video_retrieval.errors import UserError
-from video_retrieval.moment_features import FeatureCache, normalize_clip_features
+from video_retrieval.moment_features import (
+    FeatureCache,
+    add_temporal_differences,
+    normalize_clip_features,
+)
 from video_retrieval.moment_metrics import evaluate
 from video_retrieval.moment_predictor import postprocess
 from video_retrieval.temporal.moment_detr import MomentDETR
@@ -119,6 +123,8 @@ class MomentDataModule(L.LightningDataModule):
             exists, else the encoder args).
         video_feature_norm: ``none`` (Moment-DETR) or ``center`` (per-video mean removed, then
             L2; for near-constant features of a randomly initialised encoder).
+        video_feature_diff: append each clip's backward/forward feature differences (a motion
+            stream standing in for Moment-DETR's SlowFast features; ``add_temporal_differences``).
     """
 
     def __init__(
@@ -142,6 +148,7 @@ class MomentDataModule(L.LightningDataModule):
         max_q_l: int = 32,
         max_windows: int = 5,
         video_feature_norm: str = "none",
+        video_feature_diff: bool = False,
         batch_size: int = 32,
         eval_batch_size: int = 64,
         num_workers: int = 0,
@@ -209,6 +216,8 @@ class MomentDataModule(L.LightningDataModule):
         for r, t in zip(rows, texts):
             feats, _times, vdur = video_feats[r["vid"]]
             feats = normalize_clip_features(feats[: h.max_v_l], h.video_feature_norm)
+            if h.video_feature_diff:
+                feats = add_temporal_differences(feats)
             n = len(feats)
             dur = r["duration"] if r.get("duration") else vdur
             dur = min(float(dur), n * h.clip_len)
@@ -338,6 +347,7 @@ class MomentDETRModule(L.LightningModule):
                 "max_v_l": int(dm.hparams.max_v_l),
                 "max_q_l": int(dm.hparams.max_q_l),
                 "video_feature_norm": str(dm.hparams.video_feature_norm),
+                "video_feature_diff": bool(dm.hparams.video_feature_diff),
             }
         if self.model is None:
             if not (self.hparams.v_feat_dim and self.hparams.t_feat_dim):
@@ -483,12 +493,14 @@ def zero_shot_split(dm: MomentDataModule, split: str, top: int = 10) -> list[dic
 
 def predict_split(module: MomentDETRModule, dm: MomentDataModule, split: str) -> list[dict]:
     """Head predictions for a split without a Trainer (eval mode, no grad)."""
-    trained = getattr(module, "meta_extra", {}).get("video_feature_norm")
-    if trained is not None and trained != dm.hparams.video_feature_norm:
-        raise UserError(
-            f"the head was trained on video_feature_norm={trained!r} features but the data "
-            f"module gives {dm.hparams.video_feature_norm!r}"
-        )
+    meta = getattr(module, "meta_extra", {})
+    for key, default in (("video_feature_norm", "none"), ("video_feature_diff", False)):
+        trained, given = meta.get(key, default), dm.hparams[key]
+        if meta and trained != given:
+            raise UserError(
+                f"the head was trained on {key}={trained!r} features but the data module "
+                f"gives {given!r}"
+            )
     module.eval()
     rows = []
     loader = dm._loader(split, False)

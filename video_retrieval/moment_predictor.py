@@ -75,6 +75,7 @@ class MomentPredictor:
         self.nms_iou = float(meta.get("nms_iou", -1.0))
         self.frames_per_clip = int(meta.get("frames_per_clip", 1))
         self.video_feature_norm = str(meta.get("video_feature_norm", "none"))
+        self.video_feature_diff = bool(meta.get("video_feature_diff", False))
 
     @classmethod
     def from_checkpoint(cls, path, device: str = "cpu", encoder=None) -> MomentPredictor:
@@ -118,12 +119,18 @@ class MomentPredictor:
 
     @torch.no_grad()
     def predict(self, video_path, query: str, top: int = 5, video: dict | None = None) -> dict:
-        from video_retrieval.moment_features import normalize_clip_features, text_token_features
+        from video_retrieval.moment_features import (
+            add_temporal_differences,
+            normalize_clip_features,
+            text_token_features,
+        )
 
         if not isinstance(query, str) or not query.strip():
             raise UserError("the query is empty")
         video = video or self.encode_video(video_path)
         feats = normalize_clip_features(video["feats"][: self.max_v_l], self.video_feature_norm)
+        if self.video_feature_diff:
+            feats = add_temporal_differences(feats)
         n = len(feats)
         duration = min(float(video["duration"]), n * self.clip_len)
         txt = text_token_features(self.encoder, [query], self.max_q_l)[0]
