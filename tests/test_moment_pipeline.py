@@ -167,7 +167,8 @@ def test_temporal_difference_stream_by_hand():
     out = add_temporal_differences(f)
     assert out.shape == (3, 6)
     np.testing.assert_array_equal(out[:, :2], f)
-    np.testing.assert_array_equal(out[:, 2:4], [[0, 0], [-1, 1], [0, 2]])  # v_i - v_(i-1)
-    np.testing.assert_array_equal(out[:, 4:], [[-1, 1], [0, 2], [0, 0]])  # v_(i+1) - v_i
+    s = (np.sqrt(2) + 2) / 2  # mean norm of the two differences, (-1, 1) and (0, 2)
+    np.testing.assert_allclose(out[:, 2:4], np.array([[0, 0], [-1, 1], [0, 2]]) / s)  # back
+    np.testing.assert_allclose(out[:, 4:], np.array([[-1, 1], [0, 2], [0, 0]]) / s)  # forward
     one = add_temporal_differences(f[:1])
     np.testing.assert_array_equal(one, [[1, 0, 0, 0, 0, 0]])

@@ -58,7 +58,11 @@ def test_mean_pooling_is_order_blind(world, tmp_path):
     res = _fit_and_test("synth_mean", world, tmp_path)
     test = res["test/"]
     print("\nRETRIEVAL_SYNTH mean", json.dumps(test))
-    assert test["temporal_pair_acc"] == pytest.approx(0.5, abs=1e-9)
+    # Time-reversed pairs sample exactly the reversed frames (symmetric window): a tie on every
+    # trial. Shot-swapped pairs sample each shot one frame off (8 of 32 frames: the sample
+    # spacing 31/8 is not a divisor of the 16-frame shift), so they are at chance, not tied.
+    assert test["temporal_pair_acc_direction"] == pytest.approx(0.5, abs=1e-9)
+    assert abs(test["temporal_pair_acc_order"] - 0.5) < 0.08
     assert test["t2v_R1"] > 100 / test["num_videos"] * 5  # it does learn appearance
 
 

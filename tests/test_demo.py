@@ -1,0 +1,45 @@
+"""`vr demo` on a reduced collection with the committed demo models (no network, no GPU)."""
+
+import json
+
+from video_retrieval.cli import main
+from video_retrieval.demo import DEMO_MOMENTS, DEMO_RETRIEVAL
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_committed_demo_models_are_small_and_loadable():
+    from video_retrieval.model_io import load_retrieval_model
+
+    assert DEMO_RETRIEVAL.is_file()
+    assert DEMO_RETRIEVAL.stat().st_size < 12 * 2**20  # a few MB, committed to git
+    _enc, agg, meta = load_retrieval_model(DEMO_RETRIEVAL)
+    assert meta["aggregator"] == "seq_transformer" and not agg.query_dependent
+
+
+def test_demo_reduced(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(
+        ["demo", "--out", str(out), "--num-videos", "16", "--moment-videos", "1",
+         "--searches", "2", "--seed", "7"]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["videos"] == 16 and len(s["searches"]) == 2
+    for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
+        assert step in printed
+    assert "<- the described video" in printed  # a search found its own video among the top 3
+    chance = s["retrieval_chance_R1"]
+    assert chance == 100 / 16
+    for rerank in ("none", "cliprerank"):  # a trained model on an unseen seed: far above chance
+        assert s["retrieval"][rerank]["R1"] > 3 * chance, s["retrieval"]
+        assert s["retrieval"][rerank]["MnR"] < 16 / 2
+    # the Moment-DETR head is used when one is bundled, else the zero-shot baseline
+    method = "moment_detr" if DEMO_MOMENTS.is_file() else "zero_shot"
+    assert s["moment_method"] == method and s["localize"]["method"] == method
+    assert {"MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP"} <= set(s["moments"])
+    moments = s["localize"]["moments"]
+    assert moments and all(0 <= m["start"] < m["end"] <= 90 for m in moments)
+    png = out / "localize.png"
+    assert png.read_bytes()[:8] == PNG and png.stat().st_size > 10_000
