@@ -272,7 +272,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     assert_same_contents(contents(killed), contents(tmp_path / "ref"))
 
 
-@pytest.mark.slow  # three Python processes + Lightning DDP start-up: ~1-2 min on 2 shared cores
+# three Python processes + Lightning DDP start-up: about a minute on 2 cores, so in CI too
 def test_two_processes_equal_one(vids, tmp_path):
     d2 = tmp_path / "ddp"
     res = subprocess.run(
