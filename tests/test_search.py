@@ -125,6 +125,45 @@ def test_search_scores_follow_the_two_stages(index_dir):
     assert len(idx.search("a red box", k=2, candidates=1)) == 2  # candidates >= k
 
 
+def test_ucofia_checkpoint_reranks_from_stored_patch_tokens(index_dir, tmp_path):
+    import torch
+    from video_retrieval.temporal.features import VideoFeatures
+
+    from video_retrieval.lit_retrieval import RetrievalModule
+    from video_retrieval.model_io import load_retrieval_model
+    from video_retrieval.search import encode_query
+
+    torch.manual_seed(0)
+    m = RetrievalModule(model="vr-tiny", aggregator="ucofia", num_frames=4, max_words=32)
+    ckpt = tmp_path / "ucofia.ckpt"  # the layout vr train writes (hyper-parameters + vr_meta)
+    torch.save(
+        {"hyper_parameters": dict(m.hparams), "state_dict": m.state_dict(),
+         "vr_meta": {"encoder_spec": dict(m.encoder.spec), "aggregator": "ucofia"}},
+        ckpt,
+    )  # fmt: skip
+    videos = index_dir / "videos"
+    no_patches = Index.build([videos], tmp_path / "plain", checkpoint=str(ckpt), num_frames=4,
+                             workers=0, progress=False)  # fmt: skip
+    with pytest.raises(UserError, match="--patches"):
+        no_patches.search("a red box", rerank=str(ckpt))
+    idx = Index.build([videos], tmp_path / "idx", checkpoint=str(ckpt), num_frames=4, patches=8,
+                      workers=0, progress=False)  # fmt: skip
+    assert idx.patch_topk == 8 and idx.patches(0).shape == (4, 8, 128)
+    hits = idx.search("a red box", k=3, rerank=str(ckpt))
+    enc, agg, _ = load_retrieval_model(ckpt)
+    q = encode_query(enc, agg, "a red box", words=True)
+    for h in hits:  # the UCoFiA score of the stored frames and patch tokens, by hand
+        row = idx.row_of(h.video)
+        video = VideoFeatures(
+            torch.from_numpy(idx.frames(row)[0])[None], torch.ones(1, 4, dtype=torch.bool),
+            torch.from_numpy(idx.patches(row))[None],
+        )  # fmt: skip
+        with torch.no_grad():
+            want = agg.similarity(q.features, video)[0, 0].item() / agg.scale().item()
+        assert h.score == pytest.approx(want, abs=1e-4)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
 def test_query_scored_reranker_plugs_in(index_dir):
     hits = Index.open(index_dir / "idx").search("a green box", k=3, rerank="query_scored")
     assert len(hits) == 3 and all(np.isfinite(h.score) for h in hits)

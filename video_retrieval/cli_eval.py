@@ -93,8 +93,11 @@ def evaluate_retrieval(index, captions, rerank="none", candidates=100, alpha=0.4
         for r in cand:
             if int(r) not in frames_cache:
                 frames_cache[int(r)] = index.frames(int(r))[0]
+        patches = None
+        if reranker.needs_patches:
+            patches = [index.patches(int(r)) for r in cand]
         with torch.no_grad():
-            scores = reranker.score(q, base[cand], [frames_cache[int(r)] for r in cand])
+            scores = reranker.score(q, base[cand], [frames_cache[int(r)] for r in cand], patches)
         sim[i] = base - 1e3  # non-candidates rank below every candidate
         sim[i, cand] = scores
     res = retrieval_metrics(sim, np.asarray(targets))

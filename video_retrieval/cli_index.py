@@ -28,6 +28,14 @@ def add_arguments(parser) -> None:
     g.add_argument("--num-frames", type=int, default=None, help="frames per video, evenly spread")
     parser.add_argument("--batch-size", type=int, default=64, help="frames per encoder batch")
     parser.add_argument(
+        "--patches",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also store K projected patch tokens per frame (closest to CLS), so that UCoFiA "
+        "can rerank (default 0: none)",
+    )
+    parser.add_argument(
         "--precision",
         default="auto",
         choices=["auto", "fp32", "bf16"],
@@ -74,6 +82,7 @@ def run(args) -> int:
         num_frames=args.num_frames,
         batch_size=args.batch_size,
         precision=args.precision,
+        patches=args.patches,
         workers=args.workers,
         devices=args.devices,
         prune=args.prune,

@@ -106,11 +106,18 @@ def shard_name(run: int, rank: int, seq: int) -> str:
 
 
 def write_shard(
-    index_dir: str | os.PathLike, name: str, frames: np.ndarray, videos: list[dict]
+    index_dir: str | os.PathLike,
+    name: str,
+    frames: np.ndarray,
+    videos: list[dict],
+    patches: np.ndarray | None = None,
 ) -> None:
-    """Write one shard: the fp16 frame matrix first, then its metadata (both atomically)."""
+    """Write one shard: the fp16 frame matrix (and patch tokens ``[frames, K, D]``) first,
+    then its metadata (all atomically)."""
     d = Path(index_dir) / SHARDS
     d.mkdir(parents=True, exist_ok=True)
+    if patches is not None:
+        atomic_save_npy(d / f"{name}.patches.npy", np.asarray(patches, dtype=np.float16))
     atomic_save_npy(d / f"{name}.npy", np.asarray(frames, dtype=np.float16))
     atomic_write_json(d / f"{name}.json", {"shard": name, "videos": videos})
 
@@ -121,6 +128,15 @@ def load_shard_meta(index_dir, name: str) -> dict:
 
 def load_shard_frames(index_dir, name: str, mmap: bool = True) -> np.ndarray:
     return np.load(Path(index_dir) / SHARDS / f"{name}.npy", mmap_mode="r" if mmap else None)
+
+
+def load_shard_patches(index_dir, name: str) -> np.ndarray:
+    p = Path(index_dir) / SHARDS / f"{name}.patches.npy"
+    if not p.exists():
+        raise UserError(
+            f"{index_dir}: shard {name} has no patch tokens (index built without --patches)"
+        )
+    return np.load(p, mmap_mode="r")
 
 
 class Journal:
@@ -386,6 +402,23 @@ class Index:
             arr = self._shard_cache[v["shard"]] = load_shard_frames(self.dir, v["shard"])
         o, n = v["offset"], v["length"]
         return np.asarray(arr[o : o + n], dtype=np.float32), np.asarray(v["timestamps"])
+
+    @property
+    def patch_topk(self) -> int:
+        """Patch tokens stored per frame (0: none; ``vr index --patches K``)."""
+        return int((self.manifest["fingerprint"].get("patches") or {}).get("topk", 0))
+
+    def patches(self, i: int) -> np.ndarray:
+        """Stored projected patch tokens (float32 [T,K,D]) of video row ``i``."""
+        if not self.patch_topk:
+            raise UserError(f"index {self.dir} stores no patch tokens: rebuild it with --patches K")
+        v = self.videos[i]
+        key = v["shard"] + ".patches"
+        arr = self._shard_cache.get(key)
+        if arr is None:
+            arr = self._shard_cache[key] = load_shard_patches(self.dir, v["shard"])
+        o, n = v["offset"], v["length"]
+        return np.asarray(arr[o : o + n], dtype=np.float32)
 
     def row_of(self, path) -> int | None:
         if not hasattr(self, "_rows"):

@@ -63,6 +63,7 @@ class IndexConfig:
     ann: str = "auto"  # auto | flat | hnsw | ivf
     precision: str = "auto"
     device: str = "cpu"
+    patches: int = 0  # > 0: also store the K projected patch tokens per frame closest to CLS
 
     def sampling(self) -> dict:
         if self.fps is not None and self.num_frames is not None:
@@ -112,11 +113,16 @@ def load_models(cfg: IndexConfig):
 
 
 def make_fingerprint(encoder, cfg: IndexConfig, aggregator_label: str) -> dict:
-    return {
+    if int(cfg.patches) < 0:
+        raise UserError(f"--patches must be >= 0, got {cfg.patches}")
+    fp = {
         "encoder": encoder.fingerprint(),
         "sampling": cfg.sampling(),
         "aggregator": aggregator_label,
     }
+    if cfg.patches:  # an index with patch tokens is another index (UCoFiA can rerank it)
+        fp["patches"] = {"topk": int(cfg.patches), "criterion": "cosine-to-cls"}
+    return fp
 
 
 # -- reader -------------------------------------------------------------------------------------
@@ -192,11 +198,13 @@ def _identity(x):
 class BatchingEncoder:
     """Preprocess each video's frames and encode frames in batches of ``batch_size`` across
     videos; ``add`` / ``flush`` return the videos whose frames are all encoded, in order, as
-    ``(item, embeddings float32 [T,D])``."""
+    ``(item, embeddings float32 [T,D], patches float32 [T,K,D] or None)`` (``patch_topk`` = K:
+    the projected patch tokens most cosine-similar to each frame's CLS)."""
 
-    def __init__(self, encoder, batch_size: int = 64):
+    def __init__(self, encoder, batch_size: int = 64, patch_topk: int = 0):
         self.encoder = encoder
         self.batch_size = max(1, int(batch_size))
+        self.patch_topk = int(patch_topk)
         self.pending: deque = deque()  # [item, images [T,3,S,S], parts, n_done]
         self.queued = 0
         self.frames_encoded = 0
@@ -229,11 +237,15 @@ class BatchingEncoder:
                 chunks.append(images[done : done + take])
                 owners.append((entry, take))
                 need -= take
-        emb, _ = self.encoder.encode_images(torch.cat(chunks))
+        emb, pt = self.encoder.encode_images(torch.cat(chunks), return_patches=self.patch_topk > 0)
+        if pt is not None:
+            from video_retrieval.feature_cache import select_topk_patches
+
+            pt = select_topk_patches(emb, pt, self.patch_topk)[0].float().cpu().numpy()
         emb = emb.float().cpu().numpy()
         pos = 0
         for entry, take in owners:
-            entry[2].append(emb[pos : pos + take])
+            entry[2].append((emb[pos : pos + take], None if pt is None else pt[pos : pos + take]))
             entry[3] += take
             pos += take
         self.queued -= n
@@ -241,17 +253,19 @@ class BatchingEncoder:
         out = []
         while self.pending and self.pending[0][3] == len(self.pending[0][1]):
             item, _, parts, _ = self.pending.popleft()
-            out.append((item, np.concatenate(parts)))
+            patches = None if parts[0][1] is None else np.concatenate([p for _, p in parts])
+            out.append((item, np.concatenate([e for e, _ in parts]), patches))
         return out
 
 
-def encode_videos(encoder, items: list[dict], batch_size: int) -> list:
-    """Encode a list of read items: ``(item, emb)`` for good ones, ``(item, None)`` for failures."""
-    be = BatchingEncoder(encoder, batch_size)
+def encode_videos(encoder, items: list[dict], batch_size: int, patch_topk: int = 0) -> list:
+    """Encode a list of read items: ``(item, emb, patches)`` for good ones, ``(item, None,
+    None)`` for failures."""
+    be = BatchingEncoder(encoder, batch_size, patch_topk)
     out = []
     for item in items:
         if "error" in item:
-            out.append((item, None))
+            out.append((item, None, None))
         else:
             out += be.add(item)
     out += be.flush()
@@ -268,14 +282,15 @@ class ShardWriter:
         self.shard_size, self.shard_frames = shard_size, shard_frames
         self.journal = store.Journal(index_dir, run, rank)
         self.seq = 0
-        self.buffer: list[tuple[dict, np.ndarray]] = []
+        self.buffer: list[tuple[dict, np.ndarray, np.ndarray | None]] = []
         self.nframes = 0
         self.videos_written = 0
         self.frames_written = 0
         self.failures: list[dict] = []
 
-    def add(self, item: dict, emb: np.ndarray) -> None:
-        self.buffer.append((item, np.asarray(emb, dtype=np.float16)))
+    def add(self, item: dict, emb: np.ndarray, patches: np.ndarray | None = None) -> None:
+        pt = None if patches is None else np.asarray(patches, dtype=np.float16)
+        self.buffer.append((item, np.asarray(emb, dtype=np.float16), pt))
         self.nframes += len(emb)
         if len(self.buffer) >= self.shard_size or self.nframes >= self.shard_frames:
             self.flush()
@@ -292,7 +307,7 @@ class ShardWriter:
         name = store.shard_name(self.run, self.rank, self.seq)
         self.seq += 1
         metas, offset = [], 0
-        for item, emb in self.buffer:
+        for item, emb, _ in self.buffer:
             metas.append(
                 {
                     "path": item["path"],
@@ -307,7 +322,11 @@ class ShardWriter:
                 }
             )
             offset += len(emb)
-        store.write_shard(self.index_dir, name, np.concatenate([e for _, e in self.buffer]), metas)
+        patches = None
+        if self.buffer[0][2] is not None:
+            patches = np.concatenate([p for _, _, p in self.buffer])
+        frames = np.concatenate([e for _, e, _ in self.buffer])
+        store.write_shard(self.index_dir, name, frames, metas, patches)
         keys = ("path", "size", "mtime_ns", "sha256", "offset", "length")
         self.journal.append(
             {"event": "shard", "shard": name, "videos": [{k: m[k] for k in keys} for m in metas]}
@@ -451,7 +470,7 @@ def _encode_local(
     if not items:
         return writer
     loader = make_loader(items, cfg.sampling(), getattr(encoder, "image_size", None), cfg.workers)
-    be = BatchingEncoder(encoder, cfg.batch_size)
+    be = BatchingEncoder(encoder, cfg.batch_size, cfg.patches)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -462,8 +481,8 @@ def _encode_local(
     t0 = time.perf_counter()
 
     def emit(done):
-        for item, emb in done:
-            writer.add(item, emb)
+        for item, emb, patches in done:
+            writer.add(item, emb, patches)
         if bar is not None and done:
             bar.update(len(done))
             dt = max(time.perf_counter() - t0, 1e-9)
@@ -489,13 +508,14 @@ def _predict_distributed(items, cfg: IndexConfig, encoder, index_dir, run: int):
     from lightning.pytorch.callbacks import BasePredictionWriter
 
     class EncodeModule(L.LightningModule):
-        def __init__(self, enc, batch_size):
+        def __init__(self, enc, batch_size, patch_topk):
             super().__init__()
             self.encoder = enc
             self.batch_size = batch_size
+            self.patch_topk = patch_topk
 
         def predict_step(self, batch, batch_idx):
-            return encode_videos(self.encoder, batch, self.batch_size)
+            return encode_videos(self.encoder, batch, self.batch_size, self.patch_topk)
 
     class ShardPredictionWriter(BasePredictionWriter):
         """Writes the predictions of each rank into its own shard set."""
@@ -512,11 +532,11 @@ def _predict_distributed(items, cfg: IndexConfig, encoder, index_dir, run: int):
         def write_on_batch_end(
             self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
         ):
-            for item, emb in prediction:
+            for item, emb, patches in prediction:
                 if emb is None:
                     self.writer.fail(item, item["error"])
                 else:
-                    self.writer.add(item, emb)
+                    self.writer.add(item, emb, patches)
 
         def on_predict_end(self, trainer, pl_module):
             self.writer.flush()
@@ -536,7 +556,9 @@ def _predict_distributed(items, cfg: IndexConfig, encoder, index_dir, run: int):
         callbacks=[ShardPredictionWriter()],
     )
     trainer.predict(
-        EncodeModule(encoder, cfg.batch_size), dataloaders=loader, return_predictions=False
+        EncodeModule(encoder, cfg.batch_size, cfg.patches),
+        dataloaders=loader,
+        return_predictions=False,
     )
     trainer.strategy.barrier("vr-index-shards-written")
     return trainer.is_global_zero

@@ -66,13 +66,14 @@ class CLIPRerank:
 
     name = "cliprerank"
     needs_words = False
+    needs_patches = False
 
     def __init__(self, alpha: float = DEFAULT_ALPHA):
         if not 0.0 <= alpha <= 1.0:
             raise UserError(f"--alpha must be in [0, 1], got {alpha}")
         self.alpha = float(alpha)
 
-    def score(self, query, base_scores, frames: list[np.ndarray]) -> np.ndarray:
+    def score(self, query, base_scores, frames: list[np.ndarray], patches=None) -> np.ndarray:
         q = query.embedding if isinstance(query, QueryFeatures) else query
         base = np.asarray(base_scores, dtype=np.float64)
         mx = np.array([float(frame_similarities(q, f).max()) for f in frames], dtype=np.float64)
@@ -81,38 +82,51 @@ class CLIPRerank:
 
 class AggregatorRerank:
     """Rerank with ``Aggregator.similarity`` (query-dependent or not), frames subsampled to
-    the aggregator's ``max_frames``. Score = logit / exp(logit_scale)."""
+    the aggregator's ``max_frames``. Score = logit / exp(logit_scale). Aggregators that read
+    patch tokens (UCoFiA) get the index's stored ones (``vr index --patches K``: the K tokens per
+    frame closest to CLS, among which UCoFiA's learned selector keeps its top 3)."""
 
-    def __init__(self, aggregator, name: str | None = None):
+    def __init__(self, aggregator, name: str | None = None, patch_topk: int | None = None):
         self.aggregator = aggregator.eval()
         self.name = name or aggregator.name
         self.needs_words = bool(getattr(aggregator, "needs_words", False))
-        if getattr(aggregator, "needs_patches", False):
+        self.needs_patches = bool(getattr(aggregator, "needs_patches", False))
+        if self.needs_patches and patch_topk is not None and patch_topk < 1:
             raise UserError(
-                f"reranker {self.name!r} needs patch tokens, which this index does not store; "
-                "use --rerank cliprerank or query_scored"
+                f"reranker {self.name!r} needs patch tokens, which this index does not store: "
+                "rebuild it with `vr index ... --patches 16`, or use --rerank cliprerank"
             )
 
     @torch.no_grad()
-    def score(self, query: QueryFeatures, base_scores, frames: list[np.ndarray]) -> np.ndarray:
+    def score(
+        self, query: QueryFeatures, base_scores, frames: list[np.ndarray], patches=None
+    ) -> np.ndarray:
         from video_retrieval.temporal.features import VideoFeatures
 
         if not frames:
             return np.zeros(0)
+        if self.needs_patches and patches is None:
+            raise UserError(f"reranker {self.name!r} needs the candidates' patch tokens")
         max_frames = int(getattr(self.aggregator, "max_frames", 12))
-        picked = [np.asarray(f, np.float32)[uniform_indices(len(f), max_frames)] for f in frames]
+        idx = [uniform_indices(len(f), max_frames) for f in frames]
+        picked = [np.asarray(f, np.float32)[i] for f, i in zip(frames, idx)]
         t = max(len(p) for p in picked)
         d = picked[0].shape[1]
         x = torch.zeros(len(picked), t, d)
         mask = torch.zeros(len(picked), t, dtype=torch.bool)
+        px = None
+        if self.needs_patches:
+            px = torch.zeros(len(picked), t, *np.asarray(patches[0]).shape[1:])
         for i, p in enumerate(picked):
             x[i, : len(p)] = torch.from_numpy(p)
             mask[i, : len(p)] = True
             if len(p) < t:  # padding repeats the last real frame, masked out
                 x[i, len(p) :] = torch.from_numpy(p[-1])
+            if px is not None:
+                px[i, : len(p)] = torch.from_numpy(np.asarray(patches[i], np.float32)[idx[i]])
         param = next(self.aggregator.parameters(), None)
         dtype = param.dtype if param is not None else torch.float32
-        video = VideoFeatures(x.to(dtype), mask)
+        video = VideoFeatures(x.to(dtype), mask, None if px is None else px.to(dtype))
         text = query.features
         logits = self.aggregator.similarity(text, video).float()[0]
         scale = float(self.aggregator.scale()) if hasattr(self.aggregator, "scale") else 1.0
@@ -120,7 +134,11 @@ class AggregatorRerank:
 
 
 def build_reranker(
-    spec: str | None, embed_dim: int, alpha: float = DEFAULT_ALPHA, index_fingerprint=None
+    spec: str | None,
+    embed_dim: int,
+    alpha: float = DEFAULT_ALPHA,
+    index_fingerprint=None,
+    patch_topk: int | None = None,
 ):
     """``none`` -> None; ``cliprerank``; an aggregator name; or a checkpoint path (its encoder
     must match the index's, else ``UserError``)."""
@@ -138,7 +156,7 @@ def build_reranker(
                 f"reranker {spec!r} has learned weights: pass the checkpoint trained by "
                 f"`vr train` (--rerank path/to/last.ckpt) instead of its name"
             )
-        return AggregatorRerank(agg)
+        return AggregatorRerank(agg, patch_topk=patch_topk)
     if os.path.exists(spec):
         from video_retrieval.model_io import load_retrieval_model
 
@@ -148,7 +166,7 @@ def build_reranker(
                 f"checkpoint {spec} uses another encoder ({encoder.fingerprint()}) than the index "
                 f"({index_fingerprint}); rebuild the index with --checkpoint {spec}"
             )
-        return AggregatorRerank(aggregator, name=Path(spec).name)
+        return AggregatorRerank(aggregator, name=Path(spec).name, patch_topk=patch_topk)
     known = ", ".join(["none", "cliprerank", *sorted(AGGREGATORS)])
     raise UserError(f"unknown reranker {spec!r}: use one of {known}, or a checkpoint path")
 

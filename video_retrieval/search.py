@@ -47,7 +47,11 @@ def get_reranker(index: Index, rerank: str | None, alpha: float):
     key = (rerank or "none", float(alpha))
     if key not in cache:
         cache[key] = build_reranker(
-            rerank, index.embed_dim, alpha=alpha, index_fingerprint=index.fingerprint["encoder"]
+            rerank,
+            index.embed_dim,
+            alpha=alpha,
+            index_fingerprint=index.fingerprint["encoder"],
+            patch_topk=index.patch_topk,
         )
     return cache[key]
 
@@ -86,7 +90,10 @@ def search_index(
     if reranker is None:
         final = base
     else:
-        final = np.asarray(reranker.score(q, base, [f for f, _ in frames]), dtype=np.float64)
+        patches = [index.patches(int(r)) for r in rows] if reranker.needs_patches else None
+        final = np.asarray(
+            reranker.score(q, base, [f for f, _ in frames], patches), dtype=np.float64
+        )
     order = np.argsort(-final, kind="stable")[:k]
     hits = []
     for rank, j in enumerate(order, start=1):
