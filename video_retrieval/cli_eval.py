@@ -62,11 +62,13 @@ def read_captions(path, split=None) -> list[tuple[str, str]]:
 
 
 def evaluate_retrieval(index, captions, rerank="none", candidates=100, alpha=0.4) -> dict:
-    """Metrics of ``index`` for ``captions`` [(abs video path, caption)]."""
+    """Metrics of ``index`` for ``captions`` [(abs video path, caption)], ranking the videos as
+    ``vr search`` does: the top ``candidates`` of the ANN (so its recall counts), reranked if
+    asked, then every other video below them by exact cosine."""
     import torch
 
     from video_retrieval.retrieval_metrics import retrieval_metrics
-    from video_retrieval.search import encode_query, get_reranker
+    from video_retrieval.search import encode_query, get_reranker, stage_one
 
     targets, texts, skipped = [], [], 0
     for video, caption in captions:
@@ -86,10 +88,11 @@ def evaluate_retrieval(index, captions, rerank="none", candidates=100, alpha=0.4
     for i, text in enumerate(texts):
         q = encode_query(encoder, pool, text, words=bool(getattr(reranker, "needs_words", False)))
         base = pooled @ q.embedding
+        ann_scores, cand = stage_one(index, q.embedding, max(1, candidates))
+        sim[i] = base - 1e3  # non-candidates rank below every candidate
         if reranker is None:
-            sim[i] = base
+            sim[i, cand] = ann_scores
             continue
-        cand = np.argsort(-base, kind="stable")[: max(1, candidates)]
         for r in cand:
             if int(r) not in frames_cache:
                 frames_cache[int(r)] = index.frames(int(r))[0]
@@ -97,9 +100,8 @@ def evaluate_retrieval(index, captions, rerank="none", candidates=100, alpha=0.4
         if reranker.needs_patches:
             patches = [index.patches(int(r)) for r in cand]
         with torch.no_grad():
-            scores = reranker.score(q, base[cand], [frames_cache[int(r)] for r in cand], patches)
-        sim[i] = base - 1e3  # non-candidates rank below every candidate
-        sim[i, cand] = scores
+            frames = [frames_cache[int(r)] for r in cand]
+            sim[i, cand] = reranker.score(q, ann_scores, frames, patches)
     res = retrieval_metrics(sim, np.asarray(targets))
     return {
         "queries": len(texts),
