@@ -208,7 +208,9 @@ class RetrievalModule(pl.LightningModule):
         cached = self._cached(batch)
         if cached is not None:
             text, video = cached
-        elif batch["frames"] is None or len(batch["captions"]) < 2:
+        elif batch["frames"] is None or len(batch["captions"]) * self._world() < 2:
+            # a contrastive loss needs two pairs in the *global* batch; the training dataset
+            # replaces undecodable videos, so under DDP every rank skips together or none does
             return None
         else:
             text = self.encode_text(batch["captions"])
