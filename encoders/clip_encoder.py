@@ -481,6 +481,7 @@ def create_encoder(
     seed: int = 0,
     quick_gelu: bool = False,
     hf_config: dict | None = None,
+    weights: dict | None = None,
 ) -> ClipEncoder:
     """Build a ``ClipEncoder``.
 
@@ -494,11 +495,20 @@ def create_encoder(
     - ``quick_gelu``: QuickGELU activation (OpenAI weights; set automatically for such tags).
     - ``hf_config``: HF backend only, a ``CLIPConfig`` dict to build the architecture without
       reading ``model`` (used by ``spec`` round trips).
+    - ``weights``: where the weights came from, as recorded in ``spec["weights"]``
+      (``{"pretrained": tag}``, ``{"checkpoint": path}``, ``{"from_pretrained": dir or hub id}``);
+      used when neither ``pretrained`` nor ``checkpoint`` is given, so ``create_encoder(**spec)``
+      rebuilds the same weights. Pass ``weights=None`` for the architecture alone.
     Weights load with ``torch.load(weights_only=True)`` or safetensors only.
     """
     if backend not in ("open_clip", "hf"):
         raise UserError(f"unknown encoder backend {backend!r}; choose 'open_clip' or 'hf'")
     resolve_autocast_dtype(precision, device)  # validate early
+    if weights and pretrained is None and checkpoint is None:
+        pretrained = weights.get("pretrained")
+        checkpoint = weights.get("checkpoint")
+        if weights.get("from_pretrained"):
+            model, hf_config = weights["from_pretrained"], None
 
     ckpt_path = Path(checkpoint).expanduser() if checkpoint is not None else None
     if (
@@ -517,11 +527,12 @@ def create_encoder(
                 f"{ckpt_path} holds weights of model {file_spec['model']!r}, not {model!r}"
             )
         kwargs = dict(file_spec)
-        kwargs.update(precision=precision, device=device)
+        kwargs.update(precision=precision, device=device, weights=None)  # the file holds them
         enc = create_encoder(**kwargs)
         from safetensors.torch import load_file
 
         _load_state_into(enc.model, load_file(str(ckpt_path)), ckpt_path)
+        enc.spec["weights"] = {"checkpoint": str(ckpt_path.resolve())}
         return enc
 
     if backend == "hf":
@@ -566,6 +577,10 @@ def create_encoder(
         "seed": int(seed),
         "quick_gelu": bool(quick_gelu),
     }
+    if pretrained is not None:
+        spec["weights"] = {"pretrained": pretrained}
+    elif ckpt_path is not None:
+        spec["weights"] = {"checkpoint": str(ckpt_path.resolve())}
     return OpenClipEncoder(clip, name, spec, precision=precision, device=device)
 
 

@@ -216,10 +216,14 @@ def create_hf_encoder(
         tokenizer = _OpenClipBPE(clip.config.text_config.max_position_embeddings)
     mean, std = _image_norm(directory if local else None)
     spec = {
-        "model": name,
+        "model": str(directory.resolve()) if local else name,
         "backend": "hf",
         "precision": precision,
         "seed": int(seed),
         "hf_config": json.loads(clip.config.to_json_string()),
     }
+    if checkpoint is not None:
+        spec["weights"] = {"checkpoint": str(Path(checkpoint).resolve())}
+    elif hf_config is None:  # loaded with from_pretrained: rebuild the same way
+        spec["weights"] = {"from_pretrained": spec["model"]}
     return HFClipEncoder(clip, name, spec, tokenizer, precision, device, mean, std)

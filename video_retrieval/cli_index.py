@@ -21,6 +21,12 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--pretrained", default=None, help="pretrained tag or local weights file")
     parser.add_argument(
+        "--backend",
+        default="open_clip",
+        choices=["open_clip", "hf"],
+        help="hf: --model is a Hugging Face CLIP directory (or hub id)",
+    )
+    parser.add_argument(
         "--checkpoint", default=None, help="a retrieval checkpoint written by vr train"
     )
     g = parser.add_mutually_exclusive_group()
@@ -77,6 +83,7 @@ def run(args) -> int:
     cfg = IndexConfig(
         model=args.model,
         pretrained=args.pretrained,
+        backend=args.backend,
         checkpoint=args.checkpoint,
         fps=args.fps,
         num_frames=args.num_frames,

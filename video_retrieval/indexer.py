@@ -64,6 +64,7 @@ class IndexConfig:
     precision: str = "auto"
     device: str = "cpu"
     patches: int = 0  # > 0: also store the K projected patch tokens per frame closest to CLS
+    backend: str = "open_clip"  # or "hf": a Hugging Face CLIP directory / hub id as ``model``
 
     def sampling(self) -> dict:
         if self.fps is not None and self.num_frames is not None:
@@ -104,7 +105,11 @@ def load_models(cfg: IndexConfig):
         from video_retrieval.encoders import create_encoder
 
         encoder = create_encoder(
-            cfg.model, pretrained=cfg.pretrained, precision=cfg.precision, device=cfg.device
+            cfg.model,
+            pretrained=cfg.pretrained,
+            backend=cfg.backend,
+            precision=cfg.precision,
+            device=cfg.device,
         )
         info = {"encoder_spec": encoder.spec}
         pool, label = build_aggregator("mean", encoder.embed_dim), "mean"

@@ -43,6 +43,7 @@ def load_retrieval_model(path, device: str | torch.device = "cpu", precision: st
     vm = dict(ckpt.get("vr_meta") or {})
     spec = dict(vm.get("encoder_spec") or {"model": hp.get("model", "vr-tiny")})
     spec["precision"] = precision
+    spec["weights"] = None  # the checkpoint holds them: no download, no original weights file
     encoder = create_encoder(**spec)  # architecture only; the weights come from the checkpoint
     aggregator = build_aggregator(
         hp["aggregator"],
