@@ -350,42 +350,40 @@ def test_hf_backend_missing_model_is_user_error(tmp_path, monkeypatch):
         create_encoder(str(tmp_path), backend="hf")
 
 
-def test_vr_index_and_search_with_a_hugging_face_clip(hf_dir, tmp_path, capsys):
+def _index_then_search(tmp_path, capsys, model_args: list[str]) -> list[dict]:
+    """``vr index`` one 2 s video of a red square with ``model_args``, then ``vr search`` it."""
     from video_retrieval.cli import main
     from video_retrieval.videowrite import write_video
 
-    path, _ = hf_dir
-    x = np.full((10, 40, 40, 3), 30, np.uint8)
-    x[:, 10:30, 10:30] = (220, 40, 40)
+    x = np.full((10, 64, 64, 3), 30, np.uint8)
+    x[:, 20:44, 20:44] = (220, 40, 40)
     write_video(tmp_path / "v" / "red.mp4", x, fps=5)
     idx = tmp_path / "idx"
-    rc = main(["index", str(tmp_path / "v"), "--index", str(idx), "--backend", "hf",
-               "--model", str(path), "--workers", "0", "--json"])  # fmt: skip
+    rc = main(["index", str(tmp_path / "v"), "--index", str(idx), *model_args, "--workers", "0",
+               "--json"])  # fmt: skip
     assert rc == 0 and json.loads(capsys.readouterr().out)["videos"] == 1
     rc = main(["search", "a red square", "--index", str(idx), "--json"])
-    hits = json.loads(capsys.readouterr().out)["results"]
-    assert rc == 0 and [Path(h["video"]).name for h in hits] == ["red.mp4"]
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    return json.loads(out.out)["results"]
+
+
+def test_vr_index_and_search_with_a_hugging_face_clip(hf_dir, tmp_path, capsys):
+    hits = _index_then_search(tmp_path, capsys, ["--backend", "hf", "--model", str(hf_dir[0])])
+    assert [Path(h["video"]).name for h in hits] == ["red.mp4"]
 
 
 @pytest.mark.parametrize("flag", ["--pretrained", "--checkpoint-file"])
 def test_index_built_with_local_weights_is_searchable(flag, tmp_path, capsys):
     """The manifest remembers where the weights came from (``spec["weights"]``), so a search
     rebuilds the same encoder instead of a random one with another fingerprint."""
-    from video_retrieval.cli import main
-    from video_retrieval.videowrite import write_video
-
     enc = create_encoder("vr-tiny", precision="fp32", seed=5)
     if flag == "--pretrained":  # an open_clip state dict, as downloaded weights are
         weights = tmp_path / "tiny_state.pt"
         torch.save(enc.model.state_dict(), weights)
     else:  # a file written by save_encoder
         weights = enc.save_encoder(tmp_path / "tiny.safetensors")
-    x = np.full((10, 64, 64, 3), 30, np.uint8)
-    x[:, 20:44, 20:44] = (40, 200, 40)
-    write_video(tmp_path / "v" / "green.mp4", x, fps=5)
-    idx = tmp_path / "idx"
-    rc = main(["index", str(tmp_path / "v"), "--index", str(idx), "--model", "vr-tiny",
-               "--pretrained", str(weights), "--workers", "0", "--json"])  # fmt: skip
-    assert rc == 0 and json.loads(capsys.readouterr().out)["videos"] == 1
-    rc = main(["search", "a green square", "--index", str(idx), "--json"])
-    assert rc == 0 and len(json.loads(capsys.readouterr().out)["results"]) == 1
+    hits = _index_then_search(
+        tmp_path, capsys, ["--model", "vr-tiny", "--pretrained", str(weights)]
+    )
+    assert [Path(h["video"]).name for h in hits] == ["red.mp4"]
