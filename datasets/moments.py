@@ -213,3 +213,46 @@ def sample_saliency_pairs(
     pos = [rng.choice(rel) for _ in range(2 * n)]
     neg = [rng.choice(outside) for _ in range(2 * n)] if outside else list(pos)
     return pos, neg
+
+
+def moment_clip_captions(
+    rows: list[dict],
+    clip_len: float = 2.0,
+    context: float = 1.0,
+    split: str | None = None,
+    video_dir=None,
+) -> list[dict]:
+    """``captions.jsonl`` lines that teach a retrieval model the per-clip features of a moment
+    head: for every clip of every relevant window of every row, ``{"video", "caption", "start",
+    "end"}`` with the clip ``[i clip_len, (i + 1) clip_len]`` widened by ``context`` seconds each
+    side (clamped at 0 and at the duration), the row's query as caption. A retrieval model
+    trained on them (``configs/moments_synth_clips.yaml``) embeds the same windows that
+    ``clip_features(aggregator=..., context=...)`` pools at feature time.
+
+    Lines are ordered by row, window, clip; one gallery item per clip (``video_id``
+    ``<vid>@<start>-<end>``)."""
+    out = []
+    for r in rows:
+        video = resolve_video(video_dir, r) if video_dir is not None else r.get("video")
+        if video is None:
+            video = f"videos/{r['vid']}.mp4"
+        dur = r.get("duration")
+        for s, e in r.get("relevant_windows", []):
+            a = int(s // clip_len + 1e-9)
+            b = max(a + 1, int(-(-(e - 1e-9) // clip_len)))
+            for i in range(a, b):
+                lo = max(0.0, i * clip_len - context)
+                hi = (i + 1) * clip_len + context
+                if dur is not None:
+                    hi = min(hi, float(dur))
+                line = {
+                    "video": str(video),
+                    "video_id": f"{r['vid']}@{lo:g}-{hi:g}",
+                    "caption": r["query"],
+                    "start": lo,
+                    "end": hi,
+                }
+                if split is not None:
+                    line["split"] = split
+                out.append(line)
+    return out

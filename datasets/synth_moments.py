@@ -7,6 +7,8 @@
          "saliency_scores": [[int, int, int]], "relevant_windows": [[start, end], ...]}
     OUT/videos/<vid>.mp4     64x64 H.264 at 2 fps by default, 30-150 s
     OUT/world.json           seed, parameters and per-video ground truth (object tracks, events)
+    OUT/clips.jsonl          captions.jsonl of every relevant 2 s clip (+1 s context each side)
+                             with its query, a ``split`` field per line (``moment_clip_captions``)
 
 Each video holds three objects (distinct colours and shapes). A timeline on the 2 s clip grid has
 events (moves left/right/up/down, grows, shrinks, appears, disappears; 2-8 s each, starting and
@@ -27,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from video_retrieval.datasets.moments import moment_clip_captions
 from video_retrieval.datasets.synth_captions import query_text
 from video_retrieval.datasets.synth_render import (
     BACKGROUNDS,
@@ -44,6 +47,7 @@ from video_retrieval.datasets.synth_render import (
 
 WORLD_VERSION = 1
 CLIP_LEN = 2
+CLIP_CONTEXT = 1.0  # seconds each side of a clip in clips.jsonl (moment clip-encoder training)
 DEFAULTS = {
     "num_videos": 91,
     "val_fraction": 1 / 7,
@@ -404,8 +408,11 @@ def generate_moments(
     else:
         for path, spec in jobs:
             _encode(path, spec, codec)
+    clips = []
     for split, rows in world["queries"].items():
         _write_text(out / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        clips += moment_clip_captions(rows, CLIP_LEN, CLIP_CONTEXT, split=split)
+    _write_text(out / "clips.jsonl", "".join(json.dumps(c) + "\n" for c in clips))
     _write_text(out / "world.json", json.dumps(world) + "\n")
     counts = {s: 0 for s in ("train", "val", "test")}
     for spec in world["videos"].values():

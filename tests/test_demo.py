@@ -3,7 +3,7 @@
 import json
 
 from video_retrieval.cli import main
-from video_retrieval.demo import DEMO_MOMENTS, DEMO_RETRIEVAL
+from video_retrieval.demo import DEMO_CLIPS, DEMO_MOMENTS, DEMO_RETRIEVAL
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -15,6 +15,10 @@ def test_committed_demo_models_are_small_and_loadable():
     assert DEMO_RETRIEVAL.stat().st_size < 12 * 2**20  # a few MB, committed to git
     _enc, agg, meta = load_retrieval_model(DEMO_RETRIEVAL)
     assert meta["aggregator"] == "seq_transformer" and not agg.query_dependent
+    if DEMO_CLIPS.is_file():  # the clip encoder for zero-shot localization
+        assert DEMO_CLIPS.stat().st_size < 12 * 2**20
+        _enc, agg, meta = load_retrieval_model(DEMO_CLIPS)
+        assert meta["aggregator"] == "seq_transformer" and meta["num_frames"] == 8
 
 
 def test_demo_reduced(tmp_path, capsys):
@@ -35,8 +39,10 @@ def test_demo_reduced(tmp_path, capsys):
     for rerank in ("none", "cliprerank"):  # a trained model on an unseen seed: far above chance
         assert s["retrieval"][rerank]["R1"] > 3 * chance, s["retrieval"]
         assert s["retrieval"][rerank]["MnR"] < 16 / 2
-    # the Moment-DETR head is used when one is bundled, else the zero-shot baseline
-    method = "moment_detr" if DEMO_MOMENTS.is_file() else "zero_shot"
+    # the Moment-DETR head is used when one is bundled, else the zero-shot baseline (over the
+    # bundled clip encoder's pooled clips when it is there)
+    method = "zero_shot_pooled" if DEMO_CLIPS.is_file() else "zero_shot"
+    method = "moment_detr" if DEMO_MOMENTS.is_file() else method
     assert s["moment_method"] == method and s["localize"]["method"] == method
     assert {"MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP"} <= set(s["moments"])
     moments = s["localize"]["moments"]

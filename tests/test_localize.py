@@ -32,6 +32,28 @@ def test_zero_shot_moments(video):
         assert 0.0 <= m["start"] < m["end"] <= 8.0 + 1e-6
 
 
+def test_zero_shot_with_a_clip_encoder(video, capsys):
+    import torch
+
+    from video_retrieval.lit_moments import demo_retrieval_checkpoint
+    from video_retrieval.model_io import load_retrieval_model
+    from video_retrieval.moment_features import clip_features
+
+    ckpt = demo_retrieval_checkpoint()
+    if ckpt is None:
+        pytest.skip("no bundled retrieval model")
+    res = localize(video, "a red box", top=2, clip_encoder=ckpt)
+    assert res["method"] == "zero_shot_pooled" and len(res["saliency"]) == 4
+    enc, agg, _ = load_retrieval_model(ckpt)
+    feats, _, _ = clip_features(enc, video, 2.0, frames_per_clip=4, aggregator=agg, context=1.0)
+    with torch.no_grad():
+        t = enc.encode_text(enc.tokenize(["a red box"])).sentence[0].float().numpy()
+    want = feats @ (t / np.linalg.norm(t))
+    np.testing.assert_allclose(res["saliency"], want, atol=1e-5)
+    rc = main(["localize", str(video), "a red box", "--clip-encoder", ckpt, "--json"])
+    assert rc == 0 and len(json.loads(capsys.readouterr().out)["saliency"]) == 4
+
+
 def test_cli_json_and_plot(video, tmp_path, capsys):
     png = tmp_path / "plot.png"
     rc = main(["localize", str(video), "a red box", "--top", "2", "--plot", str(png), "--json"])

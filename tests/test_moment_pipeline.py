@@ -65,6 +65,13 @@ def test_clip_features_shapes_and_cache(world, encoder, tmp_path):
     np.testing.assert_array_equal(f1, f2)
     assert d1 == d2
     np.testing.assert_allclose(f1, feats, atol=1e-6)
+    # another video under the same id (a regenerated world) is re-encoded, not served stale
+    other = tmp_path / "other.mp4"
+    _video(other, seconds=6, bright=(0, 2))
+    f3, _, d3 = cache.get("v0", other)
+    assert f3.shape[0] == 3 and d3 == pytest.approx(6.0, abs=0.3)
+    f4, _, _ = cache.get("v0", other)  # and then cached under the new source
+    np.testing.assert_array_equal(f3, f4)
 
 
 def test_fit_checkpoint_and_predictor(world, tmp_path):

@@ -15,6 +15,11 @@ def add_arguments(parser) -> None:
         "--checkpoint", default=None, help="retrieval checkpoint (default: bundled)"
     )
     parser.add_argument("--moment-checkpoint", default=None, help="moment head (default: bundled)")
+    parser.add_argument(
+        "--clip-checkpoint",
+        default=None,
+        help="clip encoder for zero-shot localization (default: bundled)",
+    )
 
 
 def run(args) -> int:
@@ -28,5 +33,6 @@ def run(args) -> int:
         searches=args.searches,
         retrieval_checkpoint=args.checkpoint,
         moment_checkpoint=args.moment_checkpoint,
+        clip_checkpoint=args.clip_checkpoint,
     )
     return 0

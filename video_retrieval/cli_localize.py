@@ -20,6 +20,13 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--pretrained", default=None, help="pretrained tag or weights file for --model"
     )
+    parser.add_argument(
+        "--clip-encoder",
+        default=None,
+        metavar="CKPT",
+        help="zero-shot with a retrieval checkpoint pooling each 2 s clip +-1 s "
+        "(configs/moments_synth_clips.yaml); replaces --model",
+    )
     parser.add_argument("--top", type=int, default=5, help="moments to return (default 5)")
     parser.add_argument(
         "--plot", default=None, metavar="OUT.png", help="write a PNG of similarity over time"
@@ -32,7 +39,7 @@ def run(args) -> int:
 
     res = localize(
         args.video, args.query, checkpoint=args.checkpoint, top=args.top, model=args.model,
-        pretrained=args.pretrained, plot=args.plot,
+        pretrained=args.pretrained, plot=args.plot, clip_encoder=args.clip_encoder,
     )  # fmt: skip
     if args.json:
         out = {k: res[k] for k in ("video", "query", "moments", "saliency")}

@@ -36,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--fps", type=float, default=None, help="frames per second (default 2)")
     m.add_argument("--min-duration", type=int, default=None, help="seconds (default 30)")
     m.add_argument("--max-duration", type=int, default=None, help="seconds (default 150)")
+    m.add_argument(
+        "--queries-per-video",
+        type=int,
+        default=None,
+        help="queries per video, one per (object, event) at most (default 5)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         "fps": args.fps,
         "min_duration": args.min_duration,
         "max_duration": args.max_duration,
+        "queries_per_video": args.queries_per_video,
     }
     try:
         summary = generate_moments(

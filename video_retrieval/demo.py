@@ -5,9 +5,11 @@ never saw): generate videos -> index them with the committed demo model -> searc
 query in a long video (PNG plot) -> retrieval and moment metrics. No network, no GPU.
 
 The demo model is ``video_retrieval/assets/demo_retrieval.ckpt`` (vr-tiny CLIP + seqTransf,
-trained from scratch by ``vr train`` on the synthetic world) and, for moments,
-``video_retrieval/assets/demo_moments.ckpt`` (Moment-DETR head on that CLIP's features). The
-README names the commands that reproduce both.
+trained from scratch by ``vr train`` on the synthetic world) and, for moments, the clip encoder
+``video_retrieval/assets/demo_clips.ckpt`` (that model fine-tuned on moment clips,
+``configs/moments_synth_clips.yaml``) whose pooled clip features the zero-shot localizer scores,
+or a Moment-DETR head ``video_retrieval/assets/demo_moments.ckpt`` when one is bundled. The
+README names the commands that reproduce them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEMO_RETRIEVAL = ASSETS / "demo_retrieval.ckpt"
 DEMO_MOMENTS = ASSETS / "demo_moments.ckpt"
+DEMO_CLIPS = ASSETS / "demo_clips.ckpt"
 
 
 def _say(msg: str = "") -> None:
@@ -83,8 +86,15 @@ def run_searches(index, captions: list[tuple[str, str]], n: int, k: int) -> list
     return shown
 
 
-def moment_predictions(queries: list[dict], videos_dir: Path, checkpoint: Path | None, encoder):
-    """QVHighlights-style predictions for every query, from the head or the zero-shot baseline."""
+def moment_predictions(
+    queries: list[dict],
+    videos_dir: Path,
+    checkpoint: Path | None,
+    encoder,
+    clip_encoder: Path | None = None,
+):
+    """QVHighlights-style predictions for every query, from the head or the zero-shot baseline
+    (over pooled clip windows of ``clip_encoder`` when given, else ``encoder``'s frames)."""
     preds = []
     if checkpoint is not None:
         from video_retrieval.moment_predictor import MomentPredictor
@@ -109,11 +119,17 @@ def moment_predictions(queries: list[dict], videos_dir: Path, checkpoint: Path |
     from video_retrieval.moment_features import clip_features
     from video_retrieval.moment_zeroshot import clip_similarities, zero_shot_windows
 
+    pool, pool_kw = None, {}
+    if clip_encoder is not None:
+        from video_retrieval.model_io import load_retrieval_model
+
+        encoder, pool, _meta = load_retrieval_model(clip_encoder)
+        pool_kw = {"frames_per_clip": 4, "context": 1.0}  # as localize(clip_encoder=...)
     cache = {}
     for q in queries:
         path = videos_dir / f"{q['vid']}.mp4"
         if q["vid"] not in cache:
-            cache[q["vid"]] = clip_features(encoder, path, clip_len=2.0)
+            cache[q["vid"]] = clip_features(encoder, path, clip_len=2.0, aggregator=pool, **pool_kw)
         feats, _times, duration = cache[q["vid"]]
         with torch.no_grad():
             text = encoder.encode_text(encoder.tokenize([q["query"]])).sentence[0].float().numpy()
@@ -138,6 +154,7 @@ def run_demo(
     searches: int = 4,
     retrieval_checkpoint: str | Path | None = None,
     moment_checkpoint: str | Path | None = None,
+    clip_checkpoint: str | Path | None = None,
 ) -> dict:
     """Run the walk-through; returns (and writes to ``out/summary.json``) what it measured."""
     from video_retrieval.cli_eval import evaluate_retrieval, read_captions
@@ -150,6 +167,8 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     ckpt = Path(retrieval_checkpoint) if retrieval_checkpoint else DEMO_RETRIEVAL
     mckpt = Path(moment_checkpoint) if moment_checkpoint else DEMO_MOMENTS
+    cckpt = Path(clip_checkpoint) if clip_checkpoint else DEMO_CLIPS
+    cckpt = cckpt if cckpt.is_file() else None
     if not ckpt.is_file():
         from video_retrieval.errors import UserError
 
@@ -188,6 +207,7 @@ def run_demo(
         q["query"],
         checkpoint=str(mckpt) if use_head else None,
         encoder=None if use_head else index.models()[0],
+        clip_encoder=str(cckpt) if cckpt is not None and not use_head else None,
         top=3,
         plot=plot,
     )
@@ -206,11 +226,16 @@ def run_demo(
         _say(f"      retrieval t2v ({rr:>10}): {_fmt_metrics(m, ('R1', 'R5', 'R10', 'MdR', 'MnR'))}"
              f"   (chance R1 {chance:.1f})")  # fmt: skip
     preds = moment_predictions(
-        queries, long_dir / "videos", mckpt if use_head else None, index.models()[0]
+        queries,
+        long_dir / "videos",
+        mckpt if use_head else None,
+        index.models()[0],
+        clip_encoder=cckpt,
     )
     mom = evaluate(preds, queries)["brief"]
     keys = ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP", "MR-full-mIoU")
-    _say(f"      moments ({'Moment-DETR' if use_head else 'zero-shot'}): "
+    method = "Moment-DETR" if use_head else ("zero-shot, pooled clips" if cckpt else "zero-shot")
+    _say(f"      moments ({method}): "
          + "  ".join(f"{k.replace('MR-full-', '')} {mom[k]:.1f}" for k in keys if k in mom))  # fmt: skip
 
     summary = {
@@ -221,7 +246,7 @@ def run_demo(
         "retrieval": ret,
         "retrieval_chance_R1": chance,
         "moments": mom,
-        "moment_method": "moment_detr" if use_head else "zero_shot",
+        "moment_method": result["method"],
         "plot": str(plot),
         "seconds": round(time.perf_counter() - t0, 1),
     }

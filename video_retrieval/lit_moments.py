@@ -36,6 +36,7 @@ from video_retrieval.temporal.moment_detr import MomentDETR
 from video_retrieval.temporal.moment_loss import MomentCriterion
 from video_retrieval.temporal.moment_matcher import HungarianMatcher
 
+CLIP_POOLINGS = ("frame", "aggregator")
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEMO_CKPTS = (ASSETS / "demo_retrieval.ckpt", ASSETS / "demo_model.ckpt")
 
@@ -125,6 +126,11 @@ class MomentDataModule(L.LightningDataModule):
             L2; for near-constant features of a randomly initialised encoder).
         video_feature_diff: append each clip's backward/forward feature differences (a motion
             stream standing in for Moment-DETR's SlowFast features; ``add_temporal_differences``).
+        clip_pooling: ``frame`` (mean of the clip's L2-normalised frame embeddings, Moment-DETR's
+            CLIP stream) or ``aggregator`` (the ``retrieval_checkpoint``'s query-independent
+            aggregator over the frames of each clip window: a temporal model fine-tuned on moment
+            clips, ``configs/moments_synth_clips.yaml``). clip_context: seconds added each side
+            of a clip's window before pooling (``moment_features.clip_windows``).
     """
 
     def __init__(
@@ -149,6 +155,8 @@ class MomentDataModule(L.LightningDataModule):
         max_windows: int = 5,
         video_feature_norm: str = "none",
         video_feature_diff: bool = False,
+        clip_pooling: str = "frame",
+        clip_context: float = 0.0,
         batch_size: int = 32,
         eval_batch_size: int = 64,
         num_workers: int = 0,
@@ -158,7 +166,12 @@ class MomentDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.paths = {"train": train_path, "val": val_path, "test": test_path}
         self.items: dict[str, list[dict]] = {}
+        if clip_pooling not in CLIP_POOLINGS:
+            raise UserError(f"clip_pooling must be one of {CLIP_POOLINGS}, not {clip_pooling!r}")
+        if clip_pooling == "aggregator" and not retrieval_checkpoint:
+            raise UserError("clip_pooling=aggregator needs a retrieval_checkpoint (its aggregator)")
         self.encoder = None
+        self.pool_aggregator = None
         self.encoder_source: dict | None = None
         self.v_feat_dim = 0
         self.t_feat_dim = 0
@@ -174,7 +187,14 @@ class MomentDataModule(L.LightningDataModule):
 
             if not Path(rc).exists():
                 raise UserError(f"retrieval checkpoint not found: {rc}")
-            enc = load_retrieval_model(rc)[0]
+            enc, agg, _meta = load_retrieval_model(rc)
+            if h.clip_pooling == "aggregator":
+                if not not agg.query_dependent:
+                    raise UserError(
+                        f"{rc}: its aggregator {type(agg).__name__} is query-dependent and "
+                        "cannot pool clips; use a mean / seq_lstm / seq_transformer checkpoint"
+                    )
+                self.pool_aggregator = agg
             source = {"kind": "retrieval_checkpoint", "path": str(Path(rc).resolve())}
         else:
             from video_retrieval.encoders import create_encoder
@@ -230,7 +250,14 @@ class MomentDataModule(L.LightningDataModule):
         if self.encoder is None:
             self.encoder, self.encoder_source = self.build_encoder()
         h = self.hparams
-        cache = FeatureCache(h.cache_dir, self.encoder, h.clip_len, h.frames_per_clip)
+        cache = FeatureCache(
+            h.cache_dir,
+            self.encoder,
+            h.clip_len,
+            h.frames_per_clip,
+            aggregator=self.pool_aggregator,
+            context=h.clip_context,
+        )
         for split, path in self.paths.items():
             if path and split not in self.items:
                 self.items[split] = self._load_split(split, cache)
@@ -348,6 +375,8 @@ class MomentDETRModule(L.LightningModule):
                 "max_q_l": int(dm.hparams.max_q_l),
                 "video_feature_norm": str(dm.hparams.video_feature_norm),
                 "video_feature_diff": bool(dm.hparams.video_feature_diff),
+                "clip_pooling": str(dm.hparams.clip_pooling),
+                "clip_context": float(dm.hparams.clip_context),
             }
         if self.model is None:
             if not (self.hparams.v_feat_dim and self.hparams.t_feat_dim):
@@ -494,7 +523,13 @@ def zero_shot_split(dm: MomentDataModule, split: str, top: int = 10) -> list[dic
 def predict_split(module: MomentDETRModule, dm: MomentDataModule, split: str) -> list[dict]:
     """Head predictions for a split without a Trainer (eval mode, no grad)."""
     meta = getattr(module, "meta_extra", {})
-    for key, default in (("video_feature_norm", "none"), ("video_feature_diff", False)):
+    feature_keys = (
+        ("video_feature_norm", "none"),
+        ("video_feature_diff", False),
+        ("clip_pooling", "frame"),
+        ("clip_context", 0.0),
+    )
+    for key, default in feature_keys:
         trained, given = meta.get(key, default), dm.hparams[key]
         if meta and trained != given:
             raise UserError(

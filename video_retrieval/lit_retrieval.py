@@ -80,6 +80,9 @@ class RetrievalModule(pl.LightningModule):
         random sample); sinkhorn_video_bank_size: training videos in the v2t bank (UCoFiA uses
         all; every evaluation decodes and encodes them, so the default is a sample of 1000).
     eval_block_size: similarity is computed in blocks of this many texts x videos.
+    init_from: a ``vr train`` retrieval checkpoint whose encoder and aggregator weights start
+        this run (fine-tuning, e.g. the demo model on moment clips); unlike ``--ckpt_path`` the
+        optimizer, schedule and epoch count start fresh. Its architecture must match.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class RetrievalModule(pl.LightningModule):
         sinkhorn_bank_size: int = 10000,
         sinkhorn_video_bank_size: int | None = 1000,
         eval_block_size: int = 256,
+        init_from: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -121,6 +125,8 @@ class RetrievalModule(pl.LightningModule):
         # trained CLIP, from a pretrained tag or a local weights file (the offline route).
         if init_aggregator_from_clip and (checkpoint is not None or pretrained is not None):
             self.aggregator.init_from_clip(self.encoder)
+        if init_from:
+            self._init_from_checkpoint(init_from)
         # The encoder's own CLIP logit scale/bias are unused (the aggregator owns the scale):
         # exclude them from training so DDP does not see parameters without gradient.
         for name, p in self.encoder.named_parameters():
@@ -143,6 +149,34 @@ class RetrievalModule(pl.LightningModule):
 
     def _grad_ctx(self):
         return torch.no_grad() if self.hparams.freeze_backbone else contextlib.nullcontext()
+
+    def _init_from_checkpoint(self, path: str) -> None:
+        from video_retrieval.model_io import read_checkpoint
+
+        ckpt = read_checkpoint(path)
+        hp = ckpt.get("hyper_parameters") or {}
+        state = ckpt.get("state_dict")
+        if state is None or "aggregator" not in hp:
+            raise UserError(f"{path}: not a retrieval checkpoint written by vr train")
+        if hp["aggregator"] != self.hparams.aggregator:
+            raise UserError(
+                f"{path}: init_from holds a {hp['aggregator']!r} aggregator, this run trains "
+                f"{self.hparams.aggregator!r}"
+            )
+        own = {k: v for k, v in state.items() if k.startswith(("encoder.", "aggregator."))}
+        try:
+            missing, unexpected = self.load_state_dict(
+                {k: v.float() if v.is_floating_point() else v for k, v in own.items()},
+                strict=False,
+            )
+        except RuntimeError as exc:
+            raise UserError(f"{path}: weights do not match this model ({exc})") from None
+        missing = [k for k in missing if k.startswith(("encoder.", "aggregator."))]
+        if missing or unexpected:
+            raise UserError(
+                f"{path}: weights do not match this model (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]})"
+            )
 
     def encode_text(self, captions: list[str]) -> TextFeatures:
         tokens = self.encoder.tokenize(captions, context_length=self.hparams.max_words)

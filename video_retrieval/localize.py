@@ -4,7 +4,10 @@
 "saliency": [...]}``. With a moment checkpoint (``checkpoint=``) the trained moment head
 (``moment_predictor.MomentPredictor``) predicts the windows; without one, the zero-shot baseline
 scores each 2-s clip by the cosine between its CLIP embedding and the query and ranks candidate
-windows with ``moment_zeroshot.zero_shot_windows``. ``saliency`` is the per-clip score curve
+windows with ``moment_zeroshot.zero_shot_windows``; with ``clip_encoder=`` (a ``vr train``
+retrieval checkpoint such as ``configs/moments_synth_clips.yaml`` writes) each clip is instead its
+aggregator's embedding of the clip's frames +-``clip_context`` s, scored against the checkpoint's
+own text tower. ``saliency`` is the per-clip score curve
 (one value per ``clip_len`` seconds). ``plot=`` writes a PNG of that curve with the moments
 shaded and a few thumbnails.
 
@@ -53,6 +56,9 @@ def localize(
     encoder=None,
     clip_len: float = 2.0,
     plot=None,
+    clip_encoder=None,
+    clip_context: float = 1.0,
+    frames_per_clip: int = 4,
 ) -> dict:
     """Top-``top`` moments of ``query`` in ``video`` (seconds), best first; see module doc."""
     path, query = _check(video, query)
@@ -81,12 +87,25 @@ def localize(
         from video_retrieval.moment_features import clip_features
         from video_retrieval.moment_zeroshot import clip_similarities, zero_shot_windows
 
-        if encoder is None:
+        pool, pool_kw = None, {}
+        if clip_encoder is not None:
+            from video_retrieval.model_io import load_retrieval_model
+
+            encoder, pool, _meta = load_retrieval_model(clip_encoder)
+            if pool.query_dependent:
+                raise UserError(
+                    f"{clip_encoder}: a {pool.name} aggregator is query-dependent and cannot "
+                    "pool clips; give a mean / seq_lstm / seq_transformer checkpoint"
+                )
+            pool_kw = {"frames_per_clip": frames_per_clip, "context": clip_context}
+        elif encoder is None:
             from video_retrieval.encoders import create_encoder
 
             encoder = create_encoder(model, pretrained=pretrained)
         encoder.eval()
-        feats, _times, duration = clip_features(encoder, path, clip_len=clip_len)
+        feats, _times, duration = clip_features(
+            encoder, path, clip_len=clip_len, aggregator=pool, **pool_kw
+        )
         with torch.no_grad():
             text = encoder.encode_text(encoder.tokenize([query])).sentence[0].float().numpy()
         sims = clip_similarities(feats, text)
@@ -98,7 +117,7 @@ def localize(
             "saliency": [round(float(x), 6) for x in sims],
             "clip_len": float(clip_len),
             "duration": round(float(duration), 3),
-            "method": "zero_shot",
+            "method": "zero_shot" if pool is None else "zero_shot_pooled",
         }
     if plot:
         plot_moments(result, plot)

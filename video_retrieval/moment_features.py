@@ -3,7 +3,10 @@
 A video is cut into consecutive clips of ``clip_len`` seconds (Moment-DETR: 2 s). Clip ``i``
 covers ``[i * clip_len, (i + 1) * clip_len)``; the last one is clipped to the video. Each clip is
 represented by the L2-normalised CLIP image embedding of ``frames_per_clip`` frames (averaged,
-then re-normalised). ``N = ceil(duration / clip_len)`` clips, at least 1.
+then re-normalised), or, with a pooling aggregator, by that aggregator's video embedding of the
+frames of the clip widened by ``context`` seconds each side (a temporal stream that sees motion,
+the part SlowFast features play in Moment-DETR). ``N = ceil(duration / clip_len)`` clips, at
+least 1.
 
 Text side (``text_token_features``): CLIP text token features *after the final LayerNorm and
 the text projection* (``TextFeatures.words`` of our encoder, i.e. in the joint space), SOT..EOT,
@@ -38,10 +41,67 @@ def _l2n(x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     return x / (np.linalg.norm(x, axis=-1, keepdims=True) + eps)
 
 
+def clip_windows(ts: np.ndarray, num_clips: int, clip_len: float, context: float = 0.0):
+    """Frame indices of each clip's window ``[i clip_len - context, (i + 1) clip_len + context)``
+    (timestamps ``ts`` sorted ascending). A window without a frame takes the frame nearest to the
+    clip centre (short videos, off-grid timestamps)."""
+    out = []
+    for i in range(num_clips):
+        lo, hi = i * clip_len - context, (i + 1) * clip_len + context
+        a = int(np.searchsorted(ts, lo - 1e-6, side="left"))
+        b = int(np.searchsorted(ts, hi - 1e-6, side="left"))
+        if b > a:
+            out.append(np.arange(a, b))
+        else:
+            out.append(np.array([int(np.argmin(np.abs(ts - (i + 0.5) * clip_len)))]))
+    return out
+
+
+def _subsample(idx: np.ndarray, k: int) -> np.ndarray:
+    if len(idx) <= k:
+        return idx
+    pick = np.floor((np.arange(k) + 0.5) * len(idx) / k).astype(int)
+    return idx[pick]
+
+
+@torch.no_grad()
+def _pool_windows(aggregator, emb: np.ndarray, windows, batch_size: int) -> np.ndarray:
+    from video_retrieval.temporal.features import VideoFeatures
+
+    max_frames = int(getattr(aggregator, "max_frames", 0) or max(len(w) for w in windows))
+    windows = [_subsample(w, max_frames) for w in windows]
+    t = max(len(w) for w in windows)
+    e = torch.from_numpy(emb)
+    param = next(aggregator.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    out = []
+    for a in range(0, len(windows), batch_size):
+        chunk = windows[a : a + batch_size]
+        frames = torch.zeros(len(chunk), t, e.shape[1], dtype=dtype)
+        mask = torch.zeros(len(chunk), t, dtype=torch.bool)
+        for j, w in enumerate(chunk):
+            frames[j, : len(w)] = e[torch.from_numpy(w)].to(dtype)
+            mask[j, : len(w)] = True
+        out.append(aggregator.embed_video(VideoFeatures(frames, mask)).float().numpy())
+    return np.concatenate(out)
+
+
 def clip_features(
-    encoder, video_path, clip_len: float = 2.0, frames_per_clip: int = 1, batch_size: int = 64
+    encoder,
+    video_path,
+    clip_len: float = 2.0,
+    frames_per_clip: int = 1,
+    batch_size: int = 64,
+    aggregator=None,
+    context: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Encode a video as per-clip CLIP embeddings.
+
+    Frames are sampled at ``frames_per_clip / clip_len`` fps. Clip ``i`` pools the frames of its
+    window ``[i clip_len - context, (i + 1) clip_len + context)``: with ``aggregator=None`` their
+    L2-normalised mean (``context=0``: Moment-DETR's CLIP stream), else the query-independent
+    aggregator's ``embed_video`` over them (e.g. a seqTransf fine-tuned on such windows, a motion
+    stream standing in for SlowFast; at most its ``max_frames``, subsampled uniformly).
 
     Returns ``(feats [N,D] float32 L2-normalised, clip_times [N,2] seconds, duration)``.
     """
@@ -60,17 +120,16 @@ def clip_features(
         duration = float(ts.max() + clip_len) if len(ts) else clip_len
     n = num_clips_for(duration, clip_len)
     emb, _ = encoder.encode_frames(pixels, batch_size=batch_size)
-    emb = _l2n(emb.detach().float().cpu().numpy())
-    # group frames by the clip their timestamp falls in; a clip without a frame takes the
-    # nearest frame (short videos, off-grid timestamps)
-    clip_idx = np.clip(np.floor(ts / clip_len + 1e-6).astype(int), 0, n - 1)
-    feats = np.zeros((n, emb.shape[1]), dtype=np.float64)
-    counts = np.zeros(n)
-    np.add.at(feats, clip_idx, emb)
-    np.add.at(counts, clip_idx, 1)
-    centres = (np.arange(n) + 0.5) * clip_len
-    for i in np.flatnonzero(counts == 0):
-        feats[i] = emb[int(np.argmin(np.abs(ts - centres[i])))]
+    emb = emb.detach().float().cpu().numpy()
+    order = np.argsort(ts, kind="stable")
+    emb, ts = emb[order], ts[order]
+    windows = clip_windows(ts, n, clip_len, context)
+    if aggregator is None:
+        emb = _l2n(emb)
+        feats = np.stack([emb[w].astype(np.float64).mean(0) for w in windows])
+    else:
+        # the aggregator sees raw frame embeddings, as in training (it normalises itself)
+        feats = _pool_windows(aggregator, emb, windows, batch_size)
     feats = _l2n(feats).astype(np.float32)
     return feats, clip_times(n, clip_len, duration), duration
 
@@ -137,9 +196,26 @@ def add_temporal_differences(feats: np.ndarray) -> np.ndarray:
     return np.concatenate([f, back, fwd], axis=1)
 
 
-def cache_key(encoder, clip_len: float, frames_per_clip: int) -> str:
+def aggregator_fingerprint(aggregator) -> str | None:
+    """Class + sha256 of the weights of a pooling aggregator (None: frame mean)."""
+    if aggregator is None:
+        return None
+    h = hashlib.sha256(type(aggregator).__name__.encode())
+    for k, v in sorted(aggregator.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return f"{type(aggregator).__name__}|sha256:{h.hexdigest()[:16]}"
+
+
+def cache_key(
+    encoder, clip_len: float, frames_per_clip: int, aggregator=None, context: float = 0.0
+) -> str:
     fp = encoder.fingerprint() if hasattr(encoder, "fingerprint") else repr(encoder)
-    raw = json.dumps({"fp": fp, "clip_len": clip_len, "fpc": frames_per_clip}, sort_keys=True)
+    key = {"fp": fp, "clip_len": clip_len, "fpc": frames_per_clip}
+    if aggregator is not None or context:
+        # frame-mean caches without context keep their old key (still valid)
+        key.update(agg=aggregator_fingerprint(aggregator), context=float(context), pool=2)
+    raw = json.dumps(key, sort_keys=True)
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
@@ -159,25 +235,55 @@ class FeatureCache:
     """``cache_dir/<key>/<vid>.npz`` with ``feats``, ``clip_times``, ``duration``; the key hashes
     the encoder fingerprint and the clip settings, so a different model never reads stale rows."""
 
-    def __init__(self, cache_dir, encoder, clip_len: float = 2.0, frames_per_clip: int = 1):
+    def __init__(
+        self,
+        cache_dir,
+        encoder,
+        clip_len: float = 2.0,
+        frames_per_clip: int = 1,
+        aggregator=None,
+        context: float = 0.0,
+    ):
         self.encoder = encoder
         self.clip_len = clip_len
         self.frames_per_clip = frames_per_clip
-        self.root = Path(cache_dir) / cache_key(encoder, clip_len, frames_per_clip)
+        self.aggregator = aggregator
+        self.context = context
+        key = cache_key(encoder, clip_len, frames_per_clip, aggregator, context)
+        self.root = Path(cache_dir) / key
 
     def path(self, vid: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in str(vid))
         return self.root / f"{safe}.npz"
 
+    @staticmethod
+    def _source_id(video_path) -> str | None:
+        """Size and mtime of the video file (None when it is not there): a cached row of another
+        file under the same id (another generated world, a replaced video) is recomputed."""
+        try:
+            st = os.stat(video_path)
+        except OSError:
+            return None
+        return f"{st.st_size}|{st.st_mtime_ns}"
+
     def get(self, vid: str, video_path) -> tuple[np.ndarray, np.ndarray, float]:
         p = self.path(vid)
+        src = self._source_id(video_path)
         if p.exists():
             with np.load(p) as z:
-                return z["feats"], z["clip_times"], float(z["duration"])
+                cached_src = str(z["source"]) if "source" in z.files else None
+                if src is None or cached_src == src:
+                    return z["feats"], z["clip_times"], float(z["duration"])
         feats, times, duration = clip_features(
-            self.encoder, video_path, self.clip_len, self.frames_per_clip
+            self.encoder,
+            video_path,
+            self.clip_len,
+            self.frames_per_clip,
+            aggregator=self.aggregator,
+            context=self.context,
         )
-        _atomic_savez(p, feats=feats, clip_times=times, duration=np.float64(duration))
+        extra = {"source": np.array(src)} if src is not None else {}
+        _atomic_savez(p, feats=feats, clip_times=times, duration=np.float64(duration), **extra)
         return feats, times, duration
 
     def get_text(self, name: str, texts: list[str], max_q_l: int = 32) -> list[np.ndarray]:

@@ -49,23 +49,36 @@ def postprocess(
 
 def build_encoder(source: dict):
     """Rebuild the frame/text encoder recorded in a moment checkpoint."""
+    return build_feature_models(source)[0]
+
+
+def build_feature_models(source: dict, clip_pooling: str = "frame"):
+    """``(encoder, pooling aggregator or None)`` recorded in a moment checkpoint."""
     kind = source.get("kind")
     if kind == "retrieval_checkpoint":
         from video_retrieval.model_io import load_retrieval_model
 
-        return load_retrieval_model(source["path"])[0]
+        enc, agg, _meta = load_retrieval_model(source["path"])
+        return enc, (agg if clip_pooling == "aggregator" else None)
+    if clip_pooling == "aggregator":
+        raise UserError("clip_pooling=aggregator needs the features of a retrieval checkpoint")
     from video_retrieval.encoders import create_encoder
 
     if kind == "encoder_file":
-        return create_encoder(checkpoint=source["path"], precision=source.get("precision", "fp32"))
-    spec = dict(source["spec"])
-    return create_encoder(**spec)
+        enc = create_encoder(checkpoint=source["path"], precision=source.get("precision", "fp32"))
+        return enc, None
+    return create_encoder(**dict(source["spec"])), None
 
 
 class MomentPredictor:
-    def __init__(self, model, encoder, meta: dict, device: str = "cpu"):
+    def __init__(self, model, encoder, meta: dict, device: str = "cpu", pool_aggregator=None):
         self.model = model.eval().to(device)
         self.encoder = encoder.eval()
+        self.clip_pooling = str(meta.get("clip_pooling", "frame"))
+        self.clip_context = float(meta.get("clip_context", 0.0))
+        if self.clip_pooling == "aggregator" and pool_aggregator is None:
+            raise UserError("this moment head pools clips with an aggregator: pass pool_aggregator")
+        self.pool_aggregator = pool_aggregator.eval() if pool_aggregator is not None else None
         self.meta = meta
         self.device = device
         self.clip_len = float(meta.get("clip_len", 2.0))
@@ -78,7 +91,9 @@ class MomentPredictor:
         self.video_feature_diff = bool(meta.get("video_feature_diff", False))
 
     @classmethod
-    def from_checkpoint(cls, path, device: str = "cpu", encoder=None) -> MomentPredictor:
+    def from_checkpoint(
+        cls, path, device: str = "cpu", encoder=None, pool_aggregator=None
+    ) -> MomentPredictor:
         from video_retrieval.temporal.moment_detr import MomentDETR
 
         path = Path(path)
@@ -99,21 +114,28 @@ class MomentPredictor:
             k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")
         }
         model.load_state_dict(state)
+        pooling = str(meta.get("clip_pooling", "frame"))
         if encoder is None:
-            encoder = build_encoder(meta["encoder_source"])
+            encoder, agg = build_feature_models(meta["encoder_source"], pooling)
+            pool_aggregator = pool_aggregator if pool_aggregator is not None else agg
             fp = meta.get("encoder_fingerprint")
             if fp and hasattr(encoder, "fingerprint") and encoder.fingerprint() != fp:
                 raise UserError(
                     f"{path}: the rebuilt encoder differs from the one the head was trained on "
                     f"({encoder.fingerprint()} != {fp})"
                 )
-        return cls(model, encoder, meta, device)
+        return cls(model, encoder, meta, device, pool_aggregator=pool_aggregator)
 
     def encode_video(self, video_path) -> dict:
         from video_retrieval.moment_features import clip_features
 
         feats, times, duration = clip_features(
-            self.encoder, video_path, self.clip_len, self.frames_per_clip
+            self.encoder,
+            video_path,
+            self.clip_len,
+            self.frames_per_clip,
+            aggregator=self.pool_aggregator,
+            context=self.clip_context,
         )
         return {"feats": feats, "clip_times": times, "duration": duration}
 
