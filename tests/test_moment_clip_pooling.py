@@ -195,6 +195,20 @@ def test_head_on_pooled_clips_round_trips_through_the_predictor(video, tmp_path)
     out = pred.predict(video, rows[0]["query"], top=2)
     got = predict_split(model, dm, "val")[0]["pred_relevant_windows"][0]
     assert got[:2] == pytest.approx(out["moments"][0][:2], abs=1e-3)
+    # the inference part alone, re-pointed at a copy of the encoder next to it (the demo assets)
+    import shutil
+
+    from video_retrieval.model_io import slim_moment_checkpoint
+
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    shutil.copy(DEMO, assets / "clips.ckpt")
+    info = slim_moment_checkpoint(ckpt, assets / "head.ckpt", encoder=assets / "clips.ckpt")
+    assert info["bytes"] < ckpt.stat().st_size
+    src = torch.load(assets / "head.ckpt", weights_only=True)["moment_meta"]["encoder_source"]
+    assert src["path"] == "clips.ckpt" and src["relative"]
+    slim = MomentPredictor.from_checkpoint(assets / "head.ckpt").predict(video, rows[0]["query"])
+    assert slim["moments"][0] == pytest.approx(out["moments"][0], abs=1e-5)
     # a head trained on pooled clips refuses frame features
     frame_dm = MomentDataModule(**{**kw, "clip_pooling": "frame", "clip_context": 0.0})
     frame_dm.setup("validate")

@@ -306,6 +306,16 @@ def test_moments_fields_match_qvhighlights(mworld):
             assert len(triple) == 3 and all(isinstance(x, int) and 0 <= x <= 4 for x in triple)
         assert max(max(t) for t in r["saliency_scores"]) == 4
     assert summary["multi_window_queries"] >= 1
+    # clips.jsonl: one line per relevant clip, the clip +-1 s (clamped), with its query and split
+    clips = [json.loads(x) for x in (out / "clips.jsonl").read_text().splitlines()]
+    want = [
+        (s, r["query"], f"videos/{r['vid']}.mp4", max(0, c * 2 - 1), min(r["duration"], c * 2 + 3))
+        for s in ("train", "val", "test")
+        for r in rows[s]
+        for c in r["relevant_clip_ids"]
+    ]
+    got = [(c["split"], c["caption"], c["video"], c["start"], c["end"]) for c in clips]
+    assert got == want
 
 
 def test_moment_queries_describe_their_windows(mworld):

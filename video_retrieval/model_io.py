@@ -7,6 +7,7 @@ The checkpoint holds plain JSON-able hyper-parameters (``RetrievalModule`` init 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -101,6 +102,32 @@ def slim_checkpoint(src, dst, half: bool = True) -> dict:
     return {"path": str(out), "bytes": out.stat().st_size, "tensors": len(state), "fp16": half}
 
 
+def slim_moment_checkpoint(src, dst, encoder=None) -> dict:
+    """Write the inference part of a moment-head checkpoint (``moment_meta`` + the head's
+    weights) to ``dst``. With ``encoder`` (a retrieval checkpoint, e.g. a slim fp16 copy of the
+    clip encoder the head was trained on) the head is re-pointed at it: its path is stored
+    relative to ``dst``'s folder and its fingerprint replaces the recorded one, so a predictor
+    rebuilds exactly that encoder. The clip features of a re-pointed head must agree with the
+    original's to fp16 precision; that is the caller's promise (the demo assets are made so)."""
+    ckpt = read_checkpoint(src)
+    meta = dict(ckpt.get("moment_meta") or {})
+    if not meta:
+        raise UserError(f"{src}: not a moment checkpoint (no moment_meta)")
+    out = Path(dst).expanduser()
+    if encoder is not None:
+        enc_path = Path(encoder).expanduser()
+        enc = load_retrieval_model(enc_path)[0]
+        rel = os.path.relpath(enc_path.resolve(), out.resolve().parent)
+        meta["encoder_source"] = {"kind": "retrieval_checkpoint", "path": rel, "relative": True}
+        meta["encoder_fingerprint"] = enc.fingerprint()
+    state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save({"moment_meta": meta, "state_dict": state}, tmp)
+    tmp.replace(out)
+    return {"path": str(out), "bytes": out.stat().st_size, "tensors": len(state)}
+
+
 def main(argv=None) -> int:
     import argparse
     import json
@@ -112,9 +139,18 @@ def main(argv=None) -> int:
     sl.add_argument("src")
     sl.add_argument("dst")
     sl.add_argument("--fp32", action="store_true", help="keep fp32 weights (default fp16)")
+    sm = sub.add_parser(
+        "slim-moments", help="a moment head's inference part, optionally re-pointed"
+    )
+    sm.add_argument("src")
+    sm.add_argument("dst")
+    sm.add_argument("--encoder", default=None, help="retrieval checkpoint the head should use")
     args = ap.parse_args(argv)
     try:
-        print(json.dumps(slim_checkpoint(args.src, args.dst, half=not args.fp32)))
+        if args.cmd == "slim-moments":
+            print(json.dumps(slim_moment_checkpoint(args.src, args.dst, args.encoder)))
+        else:
+            print(json.dumps(slim_checkpoint(args.src, args.dst, half=not args.fp32)))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

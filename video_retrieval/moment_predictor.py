@@ -115,8 +115,11 @@ class MomentPredictor:
         }
         model.load_state_dict(state)
         pooling = str(meta.get("clip_pooling", "frame"))
+        source = dict(meta["encoder_source"])
+        if source.get("relative"):  # written by model_io.slim_moment_checkpoint
+            source["path"] = str(path.resolve().parent / source["path"])
         if encoder is None:
-            encoder, agg = build_feature_models(meta["encoder_source"], pooling)
+            encoder, agg = build_feature_models(source, pooling)
             pool_aggregator = pool_aggregator if pool_aggregator is not None else agg
             fp = meta.get("encoder_fingerprint")
             if fp and hasattr(encoder, "fingerprint") and encoder.fingerprint() != fp:
