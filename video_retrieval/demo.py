@@ -121,10 +121,9 @@ def moment_predictions(
 
     pool, pool_kw = None, {}
     if clip_encoder is not None:
-        from video_retrieval.model_io import load_retrieval_model
+        from video_retrieval.moment_features import load_clip_encoder
 
-        encoder, pool, _meta = load_retrieval_model(clip_encoder)
-        pool_kw = {"frames_per_clip": 4, "context": 1.0}  # as localize(clip_encoder=...)
+        encoder, pool, pool_kw = load_clip_encoder(clip_encoder)
     cache = {}
     for q in queries:
         path = videos_dir / f"{q['vid']}.mp4"

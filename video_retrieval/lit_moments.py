@@ -28,6 +28,7 @@ from video_retrieval.errors import UserError
 from video_retrieval.moment_features import (
     FeatureCache,
     add_temporal_differences,
+    check_pooling_aggregator,
     normalize_clip_features,
 )
 from video_retrieval.moment_metrics import evaluate
@@ -189,11 +190,7 @@ class MomentDataModule(L.LightningDataModule):
                 raise UserError(f"retrieval checkpoint not found: {rc}")
             enc, agg, _meta = load_retrieval_model(rc)
             if h.clip_pooling == "aggregator":
-                if not not agg.query_dependent:
-                    raise UserError(
-                        f"{rc}: its aggregator {type(agg).__name__} is query-dependent and "
-                        "cannot pool clips; use a mean / seq_lstm / seq_transformer checkpoint"
-                    )
+                check_pooling_aggregator(agg, rc)
                 self.pool_aggregator = agg
             source = {"kind": "retrieval_checkpoint", "path": str(Path(rc).resolve())}
         else:

@@ -6,8 +6,8 @@
 scores each 2-s clip by the cosine between its CLIP embedding and the query and ranks candidate
 windows with ``moment_zeroshot.zero_shot_windows``; with ``clip_encoder=`` (a ``vr train``
 retrieval checkpoint such as ``configs/moments_synth_clips.yaml`` writes) each clip is instead its
-aggregator's embedding of the clip's frames +-``clip_context`` s, scored against the checkpoint's
-own text tower. ``saliency`` is the per-clip score curve
+aggregator's embedding of the clip's frames +-1 s (``moment_features.load_clip_encoder``), scored
+against the checkpoint's own text tower. ``saliency`` is the per-clip score curve
 (one value per ``clip_len`` seconds). ``plot=`` writes a PNG of that curve with the moments
 shaded and a few thumbnails.
 
@@ -57,8 +57,6 @@ def localize(
     clip_len: float = 2.0,
     plot=None,
     clip_encoder=None,
-    clip_context: float = 1.0,
-    frames_per_clip: int = 4,
 ) -> dict:
     """Top-``top`` moments of ``query`` in ``video`` (seconds), best first; see module doc."""
     path, query = _check(video, query)
@@ -89,15 +87,9 @@ def localize(
 
         pool, pool_kw = None, {}
         if clip_encoder is not None:
-            from video_retrieval.model_io import load_retrieval_model
+            from video_retrieval.moment_features import load_clip_encoder
 
-            encoder, pool, _meta = load_retrieval_model(clip_encoder)
-            if pool.query_dependent:
-                raise UserError(
-                    f"{clip_encoder}: a {pool.name} aggregator is query-dependent and cannot "
-                    "pool clips; give a mean / seq_lstm / seq_transformer checkpoint"
-                )
-            pool_kw = {"frames_per_clip": frames_per_clip, "context": clip_context}
+            encoder, pool, pool_kw = load_clip_encoder(clip_encoder)
         elif encoder is None:
             from video_retrieval.encoders import create_encoder
 

@@ -86,6 +86,31 @@ def _pool_windows(aggregator, emb: np.ndarray, windows, batch_size: int) -> np.n
     return np.concatenate(out)
 
 
+#: the clip windows ``configs/moments_synth_clips.yaml`` trains on: 2 s clips at 2 fps, +-1 s
+CLIP_ENCODER_WINDOW = {"frames_per_clip": 4, "context": 1.0}
+
+
+def check_pooling_aggregator(aggregator, source) -> None:
+    """Only a query-independent aggregator can turn a clip window into one feature."""
+    if aggregator.query_dependent:
+        from video_retrieval.errors import UserError
+
+        raise UserError(
+            f"{source}: its aggregator {aggregator.name} is query-dependent and cannot pool "
+            "clips; use a mean / seq_lstm / seq_transformer checkpoint"
+        )
+
+
+def load_clip_encoder(path):
+    """``(encoder, pooling aggregator, clip_features kwargs)`` of a retrieval checkpoint used as
+    a clip encoder (zero-shot localization over pooled clip windows)."""
+    from video_retrieval.model_io import load_retrieval_model
+
+    encoder, aggregator, _meta = load_retrieval_model(path)
+    check_pooling_aggregator(aggregator, path)
+    return encoder, aggregator, dict(CLIP_ENCODER_WINDOW)
+
+
 def clip_features(
     encoder,
     video_path,
