@@ -217,8 +217,9 @@ def test_head_on_pooled_clips_round_trips_through_the_predictor(video, tmp_path)
 
 
 def test_query_dependent_aggregators_cannot_pool_clips():
-    from video_retrieval.moment_features import check_pooling_aggregator
     from video_retrieval.temporal import build_aggregator
+
+    from video_retrieval.moment_features import check_pooling_aggregator
 
     check_pooling_aggregator(build_aggregator("seq_lstm", 32, max_frames=8), "x.ckpt")
     with pytest.raises(UserError, match="x.ckpt: its aggregator query_scored is query-dependent"):
