@@ -180,10 +180,15 @@ def relevant_clip_ids(row: dict, clip_len: float, num_clips: int) -> list[int]:
         return [int(c) for c in row["relevant_clip_ids"] if int(c) < num_clips]
     ids: set[int] = set()
     for s, e in row.get("relevant_windows", []):
-        a = int(s // clip_len)
-        b = int(-(-e // clip_len))  # ceil
-        ids.update(range(a, max(a + 1, b)))
+        ids.update(window_clips(s, e, clip_len))
     return sorted(i for i in ids if 0 <= i < num_clips)
+
+
+def window_clips(start: float, end: float, clip_len: float) -> range:
+    """Clip ids overlapping the window ``[start, end]`` (at least the one holding ``start``)."""
+    a = int(start // clip_len)
+    b = int(-(-end // clip_len))  # ceil
+    return range(a, max(a + 1, b))
 
 
 def sample_saliency_pairs(
@@ -238,9 +243,7 @@ def moment_clip_captions(
             video = f"videos/{r['vid']}.mp4"
         dur = r.get("duration")
         for s, e in r.get("relevant_windows", []):
-            a = int(s // clip_len + 1e-9)
-            b = max(a + 1, int(-(-(e - 1e-9) // clip_len)))
-            for i in range(a, b):
+            for i in window_clips(s, e, clip_len):
                 lo = max(0.0, i * clip_len - context)
                 hi = (i + 1) * clip_len + context
                 if dur is not None:

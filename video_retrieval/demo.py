@@ -114,10 +114,8 @@ def moment_predictions(
                 }
             )
         return preds
-    import torch
-
     from video_retrieval.moment_features import clip_features
-    from video_retrieval.moment_zeroshot import clip_similarities, zero_shot_windows
+    from video_retrieval.moment_zeroshot import zero_shot_query
 
     pool, pool_kw = None, {}
     if clip_encoder is not None:
@@ -130,10 +128,7 @@ def moment_predictions(
         if q["vid"] not in cache:
             cache[q["vid"]] = clip_features(encoder, path, clip_len=2.0, aggregator=pool, **pool_kw)
         feats, _times, duration = cache[q["vid"]]
-        with torch.no_grad():
-            text = encoder.encode_text(encoder.tokenize([q["query"]])).sentence[0].float().numpy()
-        sims = clip_similarities(feats, text)
-        rows = zero_shot_windows(sims, 2.0, duration, top=10)
+        rows, sims = zero_shot_query(encoder, feats, duration, q["query"], 2.0, top=10)
         preds.append(
             {
                 "qid": q["qid"],

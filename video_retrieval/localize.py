@@ -80,10 +80,8 @@ def localize(
             "method": "moment_detr",
         }
     else:
-        import torch
-
         from video_retrieval.moment_features import clip_features
-        from video_retrieval.moment_zeroshot import clip_similarities, zero_shot_windows
+        from video_retrieval.moment_zeroshot import zero_shot_query
 
         pool, pool_kw = None, {}
         if clip_encoder is not None:
@@ -98,10 +96,7 @@ def localize(
         feats, _times, duration = clip_features(
             encoder, path, clip_len=clip_len, aggregator=pool, **pool_kw
         )
-        with torch.no_grad():
-            text = encoder.encode_text(encoder.tokenize([query])).sentence[0].float().numpy()
-        sims = clip_similarities(feats, text)
-        rows = zero_shot_windows(sims, clip_len, duration, top=top)
+        rows, sims = zero_shot_query(encoder, feats, duration, query, clip_len, top)
         result = {
             "video": path,
             "query": query,

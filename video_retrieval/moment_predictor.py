@@ -47,11 +47,6 @@ def postprocess(
     return rows
 
 
-def build_encoder(source: dict):
-    """Rebuild the frame/text encoder recorded in a moment checkpoint."""
-    return build_feature_models(source)[0]
-
-
 def build_feature_models(source: dict, clip_pooling: str = "frame"):
     """``(encoder, pooling aggregator or None)`` recorded in a moment checkpoint."""
     kind = source.get("kind")

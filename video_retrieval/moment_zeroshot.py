@@ -27,6 +27,17 @@ def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     return np.convolve(padded, k, mode="valid")
 
 
+def zero_shot_query(encoder, clip_feats, duration: float, query: str, clip_len: float, top: int):
+    """``(windows [K,3], per-clip similarities [N])`` of one query over one video's clip
+    features, the sentence embedded by ``encoder`` (the same CLIP that made the features)."""
+    import torch
+
+    with torch.no_grad():
+        text = encoder.encode_text(encoder.tokenize([query])).sentence[0].float().cpu().numpy()
+    sims = clip_similarities(clip_feats, text)
+    return zero_shot_windows(sims, clip_len, duration, top=top), sims
+
+
 def clip_similarities(clip_feats, text_feat) -> np.ndarray:
     """Cosine similarity of each clip embedding [N,D] with one sentence embedding [D]."""
     v = np.asarray(clip_feats, dtype=np.float64)
