@@ -64,10 +64,10 @@ def pretrained_tags(name: str) -> list[str]:
 def check_pretrained_tag(name: str, tag: str) -> None:
     tags = pretrained_tags(name)
     if tag not in tags:
-        known = ", ".join(tags[:8]) if tags else "none (random init or checkpoint=PATH only)"
+        known = ", ".join(tags[:8]) if tags else "none (local weights or random init only)"
         raise UserError(
             f"unknown pretrained tag {tag!r} for model {name!r}; known tags: {known}. "
-            "To load local weights pass checkpoint=PATH (CLI: --checkpoint PATH)."
+            "To load local weights pass the file: --pretrained PATH (Python: pretrained=PATH)."
         )
 
 

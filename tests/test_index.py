@@ -14,12 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _video_util import write_audio_only
 
 from video_retrieval.errors import UserError
-from video_retrieval.index_store import Index, read_events
-from video_retrieval.videowrite import ffmpeg_exe, write_video
+from video_retrieval.index_files import read_events
+from video_retrieval.index_store import Index
+from video_retrieval.videowrite import write_video
 
 VR = [sys.executable, "-m", "video_retrieval.cli"]
+TINY = ["--model", "vr-tiny", "--random-weights"]  # tests only: random weights, said loudly
 COLOURS = [
     (220, 30, 30),
     (30, 200, 40),
@@ -45,7 +48,9 @@ def make_video(
 
 
 def build(inputs, index_dir, **kw):
-    kw.setdefault("model", "vr-tiny")
+    if not kw.get("checkpoint"):
+        kw.setdefault("model", "vr-tiny")
+        kw.setdefault("random_weights", True)
     kw.setdefault("fps", 2.0)
     kw.setdefault("workers", 0)
     kw.setdefault("progress", False)
@@ -55,8 +60,9 @@ def build(inputs, index_dir, **kw):
 def contents(index_dir) -> dict:
     """path -> (frames fp16 [T,D], timestamps, pooled vector) of an index directory."""
     d = Path(index_dir)
-    videos = json.loads((d / "videos.json").read_text())
-    pooled = np.load(d / "pooled.npy")
+    files = json.loads((d / "manifest.json").read_text())["files"]
+    videos = json.loads((d / files["videos"]).read_text())
+    pooled = np.load(d / files["pooled"])
     out = {}
     for i, v in enumerate(videos):
         arr = np.load(d / "shards" / f"{v['shard']}.npy")[v["offset"] : v["offset"] + v["length"]]
@@ -88,7 +94,10 @@ def test_build_writes_the_documented_layout(vids, tmp_path):
     idx = build([vids], tmp_path / "idx", shard_size=2)
     d = tmp_path / "idx"
     m = json.loads((d / "manifest.json").read_text())
-    assert m["format_version"] == 1 and m["complete"] is True
+    assert m["format_version"] == 2 and m["complete"] is True
+    assert m["files"] == {"videos": "videos.000001.json", "pooled": "pooled.000001.npy",
+                          "ann": "ann.000001.faiss"}  # fmt: skip
+    assert m["model"]["weights"] == {"kind": "random", "model": "vr-tiny", "seed": 0}
     assert set(m["fingerprint"]) == {"encoder", "sampling", "aggregator"}
     assert m["fingerprint"]["sampling"] == {"fps": 2.0, "num_frames": None}
     assert m["fingerprint"]["aggregator"] == "mean"
@@ -105,7 +114,7 @@ def test_build_writes_the_documented_layout(vids, tmp_path):
     assert any(p.endswith("sub/deeper/clip3.mkv") for p in paths)
     frames = np.load(d / "shards" / "00000-000-000000.npy")
     assert frames.dtype == np.float16 and frames.shape[1] == m["embed_dim"]
-    pooled = np.load(d / "pooled.npy")
+    pooled = np.load(d / m["files"]["pooled"])
     assert pooled.shape == (4, m["embed_dim"]) and pooled.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(pooled, axis=1), 1.0, atol=1e-5)
     # 2 s videos at 2 fps: 4 frames each, timestamps within the video
@@ -156,7 +165,10 @@ def test_incremental_add_changed_and_prune(vids, tmp_path):
     assert (s["pruned"], s["videos"]) == (1, 4)
     assert str((src / "clip2.mp4").resolve()) not in contents(d)
     # shards with no live video left are deleted
-    live = {v["shard"] for v in json.loads((d / "videos.json").read_text())}
+    files = json.loads((d / "manifest.json").read_text())["files"]
+    live = {v["shard"] for v in json.loads((d / files["videos"]).read_text())}
+    # one generation of videos/pooled/ann files on disk: the manifest's
+    assert sorted(p.name for p in d.glob("videos.*")) == [files["videos"]]
     assert {p.stem for p in (d / "shards").glob("*.npy")} == live
     assert first is not None
 
@@ -168,32 +180,27 @@ def test_update_killed_inside_finalize_is_never_read_half_written(vids, tmp_path
     shutil.copytree(vids, src)
     d = tmp_path / "idx"
     build([src], d)
+    before = contents(d)
     make_video(src / "new.webm", 4, codec="vp9")
     (src / "clip2.mp4").unlink()
 
-    def killed(*_a, **_k):  # dies after pooled.npy and videos.json, before ann.faiss
+    def killed(*_a, **_k):  # dies after the new pooled/videos files, before the new ann file
         raise RuntimeError("killed while writing ann.faiss")
 
     monkeypatch.setattr(ann_mod, "save_ann", killed)
     with pytest.raises(RuntimeError, match="killed"):
         build([src], d, prune=True)
-    with pytest.raises(UserError, match="incomplete"):  # not a mix of old and new files
-        Index.open(d)
+    # readers keep the previous generation, whole: not a mix of old and new files
+    old = Index.open(d)
+    assert len(old) == 4 and str((src / "clip2.mp4").resolve()) in [v["path"] for v in old.videos]
+    assert old.search("a box", k=4, rerank="none")  # its shards are all still there
+    assert_same_contents(before, contents(d))
     monkeypatch.undo()
     s = build([src], d, prune=True).build_summary
     assert s["videos"] == 4 and len(Index.open(d)) == 4
     fresh = tmp_path / "fresh"
     build([src], fresh)
     assert_same_contents(contents(d), contents(fresh))
-
-
-def write_audio_only(path: Path) -> Path:
-    subprocess.run(
-        [ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=1",
-         "-c:a", "aac", str(path)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return path
 
 
 def test_bad_files_are_skipped_and_listed(vids, tmp_path, capsys):
@@ -207,7 +214,7 @@ def test_bad_files_are_skipped_and_listed(vids, tmp_path, capsys):
     (bad / "empty.avi").write_bytes(b"")
     good = vids / "clip0.mp4"
     rc = main(["index", str(bad), str(good), str(bad / "tone.m4a"), "--index", str(tmp_path / "i"),
-               "--workers", "0", "--precision", "fp32", "--json"])  # fmt: skip
+               *TINY, "--workers", "0", "--precision", "fp32", "--json"])  # fmt: skip
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["videos"] == 1 and out["autocast"] == "fp32"
     reasons = {Path(f["path"]).name: f["reason"] for f in out["failed"]}
@@ -216,7 +223,9 @@ def test_bad_files_are_skipped_and_listed(vids, tmp_path, capsys):
     lines = (tmp_path / "i" / "failures.jsonl").read_text().splitlines()
     assert {Path(json.loads(x)["path"]).name for x in lines} == set(reasons)
     # nothing indexable at all: non-zero exit
-    rc = main(["index", str(bad), "--index", str(tmp_path / "j"), "--workers", "0", "--json"])
+    rc = main(
+        ["index", str(bad), "--index", str(tmp_path / "j"), *TINY, "--workers", "0", "--json"]
+    )
     capsys.readouterr()
     assert rc == 1
 
@@ -226,12 +235,15 @@ def test_other_model_or_sampling_is_refused(vids, tmp_path):
 
     d = tmp_path / "idx"
     build([vids / "clip0.mp4"], d)
-    with pytest.raises(UserError, match="other model/sampling"):
+    with pytest.raises(UserError, match=r"differs in the sampling \(--fps/--num-frames\)"):
         build([vids / "clip0.mp4"], d, fps=1.0)
-    with pytest.raises(UserError, match="other model/sampling"):
+    with pytest.raises(UserError, match=r"differs in the model \(--model"):
         build([vids / "clip0.mp4"], d, model="vr-micro")
     with pytest.raises(UserError, match="was built with model"):
         Index.open(d, encoder=create_encoder("vr-micro"))
+    # no model or sampling flags: an incremental run reuses the index's own settings
+    s = Index.build([vids / "clip1.mp4"], d, workers=0, progress=False).build_summary
+    assert (s["new"], s["videos"], s["sampling"]) == (1, 2, {"fps": 2.0, "num_frames": None})
     with pytest.raises(UserError, match="no such file"):
         build([vids / "missing.mp4"], d)
 
@@ -251,7 +263,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     for i in range(4, n):  # copies: distinct paths are distinct videos to the index
         shutil.copy(src / f"v{i % 4:02d}.mp4", src / f"v{i:02d}.mp4")
     killed = tmp_path / "killed"
-    cmd = [*VR, "index", str(src), "--index", str(killed), "--num-frames", "6", "--workers", "0",
+    cmd = [*VR, "index", str(src), "--index", str(killed), *TINY, "--num-frames", "6", "--workers", "0",
            "--shard-size", "1", "--batch-size", "4", "--no-progress"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
@@ -276,7 +288,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
 def test_two_processes_equal_one(vids, tmp_path):
     d2 = tmp_path / "ddp"
     res = subprocess.run(
-        [*VR, "index", str(vids), "--index", str(d2), "--devices", "2", "--fps", "2", "--workers", "0", "--json"],
+        [*VR, "index", str(vids), "--index", str(d2), *TINY, "--devices", "2", "--fps", "2", "--workers", "0", "--json"],
         capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]

@@ -96,8 +96,9 @@ def index_dir(tmp_path_factory) -> Path:
         + json.dumps({"video": "videos/not_indexed.mp4", "caption": "nothing"}) + "\n"
     )  # fmt: skip
     Index.build(
-        [root / "videos"], root / "idx", model="vr-tiny", fps=5.0, workers=0, progress=False
-    )
+        [root / "videos"], root / "idx", model="vr-tiny", random_weights=True, fps=5.0, workers=0,
+        progress=False,
+    )  # fmt: skip
     return root
 
 
@@ -176,8 +177,11 @@ def test_query_scored_reranker_plugs_in(index_dir):
 
 def test_search_cli_json_schema_and_refusals(index_dir, capsys):
     rc = main(["search", "a blue box", "--index", str(index_dir / "idx"), "-k", "2", "--json"])
-    out = json.loads(capsys.readouterr().out)
-    assert rc == 0 and set(out) == {"query", "results"} and out["query"] == "a blue box"
+    cap = capsys.readouterr()
+    out = json.loads(cap.out)
+    assert rc == 0 and set(out) == {"query", "results", "weights"} and out["query"] == "a blue box"
+    assert out["weights"] == {"kind": "random", "model": "vr-tiny", "seed": 0}
+    assert "RANDOM weights" in cap.err  # said loudly, on stderr
     assert len(out["results"]) == 2
     for r in out["results"]:
         assert set(r) == {"rank", "video", "score", "moment", "thumbnail_time"}

@@ -5,41 +5,70 @@ from __future__ import annotations
 import json
 import sys
 
+from video_retrieval.errors import UserError
+
+
+def add_model_arguments(parser, checkpoint_help: str) -> None:
+    """The model flags shared by vr index / vr cache / vr localize (``model_weights``)."""
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="open_clip model name (default ViT-B-32 with --pretrained laion2b_s34b_b79k)",
+    )
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="TAG_OR_FILE",
+        help="open_clip pretrained tag (downloads) or a local weights file "
+        "(e.g. open_clip_pytorch_model.bin)",
+    )
+    parser.add_argument("--checkpoint", default=None, metavar="FILE", help=checkpoint_help)
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="random init (with --model, e.g. vr-tiny): for tests and benchmarks only, the "
+        "results are meaningless",
+    )
+
 
 def add_arguments(parser) -> None:
     parser.add_argument(
         "inputs",
-        nargs="+",
+        nargs="*",
         metavar="VIDEO_OR_FOLDER",
         help="video files and/or folders (recursive)",
     )
     parser.add_argument(
         "--index", required=True, metavar="DIR", help="index directory (created or updated)"
     )
-    parser.add_argument(
-        "--model", default="vr-tiny", help="encoder model name (default vr-tiny; e.g. ViT-B-32)"
+    add_model_arguments(
+        parser,
+        "a vr train retrieval checkpoint (its model and frame sampling are used), a file "
+        "written by save_encoder, or an open_clip state dict (.bin/.pt/.safetensors) for --model",
     )
-    parser.add_argument("--pretrained", default=None, help="pretrained tag or local weights file")
     parser.add_argument(
         "--backend",
         default="open_clip",
         choices=["open_clip", "hf"],
         help="hf: --model is a Hugging Face CLIP directory (or hub id)",
     )
-    parser.add_argument(
-        "--checkpoint", default=None, help="a retrieval checkpoint written by vr train"
-    )
     g = parser.add_mutually_exclusive_group()
-    g.add_argument("--fps", type=float, default=None, help="frames sampled per second (default 1)")
+    g.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help="frames sampled per second (default: the checkpoint's or the index's own "
+        "sampling, else 1)",
+    )
     g.add_argument("--num-frames", type=int, default=None, help="frames per video, evenly spread")
     parser.add_argument("--batch-size", type=int, default=64, help="frames per encoder batch")
     parser.add_argument(
         "--patches",
         type=int,
-        default=0,
+        default=None,
         metavar="K",
         help="also store K projected patch tokens per frame (closest to CLS), so that UCoFiA "
-        "can rerank (default 0: none)",
+        "can rerank (default: the index's own setting, 0 for a new index)",
     )
     parser.add_argument(
         "--precision",
@@ -58,6 +87,16 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--prune", action="store_true", help="drop indexed files that no longer exist"
     )
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="rebuild a damaged index from its shards and journal (no inputs needed)",
+    )
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="exit at once when another vr index is writing the index (default: wait)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -68,7 +107,10 @@ def _print_summary(s: dict) -> None:
         f"{s['frames_per_s']:.1f} frames/s on {s['device']}); "
         f"{s['new']} new, {s['changed']} changed, {s['unchanged']} unchanged, {s['pruned']} pruned"
     )
+    from video_retrieval.model_weights import weights_line
+
     print(f"index {s['index']}: {s['videos']} videos, {s['frames']} frames, ANN {s['ann']}")
+    print(f"weights: {weights_line(s['weights'])}; sampling: {s['sampling']}")
     if s["missing"]:
         print(f"{s['missing']} indexed file(s) no longer exist (use --prune to drop them)")
     if s["failed"]:
@@ -77,14 +119,25 @@ def _print_summary(s: dict) -> None:
             print(f"  {f['path']}: {f['reason']}")
 
 
+def _print_repair(s: dict) -> None:
+    print(f"repaired {s['index']}: {s['videos']} videos, {s['frames']} frames, ANN {s['ann']}")
+    if s["manifest_rebuilt"]:
+        print("manifest.json was rebuilt from the journal")
+    if s["lost"]:
+        print(f"{len(s['lost'])} video(s) lost their shard; index their files again to re-encode:")
+        for f in s["lost"]:
+            print(f"  {f['path']}: {f['reason']}")
+
+
 def run(args) -> int:
-    from video_retrieval.indexer import IndexConfig, run_indexing
+    from video_retrieval.indexer import IndexConfig, run_indexing, run_repair
 
     cfg = IndexConfig(
         model=args.model,
         pretrained=args.pretrained,
         backend=args.backend,
         checkpoint=args.checkpoint,
+        random_weights=args.random_weights,
         fps=args.fps,
         num_frames=args.num_frames,
         batch_size=args.batch_size,
@@ -95,8 +148,19 @@ def run(args) -> int:
         prune=args.prune,
         shard_size=args.shard_size,
         ann=args.ann,
+        wait=not args.no_wait,
         progress=False if (args.no_progress or args.json) else None,
     )
+    if args.repair:
+        summary = run_repair(args.index, cfg)
+        if args.json:
+            json.dump(summary, sys.stdout, indent=1)
+            print()
+        else:
+            _print_repair(summary)
+        return 0
+    if not args.inputs:
+        raise UserError("give the video files or folders to index (or --repair)")
     summary = run_indexing(args.inputs, args.index, cfg)
     if summary is None:  # a DDP rank > 0: rank 0 reports
         return 0

@@ -29,15 +29,18 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from video_retrieval.index_store import Index
+    from video_retrieval.model_weights import warn_if_random
     from video_retrieval.search import check_query, results_json
 
     query = check_query(args.query)
     index = Index.open(args.index)
+    warn_if_random(index.weights)
     hits = index.search(
         query, k=args.k, candidates=args.candidates, rerank=args.rerank, alpha=args.alpha
     )
     if args.json:
-        json.dump(results_json(query, hits), sys.stdout, indent=1)
+        out = {**results_json(query, hits), "weights": index.weights}
+        json.dump(out, sys.stdout, indent=1)
         print()
         return 0
     if not hits:

@@ -77,6 +77,7 @@ class VideoInfo:
     rotation: int  # display rotation in counter-clockwise degrees (0, 90, 180, 270)
     codec: str = ""
     header_frames: int = 0  # frame count the container header claims (0 if none)
+    header_duration: float = 0.0  # video stream duration the header claims (0 if none)
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Frames:
     path: str
     backend: str  # "decord" | "pyav"
     indices: np.ndarray = field(default=None)  # int64 [T] frame index of each returned frame
+    header_duration: float = 0.0  # video stream duration the header claims (0 if none)
 
 
 def probe_video(path, exact: bool = True) -> VideoInfo:
@@ -121,6 +123,7 @@ def _info(index: FrameIndex) -> VideoInfo:
         rotation=index.rotation,
         codec=index.codec,
         header_frames=index.header_frames,
+        header_duration=index.header_duration,
     )
 
 
@@ -178,6 +181,15 @@ def sample_indices(
     mask = np.zeros(length, dtype=bool)
     mask[: len(real)] = True
     return ids, mask
+
+
+def symmetric_bounds(info: VideoInfo) -> tuple[float | None, float | None]:
+    """(start, end) from the first to the last frame centre: segment midpoints over this window
+    are symmetric under time reversal (``RetrievalDataModule(symmetric_window=True)``)."""
+    half = 0.5 / info.fps if info.fps > 0 else 0.0
+    if info.duration > 2 * half:
+        return half, info.duration - half
+    return None, None
 
 
 def _presented_at(times: np.ndarray, t: float) -> int:
@@ -252,6 +264,7 @@ def load_frames(
         path=path,
         backend=used,
         indices=ids,
+        header_duration=index.header_duration,
     )
 
 
@@ -299,4 +312,5 @@ __all__ = [
     "probe_video",
     "sample_indices",
     "resize_frames",
+    "symmetric_bounds",
 ]

@@ -41,6 +41,9 @@ class FrameIndex:
     # open GOP: a frame after a keyframe in decode order is shown before it (leading pictures)
     open_gop: bool = False
     container: str = ""  # FFmpeg demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"
+    # the video stream's duration as its header declares it (0 when not declared); a decodable
+    # part much shorter than this means a truncated file
+    header_duration: float = 0.0
 
 
 # FFmpeg "decodes" any text file as ANSI art (format "tty"); such files are not videos.
@@ -231,7 +234,14 @@ def _scan(path: str, container) -> FrameIndex:
     if not keys:
         keys = [int(pts_sorted[0])]
     rotation = int(round(float(getattr(first_frame, "rotation", 0) or 0) / 90.0)) % 4 * 90
+    if stream.duration and stream.time_base:
+        declared = float(stream.duration * stream.time_base)
+    elif stream.frames and rate:
+        declared = float(stream.frames) / float(rate)
+    else:  # the container duration may include a longer audio track: not a video claim
+        declared = 0.0
     return FrameIndex(
+        header_duration=declared,
         pts=pts_sorted,
         times=times,
         key_pts=np.unique(np.asarray(keys, dtype=np.int64)),

@@ -6,7 +6,7 @@
 * **mapper** (``BatchingEncoder``): in the main process, preprocesses (batched tensor ops) and
   encodes frames in batches of ``batch_size`` frames across video boundaries.
 * **writer** (``ShardWriter``): accumulates per-video frame embeddings into fp16 shards, writes each
-  shard atomically, then commits it with a journal line (``index_store``).
+  shard atomically, then commits it with a journal line (``index_files``).
 
 ``run_indexing`` plans the run from the journal (new files are encoded; unchanged files, same
 size+mtime or same content hash, are skipped; changed files re-encoded; files gone from disk are
@@ -18,7 +18,7 @@ the running script for the other ranks, which read the plan the first process wr
 Example::
 
     >>> from video_retrieval.indexer import IndexConfig, run_indexing
-    >>> summary = run_indexing(["videos/"], "my_index", IndexConfig(model="vr-tiny", fps=1.0))  # doctest: +SKIP
+    >>> summary = run_indexing(["videos/"], "my_index", IndexConfig(fps=1.0))  # doctest: +SKIP
     >>> summary["videos"], summary["failed"]                                   # doctest: +SKIP
     (42, [{'path': '/abs/videos/broken.mp4', 'reason': 'no video stream'}])
 """
@@ -30,29 +30,51 @@ import os
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from video_retrieval import index_store as store
+from video_retrieval import index_files as store
 from video_retrieval.errors import UserError, VideoDecodeError
+from video_retrieval.model_weights import (
+    checkpoint_kind,
+    describe_weights,
+    manifest_weights,
+    resolve_encoder_args,
+    warn_if_random,
+    weights_line,
+)
 from video_retrieval.rerank import uniform_indices
 from video_retrieval.video_files import FileSignature, content_hash, find_videos
 
 PLAN_ENV = "VR_INDEX_PLAN"
 
 
+#: a decodable part shorter than the container's declared duration by more than this (one
+#: 2 s moment clip) is a truncated file, reported as a failure rather than indexed as a short video
+TRUNCATION_SLACK_S = 2.0
+
+
 @dataclass
 class IndexConfig:
-    """Options of ``vr index`` / ``Index.build``."""
+    """Options of ``vr index`` / ``Index.build``.
 
-    model: str = "vr-tiny"
+    Model: ``model`` + ``pretrained`` (tag or file), ``checkpoint`` (a ``vr train`` retrieval
+    checkpoint or CLIP weights), or ``random_weights`` (tests only); nothing given means
+    ``ViT-B-32`` / ``laion2b_s34b_b79k`` for a new index and the index's own model for an
+    existing one (``model_weights``). Sampling: ``fps`` or ``num_frames``; default: a
+    checkpoint's own sampling, else the index's, else 1 fps.
+    """
+
+    model: str | None = None
     pretrained: str | None = None
     checkpoint: str | None = None
-    fps: float | None = None  # default 1.0 when neither fps nor num_frames is given
+    random_weights: bool = False
+    fps: float | None = None
     num_frames: int | None = None
+    symmetric_window: bool | None = None  # sample between the first and last frame centres
     batch_size: int = 64  # frames per encoder batch
     workers: int = 0  # DataLoader workers decoding videos
     devices: int = 1  # > 1: Lightning DDP on CPU processes
@@ -63,8 +85,16 @@ class IndexConfig:
     ann: str = "auto"  # auto | flat | hnsw | ivf
     precision: str = "auto"
     device: str = "cpu"
-    patches: int = 0  # > 0: also store the K projected patch tokens per frame closest to CLS
+    patches: int | None = None  # K patch tokens per frame closest to CLS; None: index's own / 0
     backend: str = "open_clip"  # or "hf": a Hugging Face CLIP directory / hub id as ``model``
+    wait: bool = True  # another writer holds the index: wait (False: one-line error)
+    encoder_spec: dict | None = None  # set from an existing index's manifest (reuse its model)
+
+    def model_flags_given(self) -> bool:
+        return bool(
+            self.model or self.pretrained or self.checkpoint or self.random_weights
+            or self.backend != "open_clip" or self.encoder_spec
+        )  # fmt: skip
 
     def sampling(self) -> dict:
         if self.fps is not None and self.num_frames is not None:
@@ -72,11 +102,15 @@ class IndexConfig:
         if self.num_frames is not None:
             if self.num_frames < 1:
                 raise UserError(f"--num-frames must be >= 1, got {self.num_frames}")
-            return {"fps": None, "num_frames": int(self.num_frames)}
-        fps = 1.0 if self.fps is None else float(self.fps)
-        if fps <= 0:
-            raise UserError(f"--fps must be > 0, got {fps}")
-        return {"fps": fps, "num_frames": None}
+            out = {"fps": None, "num_frames": int(self.num_frames)}
+        else:
+            fps = 1.0 if self.fps is None else float(self.fps)
+            if not fps > 0:
+                raise UserError(f"--fps must be > 0, got {fps}")
+            out = {"fps": fps, "num_frames": None}
+        if self.symmetric_window:  # recorded only when on: older fingerprints stay equal
+            out["symmetric_window"] = True
+        return out
 
 
 # -- models and fingerprint ---------------------------------------------------------------------
@@ -84,50 +118,121 @@ def _file_sha256(path) -> str:
     return content_hash(path)
 
 
+def reuse_index_settings(cfg: IndexConfig, manifest: dict) -> IndexConfig:
+    """``cfg`` with the model, sampling and patches of an existing index wherever the user gave
+    none, so an incremental run needs only the inputs and ``--index``."""
+    m = manifest["model"]
+    kw = {}
+    if not cfg.model_flags_given():
+        if m.get("checkpoint"):
+            kw["checkpoint"] = m["checkpoint"]
+        else:
+            kw["encoder_spec"] = dict(m["encoder_spec"])
+    sampling = manifest["fingerprint"].get("sampling") or {}
+    if cfg.fps is None and cfg.num_frames is None and cfg.symmetric_window is None:
+        kw.update(
+            fps=sampling.get("fps"),
+            num_frames=sampling.get("num_frames"),
+            symmetric_window=bool(sampling.get("symmetric_window", False)),
+        )
+    if cfg.patches is None:
+        kw["patches"] = int((manifest["fingerprint"].get("patches") or {}).get("topk", 0))
+    return replace(cfg, **kw)
+
+
 def load_models(cfg: IndexConfig):
-    """(encoder, pooling aggregator, model description for the manifest, aggregator label)."""
+    """(encoder, pooling aggregator, model description for the manifest, aggregator label,
+    the checkpoint's own sampling or None)."""
+    from video_retrieval.encoders import create_encoder
     from video_retrieval.temporal import build_aggregator
 
-    if cfg.checkpoint:
-        ckpt = Path(cfg.checkpoint).expanduser()
-        if not ckpt.exists():
-            raise UserError(f"no such checkpoint: {cfg.checkpoint}")
+    kind = checkpoint_kind(cfg.checkpoint) if cfg.checkpoint else None
+    if kind == "moment":
+        raise UserError(
+            f"{cfg.checkpoint} is a moment-head checkpoint (for vr localize --checkpoint); "
+            "vr index takes a vr train retrieval checkpoint or CLIP weights"
+        )
+    if kind == "retrieval":
+        if cfg.model or cfg.pretrained or cfg.random_weights or cfg.backend != "open_clip":
+            raise UserError(
+                f"--checkpoint {cfg.checkpoint} is a vr train checkpoint and names its own "
+                "model: drop --model/--pretrained/--random-weights/--backend"
+            )
         from video_retrieval.model_io import load_retrieval_model
 
-        encoder, agg, _meta = load_retrieval_model(str(ckpt), cfg.device, cfg.precision)
+        ckpt = Path(cfg.checkpoint).expanduser().resolve()
+        encoder, agg, meta = load_retrieval_model(str(ckpt), cfg.device, cfg.precision)
         sha = _file_sha256(ckpt)
-        info = {"checkpoint": str(ckpt.resolve()), "checkpoint_sha256": sha}
+        info = {
+            "checkpoint": str(ckpt),
+            "checkpoint_sha256": sha,
+            "weights": describe_weights(None, str(ckpt)),
+        }
         if agg.query_dependent:
             pool, label = build_aggregator("mean", encoder.embed_dim), "mean"
         else:
             pool, label = agg.eval(), f"{agg.name}@{sha[:16]}"
+        own = {"num_frames": meta["num_frames"], "symmetric_window": meta["symmetric_window"]}
     else:
-        from video_retrieval.encoders import create_encoder
-
-        encoder = create_encoder(
-            cfg.model,
-            pretrained=cfg.pretrained,
-            backend=cfg.backend,
-            precision=cfg.precision,
-            device=cfg.device,
-        )
-        info = {"encoder_spec": encoder.spec}
+        if cfg.encoder_spec:
+            args = {**cfg.encoder_spec, "precision": cfg.precision, "device": cfg.device}
+        else:
+            args = resolve_encoder_args(
+                cfg.model, cfg.pretrained, cfg.checkpoint, cfg.backend, cfg.random_weights
+            )
+            args.update(precision=cfg.precision, device=cfg.device)
+        encoder = create_encoder(**args)
+        info = {"encoder_spec": encoder.spec, "weights": describe_weights(encoder.spec)}
         pool, label = build_aggregator("mean", encoder.embed_dim), "mean"
+        own = None
     encoder.eval()
-    return encoder, pool.eval(), info, label
+    return encoder, pool.eval(), info, label, own
+
+
+def with_checkpoint_sampling(cfg: IndexConfig, own: dict | None) -> IndexConfig:
+    """A checkpoint's own frame sampling is the default when indexing with it."""
+    if own is None or cfg.fps is not None or cfg.num_frames is not None:
+        return cfg
+    sym = own.get("symmetric_window") if cfg.symmetric_window is None else cfg.symmetric_window
+    return replace(cfg, num_frames=int(own["num_frames"]), symmetric_window=bool(sym))
 
 
 def make_fingerprint(encoder, cfg: IndexConfig, aggregator_label: str) -> dict:
-    if int(cfg.patches) < 0:
+    patches = int(cfg.patches or 0)
+    if patches < 0:
         raise UserError(f"--patches must be >= 0, got {cfg.patches}")
     fp = {
         "encoder": encoder.fingerprint(),
         "sampling": cfg.sampling(),
         "aggregator": aggregator_label,
     }
-    if cfg.patches:  # an index with patch tokens is another index (UCoFiA can rerank it)
-        fp["patches"] = {"topk": int(cfg.patches), "criterion": "cosine-to-cls"}
+    if patches:  # an index with patch tokens is another index (UCoFiA can rerank it)
+        fp["patches"] = {"topk": patches, "criterion": "cosine-to-cls"}
     return fp
+
+
+_FLAG_OF = {
+    "encoder": "the model (--model/--pretrained/--checkpoint)",
+    "aggregator": "the checkpoint (--checkpoint)",
+    "sampling": "the sampling (--fps/--num-frames)",
+    "patches": "the patch tokens (--patches)",
+}
+
+
+def _sampling_line(sampling: dict) -> str:
+    if sampling.get("num_frames"):
+        return f"--num-frames {sampling['num_frames']}"
+    return f"--fps {sampling.get('fps')}"
+
+
+def mismatch_error(index_dir, manifest: dict, keys: list[str]) -> UserError:
+    built = manifest_weights(manifest)
+    what = ", ".join(_FLAG_OF.get(k, k) for k in keys)
+    return UserError(
+        f"index {index_dir} was built with {weights_line(built)}, "
+        f"{_sampling_line(manifest['fingerprint'].get('sampling') or {})}; this run differs in "
+        f"{what}: drop those flags to reuse the index's own settings, or use another --index"
+    )
 
 
 # -- reader -------------------------------------------------------------------------------------
@@ -136,6 +241,33 @@ def _reason(exc: BaseException) -> str:
         return exc.reason
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def read_sampled_frames(path, sampling: dict, size: int | None):
+    """``decode.load_frames`` with an index's sampling settings; a file whose decodable part
+    falls short of the container's declared duration by more than ``TRUNCATION_SLACK_S``
+    raises ``VideoDecodeError`` (truncated files are failures, not short videos)."""
+    from video_retrieval.decode import load_frames, probe_video, symmetric_bounds
+
+    start = end = None
+    if sampling.get("symmetric_window"):
+        start, end = symmetric_bounds(probe_video(path))
+    fr = load_frames(
+        path,
+        num_frames=sampling.get("num_frames"),
+        fps=sampling.get("fps"),
+        start=start,
+        end=end,
+        size=size,
+    )
+    declared = float(getattr(fr, "header_duration", 0.0) or 0.0)
+    if declared > 0 and declared - fr.duration > TRUNCATION_SLACK_S:
+        raise VideoDecodeError(
+            path,
+            f"truncated: decodable frames end at {fr.duration:.2f}s of the {declared:.2f}s the "
+            "container declares",
+        )
+    return fr
 
 
 class VideoReader(torch.utils.data.Dataset):
@@ -151,13 +283,11 @@ class VideoReader(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
-        from video_retrieval.decode import load_frames
-
         item = dict(self.items[i])
         try:
             if not item.get("sha256"):
                 item["sha256"] = content_hash(item["path"])
-            fr = load_frames(item["path"], size=self.image_size, **self.sampling)
+            fr = read_sampled_frames(item["path"], self.sampling, self.image_size)
             mask = np.asarray(fr.mask, dtype=bool)
             pixels = np.ascontiguousarray(fr.pixels[mask])
             if len(pixels) == 0:
@@ -424,7 +554,9 @@ def pool_videos(aggregator, frames: list[np.ndarray], group: int = 256) -> np.nd
 def finalize(
     index_dir, state: store.IndexState, aggregator, manifest: dict, ann_kind="auto"
 ) -> dict:
-    """Rebuild videos.json, pooled.npy, ann.faiss, failures.jsonl and the manifest from shards."""
+    """Write a new generation of videos/pooled/ann from the live shards, then switch the
+    manifest to it (readers see the old generation until that one rename); returns the new
+    manifest."""
     from video_retrieval.ann import build_ann, index_kind, save_ann
 
     index_dir = Path(index_dir)
@@ -438,15 +570,21 @@ def finalize(
         if sh not in metas:
             metas[sh] = {v["path"]: v for v in store.load_shard_meta(index_dir, sh)["videos"]}
             arrays[sh] = store.load_shard_frames(index_dir, sh)
-        m = metas[sh][path]
+        m = metas[sh].get(path)
+        if m is None or arrays[sh].shape[0] < m["offset"] + m["length"]:
+            raise store.IndexDamaged(
+                index_dir, store.shard_path(index_dir, sh, ".json"), f"does not hold {path}"
+            )
         videos.append({**{k: m[k] for k in m}, "shard": sh})
         frames.append(arrays[sh][m["offset"] : m["offset"] + m["length"]])
     dim = int(manifest["embed_dim"])
     pooled = pool_videos(aggregator, frames) if frames else np.zeros((0, dim), np.float32)
-    store.atomic_save_npy(index_dir / store.POOLED, pooled)
-    store.atomic_write_json(index_dir / store.VIDEOS, videos)
+    gen = store.next_generation(manifest)
+    files = store.generation_files(gen)
+    store.atomic_save_npy(index_dir / files["pooled"], pooled)
+    store.atomic_write_json(index_dir / files["videos"], videos)
     ann = build_ann(pooled, ann_kind)
-    save_ann(ann, index_dir / store.ANN)
+    save_ann(ann, index_dir / files["ann"])
     fail_lines = "".join(
         json.dumps({"path": p, "reason": f.get("reason", "")}, sort_keys=True) + "\n"
         for p, f in sorted(state.failures.items())
@@ -454,6 +592,9 @@ def finalize(
     store.atomic_write_bytes(index_dir / store.FAILURES, fail_lines.encode())
     manifest = {
         **manifest,
+        "format_version": store.FORMAT_VERSION,
+        "generation": gen,
+        "files": files,
         "counts": {
             "videos": len(videos),
             "frames": int(sum(v["length"] for v in videos)),
@@ -463,7 +604,8 @@ def finalize(
         "ann": index_kind(ann),
         "complete": True,
     }
-    store.atomic_write_json(index_dir / store.MANIFEST, manifest)
+    store.atomic_write_json(index_dir / store.MANIFEST, manifest)  # the switch
+    store.remove_stale_generations(index_dir, manifest)
     return manifest
 
 
@@ -574,38 +716,73 @@ def _child_run() -> None:
     """A rank > 0 relaunched by Lightning DDP: encode its share of the plan, write, return."""
     plan = store.read_json(os.environ[PLAN_ENV])
     cfg = IndexConfig(**plan["config"])
-    encoder, _, _, _ = load_models(cfg)
+    encoder = load_models(cfg)[0]
     _predict_distributed(plan["items"], cfg, encoder, plan["index_dir"], plan["run"])
 
 
+def _prepare_folder(index_dir: Path) -> bool:
+    """Create the index folder if needed; True when this run created it."""
+    if index_dir.exists() and not index_dir.is_dir():
+        raise UserError(f"--index {index_dir} exists and is not a folder")
+    created = not index_dir.exists()
+    index_dir.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _check_fresh_folder(index_dir: Path) -> None:
+    own = {store.LOCK}
+    if any(p.name not in own and not p.name.startswith(".") for p in index_dir.iterdir()):
+        raise UserError(f"--index {index_dir} is a non-empty folder that is not an index")
+
+
+def _has_committed_shards(index_dir) -> bool:
+    return any(e.get("event") == "shard" for e in store.read_events(index_dir))
+
+
 def run_indexing(inputs, index_dir, cfg: IndexConfig | None = None) -> dict | None:
-    """Index ``inputs`` into ``index_dir``; returns the run summary (None on DDP ranks > 0)."""
+    """Index ``inputs`` into ``index_dir``; returns the run summary (None on DDP ranks > 0).
+
+    A run holds the index's writer lock from start to end. A failed first run removes the
+    folder it created (unless it committed encoded shards: those are resumed by a rerun).
+    """
     cfg = cfg or IndexConfig()
     if os.environ.get(PLAN_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":
         _child_run()
         return None
-    t_start = time.perf_counter()
-    cfg.sampling()  # validate early
     if cfg.devices < 1:
         raise UserError(f"--devices must be >= 1, got {cfg.devices}")
+    cfg.sampling()  # validate early
     paths = find_videos(inputs)
     index_dir = Path(index_dir).expanduser().resolve()
-    if index_dir.exists() and not index_dir.is_dir():
-        raise UserError(f"--index {index_dir} exists and is not a folder")
-    index_dir.mkdir(parents=True, exist_ok=True)
-    encoder, pool_agg, model_info, agg_label = load_models(cfg)
-    fp = make_fingerprint(encoder, cfg, agg_label)
+    created = _prepare_folder(index_dir)
+    try:
+        with store.IndexLock(index_dir, wait=cfg.wait):
+            return _run_locked(paths, index_dir, cfg)
+    except BaseException:
+        if created and not _has_committed_shards(index_dir):
+            import shutil
+
+            shutil.rmtree(index_dir, ignore_errors=True)
+        raise
+
+
+def _open_for_writing(index_dir: Path, cfg: IndexConfig):
+    """Models, resolved config, fingerprint and manifest of a run (the manifest is written for
+    a new index, and checked against the run's settings for an existing one)."""
+    store.clean_temp_files(index_dir)
     manifest = store.read_manifest(index_dir)
+    if manifest is not None:
+        cfg = reuse_index_settings(cfg, manifest)
+    cfg = replace(cfg, patches=int(cfg.patches or 0))
+    encoder, pool_agg, model_info, agg_label, own = load_models(cfg)
+    cfg = with_checkpoint_sampling(cfg, own)
+    fp = make_fingerprint(encoder, cfg, agg_label)
     if manifest is not None:
         diff = store.fingerprint_mismatch(manifest["fingerprint"], fp)
         if diff:
-            raise UserError(
-                f"index {index_dir} was built with other model/sampling settings ({diff}); "
-                "use the same settings or another --index folder"
-            )
+            raise mismatch_error(index_dir, manifest, diff)
     else:
-        if any(index_dir.iterdir()):
-            raise UserError(f"--index {index_dir} is a non-empty folder that is not an index")
+        _check_fresh_folder(index_dir)
         manifest = {
             "format_version": store.FORMAT_VERSION,
             "fingerprint": fp,
@@ -615,18 +792,24 @@ def run_indexing(inputs, index_dir, cfg: IndexConfig | None = None) -> dict | No
             "complete": False,
         }
         store.atomic_write_json(index_dir / store.MANIFEST, manifest)
+    warn_if_random(manifest_weights(manifest))
+    return encoder, pool_agg, cfg, manifest
 
+
+def _run_locked(paths: list[Path], index_dir: Path, cfg: IndexConfig) -> dict:
+    t_start = time.perf_counter()
+    encoder, pool_agg, cfg, manifest = _open_for_writing(index_dir, cfg)
     state = store.replay(index_dir)
     todo, events, counts = make_plan(paths, state, cfg.prune)
-    if (todo or events) and manifest.get("complete"):
-        # From here until finalize's manifest write the on-disk files change one by one (and
-        # orphan removal may delete shards the old videos.json still names): readers must see
-        # "incomplete", never a mix of old and new files.
-        manifest = {**manifest, "complete": False}
-        store.atomic_write_json(index_dir / store.MANIFEST, manifest)
-    store.remove_orphans(index_dir, state)
+    store.remove_orphans(index_dir, state, keep=store.referenced_shards(index_dir, manifest))
     run = store.next_run_id(index_dir)
-    store.Journal(index_dir, run, 0).append(*events)
+    config_event = {
+        "event": "config",
+        "fingerprint": manifest["fingerprint"],
+        "model": manifest["model"],
+        "embed_dim": manifest["embed_dim"],
+    }
+    store.Journal(index_dir, run, 0).append(config_event, *events)
 
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     t_enc = time.perf_counter()
@@ -674,6 +857,8 @@ def run_indexing(inputs, index_dir, cfg: IndexConfig | None = None) -> dict | No
         "videos": manifest["counts"]["videos"],
         "frames": manifest["counts"]["frames"],
         "ann": manifest["ann"],
+        "weights": manifest_weights(manifest),
+        "sampling": manifest["fingerprint"]["sampling"],
         "device": str(encoder.device),
         "autocast": str(encoder.autocast_dtype).replace("torch.", "")
         if encoder.autocast_dtype
@@ -682,4 +867,81 @@ def run_indexing(inputs, index_dir, cfg: IndexConfig | None = None) -> dict | No
         "seconds": round(seconds, 3),
         "videos_per_s": round(len(encoded_now) / enc_seconds, 3) if enc_seconds > 0 else 0.0,
         "frames_per_s": round(frames_now / enc_seconds, 3) if enc_seconds > 0 else 0.0,
+    }
+
+
+# -- repair -------------------------------------------------------------------------------------
+def _verify_shard(index_dir, name: str, entries: list[dict], patches: bool) -> str | None:
+    """Why shard ``name`` cannot serve ``entries`` (its journal lines), or None when it can."""
+    try:
+        meta = {v["path"]: v for v in store.load_shard_meta(index_dir, name)["videos"]}
+        rows = store.load_shard_frames(index_dir, name).shape[0]
+        if patches:
+            rows = min(rows, store.load_shard_patches(index_dir, name).shape[0])
+    except (UserError, KeyError, TypeError) as exc:
+        return str(exc).split(";")[0]
+    for e in entries:
+        m = meta.get(e["path"])
+        if m is None or (m["offset"], m["length"]) != (e["offset"], e["length"]):
+            return f"shard {name} metadata does not match the journal"
+        if rows < e["offset"] + e["length"]:
+            return f"shard {name} is truncated"
+    return None
+
+
+def run_repair(index_dir, cfg: IndexConfig | None = None) -> dict:
+    """Rebuild what can be rebuilt from the shards and the journal: the manifest (from the last
+    run's recorded settings), videos/pooled/ann, failures.jsonl. Videos whose shard is missing or
+    damaged are dropped and listed (``lost``): index their files again to re-encode them."""
+    cfg = cfg or IndexConfig()
+    index_dir = Path(index_dir).expanduser().resolve()
+    if not index_dir.is_dir() or not store.is_index_dir(index_dir):
+        raise UserError(f"{index_dir} is not an index folder (nothing to repair)")
+    with store.IndexLock(index_dir, wait=cfg.wait):
+        store.clean_temp_files(index_dir)
+        state = store.replay(index_dir)
+        try:
+            manifest = store.read_manifest(index_dir)
+        except store.IndexDamaged:
+            manifest = None
+        rebuilt_manifest = manifest is None
+        if manifest is None:
+            if not state.config:
+                raise UserError(
+                    f"cannot repair {index_dir}: manifest.json is unusable and the journal does "
+                    "not record the model (an index from an older vr); build a new index"
+                )
+            manifest = {
+                "format_version": store.FORMAT_VERSION,
+                **state.config,
+                "counts": {"videos": 0, "frames": 0, "shards": 0, "failures": 0},
+                "complete": False,
+            }
+        by_shard: dict[str, list[dict]] = {}
+        for v in state.videos.values():
+            by_shard.setdefault(v["shard"], []).append(v)
+        patches = bool(manifest["fingerprint"].get("patches"))
+        lost, drops = [], []
+        for name, entries in sorted(by_shard.items()):
+            why = _verify_shard(index_dir, name, entries, patches)
+            if why:
+                for e in entries:
+                    lost.append({"path": e["path"], "reason": why})
+                    drops.append({"event": "drop", "path": e["path"], "reason": f"repair: {why}"})
+        run = store.next_run_id(index_dir)
+        store.Journal(index_dir, run, 0).append(*drops)
+        state = store.replay(index_dir)
+        repaired_cfg = reuse_index_settings(replace(cfg, encoder_spec=None), manifest)
+        _, pool_agg, _, _, _ = load_models(repaired_cfg)
+        manifest = finalize(index_dir, state, pool_agg, manifest, cfg.ann)
+        store.remove_orphans(index_dir, state)
+    return {
+        "index": str(index_dir),
+        "repaired": True,
+        "manifest_rebuilt": rebuilt_manifest,
+        "lost": lost,
+        "videos": manifest["counts"]["videos"],
+        "frames": manifest["counts"]["frames"],
+        "ann": manifest["ann"],
+        "weights": manifest_weights(manifest),
     }
