@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -64,7 +65,7 @@ def clip_preprocess(
     if device is not None:
         x = x.to(device)
     n, h, w, _ = x.shape
-    x = x.permute(0, 3, 1, 2)  # [N,3,H,W] uint8 view
+    x = rearrange(x, "n h w c -> n c h w")  # a uint8 view (channels-last memory)
     new_h, new_w = resize_shape(h, w, image_size)
     if n > 0:
         # Two 1-D passes (width, then height) with uint8 rounding in between, as PIL does:
@@ -79,6 +80,7 @@ def clip_preprocess(
     top = int(round((new_h - image_size) / 2.0))
     left = int(round((new_w - image_size) / 2.0))
     x = x[:, :, top : top + image_size, left : left + image_size].float()
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255.0
-    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255.0
-    return ((x - mean_t) / std_t).contiguous()
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device) * 255.0
+    std_t = torch.tensor(std, dtype=torch.float32, device=x.device) * 255.0
+    per_channel = "c -> 1 c 1 1"
+    return ((x - rearrange(mean_t, per_channel)) / rearrange(std_t, per_channel)).contiguous()

@@ -22,6 +22,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import nn
 
 
@@ -70,7 +71,10 @@ def sine_position_embedding(mask: torch.Tensor, dim: int, temperature: float = 1
     k = torch.arange(dim, device=mask.device, dtype=torch.float32)
     inv = temperature ** (2 * torch.div(k, 2, rounding_mode="floor") / dim)
     pos = x[..., None] / inv  # [B, L, dim]
-    return torch.stack([pos[..., 0::2].sin(), pos[..., 1::2].cos()], dim=-1).flatten(2)
+    # channel 2i is sin(pos_2i), channel 2i + 1 is cos(pos_2i+1)
+    return rearrange(
+        [pos[..., 0::2].sin(), pos[..., 1::2].cos()], "sincos b l half -> b l (half sincos)"
+    )
 
 
 class EncoderLayer(nn.Module):
@@ -185,8 +189,7 @@ class MomentDETR(nn.Module):
         memory = src
         for layer in self.encoder:
             memory = layer(memory, pad, pos)
-        bsz = src.shape[0]
-        query_pos = self.query_embed.weight[None].expand(bsz, -1, -1)
+        query_pos = repeat(self.query_embed.weight, "n d -> b n d", b=src.shape[0])
         tgt = torch.zeros_like(query_pos)
         hs = []
         for layer in self.decoder:

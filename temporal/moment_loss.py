@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 from video_retrieval.temporal.moment_matcher import (
     FOREGROUND,
@@ -66,8 +67,12 @@ class MomentCriterion(nn.Module):
             logits.shape[:2], 1 - FOREGROUND, dtype=torch.long, device=logits.device
         )
         target[b_idx.to(logits.device), q_idx.to(logits.device)] = FOREGROUND
+        # F.cross_entropy wants the class axis second
         ce = F.cross_entropy(
-            logits.transpose(1, 2), target, weight=self.empty_weight.to(logits), reduction="none"
+            rearrange(logits, "b query cls -> b cls query"),
+            target,
+            weight=self.empty_weight.to(logits),
+            reduction="none",
         ).mean()
         return {"loss_span": l1, "loss_giou": l_giou, "loss_label": ce}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from einops import rearrange
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
@@ -109,9 +110,10 @@ class HungarianMatcher(nn.Module):
         Returns per sample (pred_idx, tgt_idx) int64 tensors of equal length min(N, n_i)."""
         logits = outputs["pred_logits"]
         spans = outputs["pred_spans"]
-        bsz, nq = logits.shape[:2]
-        prob = logits.flatten(0, 1).float().softmax(-1)[:, FOREGROUND]  # [B*N]
-        out_spans = spans.flatten(0, 1).float()  # [B*N, 2]
+        bsz = logits.shape[0]
+        # every predicted moment of the batch against every target of the batch
+        prob = rearrange(logits, "b query cls -> (b query) cls").float().softmax(-1)[:, FOREGROUND]
+        out_spans = rearrange(spans, "b query cxw -> (b query) cxw").float()
         sizes = [len(t) for t in targets]
         if sum(sizes) == 0:
             empty = torch.zeros(0, dtype=torch.int64)
@@ -123,8 +125,9 @@ class HungarianMatcher(nn.Module):
             * generalized_temporal_iou(span_cxw_to_se(out_spans), span_cxw_to_se(tgt))
             - self.cost_class * prob[:, None]
         )
-        cost = cost.view(bsz, nq, -1).cpu()
+        cost = rearrange(cost, "(b query) target -> b query target", b=bsz).cpu()
         result = []
+        # sample i's block: its own queries against its own targets
         for i, c in enumerate(cost.split(sizes, -1)):
             rows, cols = linear_sum_assignment(c[i].numpy())
             result.append(

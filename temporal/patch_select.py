@@ -18,8 +18,10 @@ Differences from the reference, deliberately:
 
 from __future__ import annotations
 
+import einops
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import nn
 from video_retrieval.temporal.base import zero_padding
 
@@ -40,10 +42,11 @@ class _PerturbedTopK(torch.autograd.Function):
         n, p = scores.shape
         noise = torch.randn(n, num_samples, p, dtype=scores.dtype, device=scores.device)
         idx = _topk_sorted(scores[:, None, :] + sigma * noise, k)  # [N, S, k]
+        # count, per (n, k-th pick), how many of the S samples chose each position p
         ind = torch.zeros(n, k, p, dtype=scores.dtype, device=scores.device)
         ind.scatter_add_(
             2,
-            idx.transpose(1, 2),
+            rearrange(idx, "n s k -> n k s"),
             torch.ones(n, k, num_samples, dtype=scores.dtype, device=scores.device),
         )
         ind = ind / num_samples
@@ -60,13 +63,13 @@ class _PerturbedTopK(torch.autograd.Function):
             # TS2-Net/UCoFiA: grad_in[n,d] = sum_k g[n,k,d] * sum_s 1[idx=d] Z[n,s,d] / (S σ)
             z_at = torch.gather(noise, 2, idx)  # [N, S, k] = Z[n, s, idx[n,s,k]]
             e = torch.zeros(n, k, ctx.p, dtype=noise.dtype, device=noise.device)
-            e.scatter_add_(2, idx.transpose(1, 2), z_at.transpose(1, 2))
-            grad_in = (grad_out * e).sum(1) * scale
+            e.scatter_add_(2, rearrange(idx, "n s k -> n k s"), rearrange(z_at, "n s k -> n k s"))
+            grad_in = einops.reduce(grad_out * e, "n k p -> n p", "sum") * scale
         else:
             # Berthet et al.: J = E[y Zᵀ]/σ -> grad_in[n,:] = sum_s <g, y_s> Z[n,s,:] / (S σ)
-            g_at = torch.gather(grad_out, 2, idx.transpose(1, 2))  # [N, k, S] = g[n,k,idx[n,s,k]]
-            inner = g_at.sum(1)  # [N, S]
-            grad_in = torch.einsum("ns,nsp->np", inner, noise) * scale
+            g_at = torch.gather(grad_out, 2, rearrange(idx, "n s k -> n k s"))  # g[n,k,idx[n,s,k]]
+            inner = einops.reduce(g_at, "n k s -> n s", "sum")
+            grad_in = einops.einsum(inner, noise, "n s, n s p -> n p") * scale
         return grad_in, None, None, None, None
 
 
@@ -131,14 +134,16 @@ class PatchSelector(nn.Module):
         b, t, p, d = patches.shape
         if p < self.topk:
             raise ValueError(f"{p} patches per frame < top-k {self.topk}")
-        cls = zero_padding(frames, mask).reshape(b * t, 1, d)
-        pt = zero_padding(patches, mask).reshape(b * t, p, d)
+        # one row per frame: its CLS token, then its patches
+        cls = rearrange(zero_padding(frames, mask), "b t d -> (b t) 1 d")
+        pt = rearrange(zero_padding(patches, mask), "b t p d -> (b t) p d")
         scores = self.score_predictor(torch.cat([cls, pt], dim=1))[:, 1:]  # drop the CLS score
         if self.training:
             ind = perturbed_topk(scores, self.topk, self.num_samples, self.sigma, self.diagonal)
         else:
             ind = hard_topk_indicator(scores, self.topk)
-        selected = torch.einsum("nkp,npd->nkd", ind.to(pt.dtype), pt)
-        tokens = torch.cat([cls, selected], dim=1).reshape(b, t * (self.topk + 1), d)
-        token_mask = mask.bool().repeat_interleave(self.topk + 1, dim=1)
+        selected = einops.einsum(ind.to(pt.dtype), pt, "n k p, n p d -> n k d")
+        # per frame, j = CLS + k picks; frames laid end to end
+        tokens = rearrange(torch.cat([cls, selected], dim=1), "(b t) j d -> b (t j) d", b=b)
+        token_mask = repeat(mask.bool(), "b t -> b (t j)", j=self.topk + 1)
         return tokens, token_mask

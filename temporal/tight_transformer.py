@@ -2,9 +2,11 @@
 
 A cross-encoder over the 1 + T tokens ``[t ; f_1..f_T]`` (raw, un-normalised sentence and frame
 features): learned position embeddings + dropout 0.1, a 4-layer pre-LN transformer (bidirectional,
--1e6 on padded frames; the text token is always valid), ``CrossPooler`` (LayerNorm -> token 0 ->
-Linear(D, D) -> QuickGELU) and ``similarity_dense`` Linear(D, 1): one logit per (text, video) pair,
-**no logit scale** (``logit_scale`` exists only for the common interface and is unused).
+-1e6 on padded frames; the text token is always valid; its blocks use the MLP activation of the
+CLIP text tower they are copied from, see ``seq_transformer``), ``CrossPooler`` (LayerNorm ->
+token 0 -> Linear(D, D) -> QuickGELU, as in CLIP4Clip: not copied from CLIP) and
+``similarity_dense`` Linear(D, 1): one logit per (text, video) pair, **no logit scale**
+(``logit_scale`` exists only for the common interface and is unused).
 
 CLIP4Clip builds ``concat_type`` (0 text / 1 video) but its ``CrossEmbeddings`` has the token-type
 embedding commented out, so no modality embedding is added; we do the same (``token_type=True``
@@ -15,11 +17,13 @@ Query-dependent: cost N_t x N_v cross-encoder passes, computed in chunks of ``pa
 from __future__ import annotations
 
 import torch
+from einops import rearrange, repeat
 from torch import nn
 from video_retrieval.temporal.base import DEFAULT_INIT_LOGIT_SCALE, Aggregator, zero_padding
 from video_retrieval.temporal.features import TextFeatures, VideoFeatures
 from video_retrieval.temporal.seq_transformer import (
     CLIP_CONTEXT,
+    LEGACY_ACTIVATION,
     QuickGELU,
     Transformer,
     copy_clip_text_tower,
@@ -43,6 +47,7 @@ class TightTransformer(Aggregator):
         num_positions: int | None = None,
         token_type: bool = False,
         pair_chunk: int = 1024,
+        activation: str = LEGACY_ACTIVATION,
         init_logit_scale: float = DEFAULT_INIT_LOGIT_SCALE,
         **kwargs,
     ):
@@ -54,7 +59,7 @@ class TightTransformer(Aggregator):
         )
         self.token_type_embeddings = nn.Embedding(2, embed_dim) if token_type else None
         self.dropout = nn.Dropout(dropout)
-        self.transformer = Transformer(embed_dim, layers, heads)
+        self.transformer = Transformer(embed_dim, layers, heads, activation)
         self.ln_pool = nn.LayerNorm(embed_dim)
         self.pool_dense = nn.Linear(embed_dim, embed_dim)
         self.pool_act = QuickGELU()
@@ -64,7 +69,16 @@ class TightTransformer(Aggregator):
         if self.token_type_embeddings is not None:
             nn.init.zeros_(self.token_type_embeddings.weight)
 
+    @property
+    def activation(self) -> str:
+        """MLP activation of the transformer blocks (an ``ACTIVATIONS`` name)."""
+        return self.transformer.activation
+
+    def set_activation(self, name: str) -> None:
+        self.transformer.set_activation(name)
+
     def init_from_clip(self, clip_model) -> bool:
+        """Copy the CLIP text tower's positions and first blocks, with its activation."""
         return copy_clip_text_tower(clip_model, self.position_embeddings, self.transformer)
 
     def pair_logits(
@@ -105,9 +119,11 @@ class TightTransformer(Aggregator):
             for j in range(0, nv, vchunk):
                 fr, mk = video.frames[j : j + vchunk], video.mask[j : j + vchunk]
                 m = fr.shape[0]
-                sent = s[:, None, :].expand(k, m, -1).reshape(k * m, -1)
-                frames = fr[None].expand(k, *fr.shape).reshape(k * m, *fr.shape[1:])
-                mask = mk[None].expand(k, *mk.shape).reshape(k * m, -1)
-                row.append(self.pair_logits(sent, frames, mask).view(k, m))
+                # every (text, video) pair of the block, text-major
+                sent = repeat(s, "t d -> (t v) d", v=m)
+                frames = repeat(fr, "v f d -> (t v) f d", t=k)
+                mask = repeat(mk, "v f -> (t v) f", t=k)
+                logits = self.pair_logits(sent, frames, mask)
+                row.append(rearrange(logits, "(t v) -> t v", t=k))
             out.append(torch.cat(row, dim=1))
         return torch.cat(out, dim=0)

@@ -27,7 +27,9 @@ The patch-word level is computed in chunks of at most ``chunk_elems`` elements o
 
 from __future__ import annotations
 
+import einops
 import torch
+from einops import rearrange
 from torch import nn
 from video_retrieval.temporal.base import l2norm, normalized_masked_mean, zero_padding
 from video_retrieval.temporal.features import TextFeatures, VideoFeatures
@@ -143,15 +145,30 @@ class UCoFiA(SeqTransformer):
             cols = []
             for j in range(0, nv, nv_c):
                 p, pm = pk[j : j + nv_c], token_mask[j : j + nv_c]
-                A = torch.einsum("tld,vpd->tlvp", w, p)  # [t, L, v, P]
+                A = einops.einsum(w, p, "t word d, v patch d -> t word v patch")
+                # word level: ISA over the words of each (text, video, patch), then over patches
                 word_level = isa(
-                    A.permute(0, 2, 3, 1), self.word_mat_weight, wm[:, None, None, :], self.tau
-                )
-                s2p = isa(word_level, self.pixel_mat_weight2, pm[None], self.tau)  # [t, v]
-                patch_level = isa(A, self.pixel_mat_weight, pm[None, None], self.tau)  # [t, L, v]
+                    rearrange(A, "t word v patch -> t v patch word"),
+                    self.word_mat_weight,
+                    rearrange(wm, "t word -> t 1 1 word"),
+                    self.tau,
+                )  # [t, v, patch]
+                s2p = isa(
+                    word_level,
+                    self.pixel_mat_weight2,
+                    rearrange(pm, "v patch -> 1 v patch"),
+                    self.tau,
+                )  # [t, v]
+                # patch level: ISA over the patches of each (text, word, video), then over words
+                patch_level = isa(
+                    A, self.pixel_mat_weight, rearrange(pm, "v patch -> 1 1 v patch"), self.tau
+                )  # [t, word, v]
                 v2w = isa(
-                    patch_level.transpose(1, 2), self.word_mat_weight2, wm[:, None, :], self.tau
-                )
+                    rearrange(patch_level, "t word v -> t v word"),
+                    self.word_mat_weight2,
+                    rearrange(wm, "t word -> t 1 word"),
+                    self.tau,
+                )  # [t, v]
                 cols.append((s2p + v2w) / 2)
             rows.append(torch.cat(cols, dim=1))
         return torch.cat(rows, dim=0)
@@ -165,7 +182,7 @@ class UCoFiA(SeqTransformer):
         s = self.embed_text(text)
         vs = scale * self.coarse_text_embedding(text) @ self.coarse_video_embedding(video).t()
         f = l2norm(zero_padding(video.frames, video.mask))
-        x = torch.einsum("nd,vtd->nvt", s, f)
+        x = einops.einsum(s, f, "text d, video frame d -> text video frame")
         fs = scale * isa(x, self.frame_logit_weight, video.mask[None], self.tau)
         words, word_mask = self._words(text)
         tokens, token_mask = self.select_patches(video)

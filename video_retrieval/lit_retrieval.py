@@ -122,11 +122,14 @@ class RetrievalModule(pl.LightningModule):
             aggregator, self.encoder.embed_dim, max_frames=num_frames, **(aggregator_kwargs or {})
         )
         # CLIP4Clip initialises seqTransf / tightTransf from the CLIP text tower: do it for any
-        # trained CLIP, from a pretrained tag or a local weights file (the offline route).
+        # trained CLIP, from a pretrained tag or a local weights file (the offline route). The
+        # copied blocks take the tower's MLP activation (GELU for LAION towers, QuickGELU for
+        # OpenAI's); it is recorded in aggregator_kwargs so that checkpoints rebuild it.
         if init_aggregator_from_clip and (checkpoint is not None or pretrained is not None):
             self.aggregator.init_from_clip(self.encoder)
         if init_from:
             self._init_from_checkpoint(init_from)
+        self._record_activation()
         # The encoder's own CLIP logit scale/bias are unused (the aggregator owns the scale):
         # exclude them from training so DDP does not see parameters without gradient.
         for name, p in self.encoder.named_parameters():
@@ -164,6 +167,7 @@ class RetrievalModule(pl.LightningModule):
                 f"{self.hparams.aggregator!r}"
             )
         own = {k: v for k, v in state.items() if k.startswith(("encoder.", "aggregator."))}
+        self._use_recorded_activation(hp)
         try:
             missing, unexpected = self.load_state_dict(
                 {k: v.float() if v.is_floating_point() else v for k, v in own.items()},
@@ -177,6 +181,26 @@ class RetrievalModule(pl.LightningModule):
                 f"{path}: weights do not match this model (missing {missing[:3]}, "
                 f"unexpected {unexpected[:3]})"
             )
+
+    def _record_activation(self) -> None:
+        """Keep the temporal blocks' MLP activation in the hyper-parameters (aggregator kwargs),
+        so ``load_from_checkpoint`` and ``model_io.load_retrieval_model`` rebuild it."""
+        act = getattr(self.aggregator, "activation", None)
+        if act is not None:
+            kwargs = dict(self.hparams.get("aggregator_kwargs") or {})
+            self.hparams["aggregator_kwargs"] = {**kwargs, "activation": act}
+
+    def _use_recorded_activation(self, hparams: dict) -> None:
+        """Weights from a checkpoint run with the activation they were trained with: the one
+        recorded in its aggregator kwargs, QuickGELU for checkpoints from before the record."""
+        if hasattr(self.aggregator, "set_activation"):
+            from video_retrieval.temporal.seq_transformer import recorded_activation
+
+            self.aggregator.set_activation(recorded_activation(hparams.get("aggregator_kwargs")))
+            self._record_activation()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._use_recorded_activation(checkpoint.get("hyper_parameters") or {})
 
     def encode_text(self, captions: list[str]) -> TextFeatures:
         tokens = self.encoder.tokenize(captions, context_length=self.hparams.max_words)
