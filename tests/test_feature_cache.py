@@ -453,12 +453,17 @@ def test_cli_cache_builds_and_resumes(world, tmp_path, capsys):
         str(out),
         "--num-frames",
         "3",
+        "--model",
+        "vr-tiny",
+        "--random-weights",
         "--quiet",
         "--json",
     ]
     assert main(argv) == 0
-    summary = json.loads(capsys.readouterr().out)
+    cap = capsys.readouterr()
+    summary = json.loads(cap.out)
     assert summary["videos"] == 4 and summary["captions"] == 6 and summary["failed"] == 0
+    assert summary["weights"]["kind"] == "random" and "RANDOM weights" in cap.err
     cache = FeatureCache.open(out)
     assert cache.num_frames == 3 and cache.video_ids == ["vid0", "vid1", "vid2", "vid3"]
     assert main(argv) == 0

@@ -9,7 +9,7 @@ import pytest
 
 from video_retrieval.cli import main
 from video_retrieval.errors import UserError
-from video_retrieval.localize import localize
+from video_retrieval.localization import localize
 from video_retrieval.videowrite import write_video
 
 
@@ -21,8 +21,13 @@ def video(tmp_path_factory):
     return write_video(d / "box.mp4", x, fps=10, gop=5)
 
 
-def test_zero_shot_moments(video):
-    res = localize(video, "a red box", top=3)
+TINY = {"model": "vr-tiny", "random_weights": True}  # tests only: random weights
+
+
+def test_zero_shot_moments(video, capsys):
+    res = localize(video, "a red box", top=3, **TINY)
+    assert res["weights"] == {"kind": "random", "model": "vr-tiny", "seed": 0}
+    assert "RANDOM weights" in capsys.readouterr().err
     assert res["method"] == "zero_shot" and res["query"] == "a red box"
     assert len(res["saliency"]) == 4  # ceil(8 s / 2 s clips)
     ms = res["moments"]
@@ -56,17 +61,23 @@ def test_zero_shot_with_a_clip_encoder(video, capsys):
 
 def test_cli_json_and_plot(video, tmp_path, capsys):
     png = tmp_path / "plot.png"
-    rc = main(["localize", str(video), "a red box", "--top", "2", "--plot", str(png), "--json"])
+    rc = main(["localize", str(video), "a red box", "--top", "2", "--plot", str(png), "--json",
+               "--model", "vr-tiny", "--random-weights"])  # fmt: skip
     out = json.loads(capsys.readouterr().out)
-    assert rc == 0 and set(out) == {"video", "query", "moments", "saliency"}
+    assert rc == 0 and set(out) == {
+        "video", "query", "moments", "saliency", "clip_len", "duration", "method", "weights"
+    }  # fmt: skip
+    assert out["duration"] == 8.0 and out["clip_len"] == 2.0 and out["method"] == "zero_shot"
     assert all(set(m) == {"start", "end", "score"} for m in out["moments"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
 def test_refusals(video, tmp_path, capsys):
     with pytest.raises(UserError, match="query is empty"):
-        localize(video, " ")
+        localize(video, " ", **TINY)
     with pytest.raises(UserError, match="no such video"):
-        localize(tmp_path / "missing.mp4", "a box")
+        localize(tmp_path / "missing.mp4", "a box", **TINY)
+    with pytest.raises(UserError, match="--model vr-tiny has no weights"):
+        localize(video, "a box", model="vr-tiny")  # never silently random
     assert main(["localize", str(video), "a box", "--checkpoint", str(tmp_path / "none.ckpt")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err

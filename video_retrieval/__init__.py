@@ -19,7 +19,7 @@ _LAZY = {
     "UserError": "video_retrieval.errors",
     "write_video": "video_retrieval.videowrite",
     "Index": "video_retrieval.index_store",
-    "localize": "video_retrieval.localize",
+    "localize": "video_retrieval.localization",
 }
 
 __all__ = ["__version__", *_LAZY]

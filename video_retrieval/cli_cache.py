@@ -1,6 +1,6 @@
 """``vr cache``: encode a dataset once with a frozen CLIP into a feature cache directory.
 
-    vr cache --captions OUT/captions.jsonl --split train --out cache/train --model vr-tiny
+    vr cache --captions OUT/captions.jsonl --split train --out cache/train --pretrained open_clip_pytorch_model.bin
     vr cache --videos videos/ --out cache/videos --patches topk --patch-topk 16
     vr cache --dataset synth --root data/synth --split train --frame-size 64 --symmetric-window \
              --out cache/train      # exactly the frames RetrievalDataModule(...) trains on
@@ -37,9 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="--captions: keep only this split; --dataset: train|val|test|compositional",
     )
     parser.add_argument("--out", required=True, help="cache directory")
-    parser.add_argument("--model", default=None, help="open_clip model name (default vr-tiny)")
-    parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag")
-    parser.add_argument("--checkpoint", default=None, help="local encoder weights file")
+    from video_retrieval.cli_index import add_model_arguments
+
+    add_model_arguments(
+        parser,
+        "local CLIP weights (an open_clip state dict, a save_encoder file) or a vr train "
+        "retrieval checkpoint (its encoder)",
+    )
     parser.add_argument(
         "--precision", default="auto", choices=["auto", "fp32", "bf16"], help="encoder autocast"
     )
@@ -83,14 +87,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
-def run(args: argparse.Namespace) -> int:
+def cache_encoder(args) -> tuple:
+    """(frozen encoder, weights record) for the model flags (``model_weights``)."""
     from video_retrieval.encoders import create_encoder
+    from video_retrieval.model_weights import (
+        checkpoint_kind,
+        describe_weights,
+        resolve_encoder_args,
+    )
+
+    if args.checkpoint and checkpoint_kind(args.checkpoint) != "encoder":
+        if checkpoint_kind(args.checkpoint) == "moment" or args.model or args.pretrained:
+            raise UserError(
+                f"--checkpoint {args.checkpoint}: give CLIP weights or a vr train retrieval "
+                "checkpoint (alone: it names its own model)"
+            )
+        from video_retrieval.model_io import load_retrieval_model
+
+        encoder = load_retrieval_model(args.checkpoint, args.device, args.precision)[0]
+        return encoder.eval(), describe_weights(None, args.checkpoint)
+    kw = resolve_encoder_args(
+        args.model, args.pretrained, args.checkpoint, "open_clip", args.random_weights
+    )
+    encoder = create_encoder(**kw, precision=args.precision, device=args.device)
+    return encoder.eval(), describe_weights(encoder.spec)
+
+
+def run(args: argparse.Namespace) -> int:
     from video_retrieval.feature_cache import CacheSettings, build_cache
     from video_retrieval.feature_cache_data import (
         items_from_captions_jsonl,
         items_from_dataset,
         videos_from_list_or_dir,
     )
+    from video_retrieval.model_weights import warn_if_random
 
     settings = CacheSettings(
         num_frames=args.num_frames if args.num_frames is not None else 12,
@@ -112,14 +142,8 @@ def run(args: argparse.Namespace) -> int:
         videos, captions = items_from_captions_jsonl(args.captions, split=args.split)
     else:
         videos, captions = videos_from_list_or_dir(args.videos), []
-    encoder = create_encoder(
-        args.model,
-        pretrained=args.pretrained,
-        checkpoint=args.checkpoint,
-        precision=args.precision,
-        device=args.device,
-    )
-    encoder.eval()
+    encoder, weights = cache_encoder(args)
+    warn_if_random(weights)
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     report = build_cache(
         encoder,
@@ -142,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         "resumed": report.resumed,
         "up_to_date": report.up_to_date,
         "seconds": round(report.seconds, 3),
+        "weights": weights,
     }
     if args.json:
         print(json.dumps(summary))

@@ -114,21 +114,11 @@ def moment_predictions(
                 }
             )
         return preds
-    from video_retrieval.moment_features import clip_features
-    from video_retrieval.moment_zeroshot import zero_shot_query
+    from video_retrieval.localization import ZeroShotLocalizer
 
-    pool, pool_kw = None, {}
-    if clip_encoder is not None:
-        from video_retrieval.moment_features import load_clip_encoder
-
-        encoder, pool, pool_kw = load_clip_encoder(clip_encoder)
-    cache = {}
-    for q in queries:
-        path = videos_dir / f"{q['vid']}.mp4"
-        if q["vid"] not in cache:
-            cache[q["vid"]] = clip_features(encoder, path, clip_len=2.0, aggregator=pool, **pool_kw)
-        feats, _times, duration = cache[q["vid"]]
-        rows, sims = zero_shot_query(encoder, feats, duration, q["query"], 2.0, top=10)
+    zs = ZeroShotLocalizer.build(clip_encoder=clip_encoder, encoder=encoder)
+    for q in sorted(queries, key=lambda q: q["vid"]):  # each video encoded once
+        rows, sims, _ = zs.predict(videos_dir / f"{q['vid']}.mp4", q["query"], top=10)
         preds.append(
             {
                 "qid": q["qid"],
@@ -153,7 +143,7 @@ def run_demo(
     """Run the walk-through; returns (and writes to ``out/summary.json``) what it measured."""
     from video_retrieval.cli_eval import evaluate_retrieval, read_captions
     from video_retrieval.index_store import Index
-    from video_retrieval.localize import localize
+    from video_retrieval.localization import localize
     from video_retrieval.moment_metrics import evaluate
 
     t0 = time.perf_counter()
@@ -178,9 +168,8 @@ def run_demo(
     )
 
     _say(f"\n[2/5] Indexing {coll / 'videos'} with the demo model {ckpt.name}")
-    index = Index.build(
-        [coll / "videos"], out / "index", checkpoint=str(ckpt), num_frames=8, batch_size=64
-    )
+    # the checkpoint's own sampling (8 frames between the first and last frame centres)
+    index = Index.build([coll / "videos"], out / "index", checkpoint=str(ckpt), batch_size=64)
     summ = index.build_summary or {}
     _say(
         f"      indexed {len(index)} videos ({summ.get('frames', '?')} frames), index at {out / 'index'}"

@@ -1,8 +1,10 @@
 """Query one video: where does the sentence happen?
 
 ``localize(video, query)`` returns ``{"video", "query", "moments": [{"start", "end", "score"}],
-"saliency": [...]}``. With a moment checkpoint (``checkpoint=``) the trained moment head
-(``moment_predictor.MomentPredictor``) predicts the windows; without one, the zero-shot baseline
+"saliency": [...], "clip_len", "duration", "method", "weights"}``. With a moment checkpoint
+(``checkpoint=``) the trained moment head (``moment_predictor.MomentPredictor``) predicts the
+windows, over sliding windows of its trained length when the video is longer; without one, the
+zero-shot baseline
 scores each 2-s clip by the cosine between its CLIP embedding and the query and ranks candidate
 windows with ``moment_zeroshot.zero_shot_windows``; with ``clip_encoder=`` (a ``vr train``
 retrieval checkpoint such as ``configs/moments_synth_clips.yaml`` writes) each clip is instead its
@@ -46,57 +48,116 @@ def _moments(rows) -> list[dict]:
     return out
 
 
+class ZeroShotLocalizer:
+    """The training-free localizer: per-clip CLIP features (frame means, or a retrieval
+    checkpoint's aggregator over each clip +-1 s) scored against the query's sentence embedding
+    (``moment_zeroshot``). The last video's features are kept, so many queries on one video
+    encode it once."""
+
+    def __init__(self, encoder, pool=None, pool_kw: dict | None = None, clip_len: float = 2.0,
+                 weights: dict | None = None):  # fmt: skip
+        self.encoder = encoder.eval()
+        self.pool, self.pool_kw = pool, dict(pool_kw or {})
+        self.clip_len = float(clip_len)
+        self.weights = weights or {}
+        self.method = "zero_shot" if pool is None else "zero_shot_pooled"
+        self._last: tuple[str, tuple] | None = None
+
+    @classmethod
+    def build(cls, model=None, pretrained=None, clip_encoder=None, encoder=None,
+              random_weights: bool = False, clip_len: float = 2.0) -> ZeroShotLocalizer:  # fmt: skip
+        """From a retrieval checkpoint (``clip_encoder``), a loaded ``encoder``, or the model
+        flags (``model_weights.resolve_encoder_args``: no silent random weights)."""
+        from video_retrieval.model_weights import (
+            describe_weights,
+            resolve_encoder_args,
+            warn_if_random,
+        )
+
+        if clip_encoder is not None:
+            from video_retrieval.moment_features import load_clip_encoder
+
+            enc, pool, pool_kw = load_clip_encoder(clip_encoder)
+            return cls(enc, pool, pool_kw, clip_len, describe_weights(None, str(clip_encoder)))
+        if encoder is None:
+            from video_retrieval.encoders import create_encoder
+
+            encoder = create_encoder(
+                **resolve_encoder_args(model, pretrained, None, "open_clip", random_weights)
+            )
+        weights = describe_weights(getattr(encoder, "spec", None))
+        warn_if_random(weights)
+        return cls(encoder, None, None, clip_len, weights)
+
+    def encode_video(self, path) -> tuple[np.ndarray, np.ndarray, float]:
+        """(clip features [N,D], clip times [N,2], duration) of ``path``."""
+        from video_retrieval.moment_features import clip_features
+
+        path = str(path)
+        if self._last is None or self._last[0] != path:
+            feats = clip_features(
+                self.encoder, path, clip_len=self.clip_len, aggregator=self.pool, **self.pool_kw
+            )
+            self._last = (path, feats)
+        return self._last[1]
+
+    def predict(self, path, query: str, top: int = 5) -> tuple[np.ndarray, np.ndarray, float]:
+        """(windows [K,3] seconds + score, per-clip similarities [N], duration)."""
+        from video_retrieval.moment_zeroshot import zero_shot_query
+
+        feats, _, duration = self.encode_video(path)
+        rows, sims = zero_shot_query(self.encoder, feats, duration, query, self.clip_len, top)
+        return rows, sims, duration
+
+
 def localize(
     video,
     query: str,
     checkpoint=None,
     top: int = 5,
-    model: str = "vr-tiny",
+    model: str | None = None,
     pretrained: str | None = None,
     encoder=None,
     clip_len: float = 2.0,
     plot=None,
     clip_encoder=None,
+    random_weights: bool = False,
+    predictor=None,
 ) -> dict:
-    """Top-``top`` moments of ``query`` in ``video`` (seconds), best first; see module doc."""
+    """Top-``top`` moments of ``query`` in ``video`` (seconds), best first; see module doc.
+
+    The model: ``checkpoint`` (a trained moment head, or an already loaded ``predictor``),
+    ``clip_encoder`` (a retrieval checkpoint pooling clips), ``encoder`` (a loaded CLIP), or
+    ``model``/``pretrained`` resolved as ``vr index`` does (default ``ViT-B-32`` /
+    ``laion2b_s34b_b79k``; ``random_weights=True`` only for tests).
+    """
     path, query = _check(video, query)
     if top < 1:
         raise UserError(f"--top must be >= 1, got {top}")
-    if checkpoint is not None:
-        if not os.path.exists(checkpoint):
-            raise UserError(f"no such checkpoint: {checkpoint}")
-        try:
+    if checkpoint is not None or predictor is not None:
+        if predictor is None:
+            if not os.path.exists(checkpoint):
+                raise UserError(f"no such checkpoint: {checkpoint}")
             from video_retrieval.moment_predictor import MomentPredictor
-        except ModuleNotFoundError as exc:
-            raise UserError("localizing with a moment checkpoint is not yet available") from exc
-        pred = MomentPredictor.from_checkpoint(checkpoint).predict(path, query, top=top)
-        saliency = [float(x) for x in pred.get("saliency", [])]
+
+            predictor = MomentPredictor.from_checkpoint(checkpoint)
+        pred = predictor.predict(path, query, top=top)
         result = {
             "video": path,
             "query": query,
             "moments": _moments(pred["moments"]),
-            "saliency": [round(x, 6) for x in saliency],
-            "clip_len": float(pred.get("clip_len", clip_len)),
+            "saliency": [round(float(x), 6) for x in pred["saliency"]],
+            "clip_len": float(pred["clip_len"]),
+            "duration": round(float(pred["duration"]), 3),
             "method": "moment_detr",
+            "windows": int(pred.get("windows", 1)),
+            "weights": {"kind": "moment_checkpoint", "path": str(checkpoint or "")},
         }
     else:
-        from video_retrieval.moment_features import clip_features
-        from video_retrieval.moment_zeroshot import zero_shot_query
-
-        pool, pool_kw = None, {}
-        if clip_encoder is not None:
-            from video_retrieval.moment_features import load_clip_encoder
-
-            encoder, pool, pool_kw = load_clip_encoder(clip_encoder)
-        elif encoder is None:
-            from video_retrieval.encoders import create_encoder
-
-            encoder = create_encoder(model, pretrained=pretrained)
-        encoder.eval()
-        feats, _times, duration = clip_features(
-            encoder, path, clip_len=clip_len, aggregator=pool, **pool_kw
+        zs = ZeroShotLocalizer.build(
+            model, pretrained, clip_encoder, encoder, random_weights, clip_len=clip_len
         )
-        rows, sims = zero_shot_query(encoder, feats, duration, query, clip_len, top)
+        rows, sims, duration = zs.predict(path, query, top)
         result = {
             "video": path,
             "query": query,
@@ -104,7 +165,8 @@ def localize(
             "saliency": [round(float(x), 6) for x in sims],
             "clip_len": float(clip_len),
             "duration": round(float(duration), 3),
-            "method": "zero_shot" if pool is None else "zero_shot_pooled",
+            "method": zs.method,
+            "weights": zs.weights,
         }
     if plot:
         plot_moments(result, plot)

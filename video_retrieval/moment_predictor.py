@@ -137,8 +137,27 @@ class MomentPredictor:
         )
         return {"feats": feats, "clip_times": times, "duration": duration}
 
+    def window_starts(self, n: int) -> list[int]:
+        """First clip of each sliding window over ``n`` clips: windows of the trained length
+        ``max_v_l``, half overlapping, the last one ending at the last clip."""
+        length = self.max_v_l
+        if n <= length:
+            return [0]
+        stride = max(1, length // 2)
+        starts = list(range(0, n - length, stride))
+        return starts + [n - length]
+
     @torch.no_grad()
     def predict(self, video_path, query: str, top: int = 5, video: dict | None = None) -> dict:
+        """Moments ``[[start, end, score], ...]`` (seconds, best first, no duplicates) and the
+        saliency of every clip of the whole video.
+
+        A video longer than the head's trained length (``max_v_l`` clips, 150 s for Moment-DETR)
+        is scored over sliding windows of that length with half overlap; the windows' moments
+        are shifted to video time and merged by score-aware temporal NMS, and each clip's
+        saliency is the mean over the windows that contain it. A video no longer than one clip
+        gets one moment covering it.
+        """
         from video_retrieval.moment_features import (
             add_temporal_differences,
             normalize_clip_features,
@@ -148,33 +167,75 @@ class MomentPredictor:
         if not isinstance(query, str) or not query.strip():
             raise UserError("the query is empty")
         video = video or self.encode_video(video_path)
-        feats = normalize_clip_features(video["feats"][: self.max_v_l], self.video_feature_norm)
+        feats = normalize_clip_features(video["feats"], self.video_feature_norm)
         if self.video_feature_diff:
             feats = add_temporal_differences(feats)
         n = len(feats)
-        duration = min(float(video["duration"]), n * self.clip_len)
+        duration = float(video["duration"]) or n * self.clip_len
+        starts = self.window_starts(n)
+        length = min(n, self.max_v_l)
         txt = text_token_features(self.encoder, [query], self.max_q_l)[0]
-        v = torch.from_numpy(feats)[None].to(self.device)
-        t = torch.from_numpy(txt)[None].to(self.device)
+        v = torch.from_numpy(np.stack([feats[a : a + length] for a in starts])).to(self.device)
+        t = torch.from_numpy(txt)[None].expand(len(starts), -1, -1).to(self.device)
         out = self.model(
             v,
-            torch.ones(1, n, dtype=torch.bool, device=self.device),
+            torch.ones(len(starts), length, dtype=torch.bool, device=self.device),
             t,
-            torch.ones(1, len(txt), dtype=torch.bool, device=self.device),
+            torch.ones(len(starts), len(txt), dtype=torch.bool, device=self.device),
         )
-        rows = postprocess(
-            out["pred_logits"][0],
-            out["pred_spans"][0],
-            n,
-            self.clip_len,
-            duration,
-            self.round_multiple,
-            self.nms_iou,
-            top,
+        rows, sal_sum, sal_cnt = [], np.zeros(n), np.zeros(n)
+        for j, a in enumerate(starts):
+            offset = a * self.clip_len
+            win = postprocess(
+                out["pred_logits"][j],
+                out["pred_spans"][j],
+                length,
+                self.clip_len,
+                min(duration - offset, length * self.clip_len),
+                self.round_multiple,
+            )
+            win[:, :2] += offset
+            rows.append(win)
+            sal_sum[a : a + length] += out["saliency_scores"][j, :length].float().cpu().numpy()
+            sal_cnt[a : a + length] += 1
+        rows = merge_windows(
+            np.concatenate(rows), duration, self.clip_len, self.nms_iou, len(starts)
         )
         return {
-            "moments": [[float(s), float(e), float(sc)] for s, e, sc in rows],
-            "saliency": [float(x) for x in out["saliency_scores"][0, :n].cpu()],
+            "moments": [[float(s), float(e), float(sc)] for s, e, sc in rows[:top]],
+            "saliency": [float(x) for x in sal_sum / np.maximum(sal_cnt, 1)],
             "clip_len": self.clip_len,
-            "duration": float(video["duration"]),
+            "duration": duration,
+            "windows": len(starts),
         }
+
+
+#: IoU above which moments from overlapping sliding windows count as the same moment
+WINDOW_MERGE_IOU = 0.7
+
+
+def merge_windows(
+    rows: np.ndarray, duration: float, clip_len: float, nms_iou: float, windows: int
+) -> np.ndarray:
+    """Rows (start, end, score) -> best first, without zero-length or repeated windows.
+
+    Identical windows (rounding makes many) keep their best score; predictions of several
+    sliding windows are merged by temporal NMS (``nms_iou`` when the head has one, else
+    ``WINDOW_MERGE_IOU``). A video no longer than one clip has one moment: the whole video.
+    """
+    rows = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+    rows = rows[np.argsort(-rows[:, 2], kind="stable")]
+    if duration <= clip_len + 1e-6:
+        best = float(rows[0, 2]) if len(rows) else 0.0
+        return np.array([[0.0, float(duration), best]])
+    keep = rows[:, 1] - rows[:, 0] > 1e-6
+    rows = rows[keep]
+    _, first = np.unique(np.round(rows[:, :2], 6), axis=0, return_index=True)
+    rows = rows[np.sort(first)]
+    if nms_iou is not None and nms_iou >= 0:
+        rows = temporal_nms(rows, nms_iou)
+    elif windows > 1:
+        rows = temporal_nms(rows, WINDOW_MERGE_IOU)
+    if not len(rows):  # every prediction rounded to nothing: the whole video, honestly scored
+        return np.array([[0.0, float(duration), 0.0]])
+    return rows
