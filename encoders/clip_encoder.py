@@ -40,6 +40,7 @@ from video_retrieval.encoders.registry import (
 from video_retrieval.temporal.features import TextFeatures
 
 from video_retrieval.errors import UserError
+from video_retrieval.model_weights import looks_like_path
 
 DEFAULT_MODEL = "vr-tiny"
 ENCODER_FILE_FORMAT = "video_retrieval.encoder/1"
@@ -419,9 +420,9 @@ def _download_error(model: str, tag: str, cause: Exception) -> UserError:
     why = "no network and not in the local cache" if offline else f"{type(cause).__name__}"
     return UserError(
         f"could not download the pretrained weights {model!r}/{tag!r} from {source.rstrip('/')} "
-        f"({why}). Pass a local weights file instead: --checkpoint PATH on the command line, or "
-        f"create_encoder({model!r}, checkpoint=PATH) in Python (open_clip .bin/.pt state dict "
-        "or .safetensors)."
+        f"({why}). Download open_clip_pytorch_model.bin once on a connected machine and pass it: "
+        f"--model {model} --pretrained /path/to/open_clip_pytorch_model.bin "
+        f"(Python: create_encoder({model!r}, pretrained=PATH))"
     )
 
 
@@ -511,14 +512,14 @@ def create_encoder(
             model, hf_config = weights["from_pretrained"], None
 
     ckpt_path = Path(checkpoint).expanduser() if checkpoint is not None else None
-    if (
-        pretrained is not None
-        and Path(str(pretrained)).expanduser().is_file()
-        and ckpt_path is None
-    ):
-        ckpt_path, pretrained = Path(str(pretrained)).expanduser(), None
+    if pretrained is not None and ckpt_path is None:
+        as_path = Path(str(pretrained)).expanduser()
+        if as_path.is_file():
+            ckpt_path, pretrained = as_path, None
+        elif looks_like_path(pretrained):
+            raise UserError(f"no such file: {pretrained} (pretrained weights file)")
     if ckpt_path is not None and not ckpt_path.is_file():
-        raise UserError(f"checkpoint file not found: {ckpt_path}")
+        raise UserError(f"no such file: {ckpt_path} (checkpoint)")
 
     file_spec = _read_encoder_file_spec(ckpt_path) if ckpt_path is not None else None
     if file_spec is not None:
