@@ -1,4 +1,5 @@
-"""Test videos whose frames carry their own index in their colour, written with the bundled ffmpeg.
+"""Test videos whose frames carry their own index in their colour, written with the bundled ffmpeg
+(every run through ffmpeg-python: ``video_retrieval.videowrite.run``).
 
 Frame ``i`` is a flat colour with R = (i % 32) * 8 and G = (i // 32) * 8 (B = 128), so the index
 survives lossy compression (errors stay far below the 8-level step) and ``frame_ids`` reads it back.
@@ -6,12 +7,15 @@ survives lossy compression (errors stay far below the 8-level step) and ``frame_
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
+import ffmpeg as ffmpeg_python
 import numpy as np
 
-from video_retrieval.videowrite import ffmpeg_exe, write_video
+from video_retrieval.videowrite import run, write_video
+
+# ffmpeg options that take no value (everything else is an "-option value" pair)
+_FLAGS = {"shortest", "an", "vn", "sn", "dn", "copyts", "re"}
 
 
 def index_frames(n: int, h: int = 48, w: int = 64) -> np.ndarray:
@@ -36,9 +40,24 @@ def frame_ids(pixels: np.ndarray) -> np.ndarray:
 
 
 def ffmpeg(*args: str) -> None:
-    proc = subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", *args], capture_output=True)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr.decode(errors="replace")[-800:])
+    """``ffmpeg([input options] -i SRC ... [output options] DST)`` through ffmpeg-python: options
+    before each ``-i`` belong to that input, the rest to the output ``DST`` (the last argument)."""
+    *opts, dst = (str(a) for a in args)
+    inputs, pending, it = [], {}, iter(opts)
+    for tok in it:
+        if not tok.startswith("-"):
+            raise ValueError(f"expected an -option, got {tok!r} in {args}")
+        key = tok[1:]
+        if key in _FLAGS:
+            pending[key] = None
+            continue
+        value = next(it)
+        if key == "i":
+            inputs.append(ffmpeg_python.input(value, **pending))
+            pending = {}
+        else:
+            pending[key] = value
+    run(ffmpeg_python.output(*inputs, dst, **pending), dst)
 
 
 def write_index_video(
@@ -101,24 +120,10 @@ def rotate_copy(src, dst, degrees: int) -> Path:
 
 def ffmpeg_decode_first(path, shape: tuple[int, int, int]) -> np.ndarray:
     """Reference: the first frame as decoded (and auto-rotated) by the ffmpeg CLI, uint8 ``shape``."""
-    out = subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-loglevel",
-            "error",
-            "-i",
-            str(path),
-            "-frames:v",
-            "1",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "-",
-        ],
-        capture_output=True,
-        check=True,
-    ).stdout
+    graph = ffmpeg_python.input(str(path)).output(
+        "pipe:", vframes=1, format="rawvideo", pix_fmt="rgb24"
+    )
+    out = run(graph, path)
     return np.frombuffer(out, dtype=np.uint8).reshape(shape)
 
 
@@ -138,5 +143,7 @@ def garble_copy(src, dst, at: float = 0.5, length: float = 0.125, seed: int = 0)
 
 
 def write_audio_only(path) -> Path:
-    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-c:a", "aac", str(path))
+    """A 1 s AAC tone and no video stream."""
+    tone = ffmpeg_python.input("sine=frequency=440:duration=1", f="lavfi")
+    run(tone.output(str(path), acodec="aac"), path)
     return Path(path)

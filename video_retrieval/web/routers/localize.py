@@ -1,0 +1,25 @@
+"""``GET /api/localize``: where a query happens inside one indexed video."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from video_retrieval.web.config import MAX_QUERY_CHARS, MAX_TOP
+from video_retrieval.web.deps import StateDep
+from video_retrieval.web.schemas import ERRORS, LocalizeResponse
+
+router = APIRouter(prefix="/api", tags=["localize"])
+
+
+@router.get("/localize", response_model=LocalizeResponse, responses=ERRORS)
+def localize(
+    state: StateDep,
+    id: Annotated[str, Query(description="index id of the video (from /api/search)")],
+    q: Annotated[str, Query(description="the sentence to localize", max_length=MAX_QUERY_CHARS)],
+    top: Annotated[int, Query(ge=1, le=MAX_TOP, description="moments to return")] = 5,
+) -> dict:
+    """Moments (start, end, score) and the per-clip saliency curve of ``q`` in video ``id``:
+    the trained moment head when the server has one, else zero-shot over the index's frames."""
+    return state.localize.localize(id, q, top=top)

@@ -1,0 +1,128 @@
+"""Everything ``vr serve`` loads once, before it accepts a request (cf. clip-back's ``ClipResource``).
+
+``load_state(config)`` opens the index, builds its encoder, pooling aggregator, ANN and every
+offered reranker, loads the moment head when one is given, and sets up the bounded thumbnail and
+proxy caches. Routes receive the ``ServiceState`` through ``deps.StateDep``; nothing is loaded
+lazily inside a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from video_retrieval.web.config import ServeConfig
+from video_retrieval.web.media import MediaInfo, ProxyCache, ThumbnailCache, media_info
+from video_retrieval.web.services import LocalizeService, NotFound, SearchService, Timings
+
+log = logging.getLogger("video_retrieval.web")
+
+
+@dataclass
+class ServiceState:
+    config: ServeConfig
+    index: object  # video_retrieval.index_store.Index
+    search: SearchService
+    localize: LocalizeService
+    thumbs: ThumbnailCache
+    proxies: ProxyCache
+    timings: Timings
+    load_seconds: float
+    _media: dict = field(default_factory=dict)
+    _media_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def video(self, vid) -> tuple[int, dict]:
+        return self.localize.video(vid)
+
+    def source(self, vid) -> tuple[int, dict, str]:
+        """Row, entry and path of an indexed video that is still on disk (else ``NotFound``)."""
+        row, entry = self.video(vid)
+        path = entry["path"]
+        if not os.path.isfile(path):
+            raise NotFound(f"video {row} ({Path(path).name}) is no longer on disk")
+        return row, entry, path
+
+    def media(self, path: str) -> MediaInfo:
+        """``media_info`` of ``path``, remembered per (path, size, mtime)."""
+        st = os.stat(path)
+        key = (path, st.st_size, st.st_mtime_ns)
+        with self._media_lock:
+            info = self._media.get(key)
+        if info is None:
+            info = media_info(path)
+            with self._media_lock:
+                if len(self._media) > 4096:
+                    self._media.clear()
+                self._media[key] = info
+        return info
+
+    def info(self) -> dict:
+        idx = self.index
+        return {
+            "index": str(idx.dir),
+            "videos": len(idx),
+            "frames": int(idx.manifest.get("counts", {}).get("frames", 0)),
+            "fingerprint": idx.fingerprint,
+            "rerankers": self.search.rerankers,
+            "default_rerank": self.search.default_rerank,
+            "localize_method": self.localize.method,
+            "limits": limits(),
+            "load_seconds": round(self.load_seconds, 3),
+            "timings": self.timings.summary(),
+            "caches": {
+                "thumbnails": dict(zip(("files", "bytes"), self.thumbs.cache.usage())),
+                "proxies": dict(zip(("files", "bytes"), self.proxies.cache.usage())),
+                "proxy_transcodes": self.proxies.transcodes,
+                "moment_encodings": self.localize.encoded,
+            },
+        }
+
+
+def limits() -> dict:
+    from video_retrieval.web import config as c
+
+    return {
+        "max_query_chars": c.MAX_QUERY_CHARS,
+        "max_k": c.MAX_K,
+        "max_batch": c.MAX_BATCH,
+        "max_top": c.MAX_TOP,
+    }
+
+
+def load_state(config: ServeConfig) -> ServiceState:
+    """Load the index and every model once (seconds); see the module doc."""
+    from video_retrieval.index_store import Index
+
+    config.check()
+    t0 = time.perf_counter()
+    index = Index.open(config.index)
+    timings = Timings()
+    model_lock = threading.Lock()  # the index's encoder: one forward pass at a time
+    search = SearchService(
+        index, model_lock, config.rerank, config.candidates, config.alpha, timings
+    )
+    localize = LocalizeService(
+        index,
+        model_lock,
+        checkpoint=config.localize_checkpoint,
+        clip_len=config.clip_len,
+        cached_videos=config.encodings_cached,
+        timings=timings,
+    )
+    root = config.cache_root
+    thumbs = ThumbnailCache(root / "thumbs", int(config.thumb_cache_mb * 2**20))
+    proxies = ProxyCache(
+        root / "media", int(config.media_cache_mb * 2**20), config.transcode_timeout_s
+    )
+    if len(index):  # warm-up: the first forward pass allocates; do it before serving
+        search.search("warm-up", k=1)
+        if localize.predictor is None:  # (the head would decode a video: not at start-up)
+            localize.localize(0, "warm-up", top=1)
+        timings.reset()
+    seconds = time.perf_counter() - t0
+    log.info("loaded %s (%d videos) in %.1f s", config.index, len(index), seconds)
+    return ServiceState(config, index, search, localize, thumbs, proxies, timings, seconds)
