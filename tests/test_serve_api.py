@@ -233,7 +233,6 @@ def test_localize_bad_inputs(client, state):
 
 def test_localize_with_the_moment_head_encodes_each_video_once(world, tmp_path):
     from video_retrieval import localize
-
     from video_retrieval.demo import DEMO_MOMENTS
 
     st = load_state(
