@@ -130,7 +130,8 @@ class HFClipEncoder(ClipEncoder):
         mask = word_mask_from_eot(eot, tokens.shape[1])
         out = self.model.text_model(input_ids=tokens, attention_mask=mask.long())
         hidden = out.last_hidden_state  # final_layer_norm already applied
-        sentence = self.model.text_projection(hidden[torch.arange(hidden.shape[0]), eot])
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        sentence = self.model.text_projection(hidden[rows, eot])  # each text's EOS token
         if not return_words:
             return sentence, None, None
         return sentence, self.model.text_projection(hidden), mask
