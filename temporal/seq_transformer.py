@@ -233,6 +233,7 @@ def _hf_text_tower(text_model) -> TextTower:
     )
 
 
+@torch.no_grad()
 def text_tower(clip_model) -> TextTower | None:
     """The text tower of an open_clip model, a transformers ``CLIPModel``/``CLIPTextModel``, or a
     ``ClipEncoder`` around either; None when there is none."""
