@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="demo_out", help="working folder (default: demo_out)")
@@ -34,5 +36,9 @@ def run(args) -> int:
         retrieval_checkpoint=args.checkpoint,
         moment_checkpoint=args.moment_checkpoint,
         clip_checkpoint=args.clip_checkpoint,
+    )
+    index = os.path.join(args.out, "index")
+    print(
+        f"\nSearch and watch it in a browser: vr serve --index {index}  (open http://127.0.0.1:8000/)"
     )
     return 0

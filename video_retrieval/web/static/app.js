@@ -169,6 +169,9 @@ function drawTimeline(loc, hit) {
     band.className = "band";
     band.style.left = `${(m.start / duration) * 100}%`;
     band.style.width = `${((m.end - m.start) / duration) * 100}%`;
+    // one lane per moment (best on top), so overlapping windows stay clickable
+    band.style.top = `${(i / moments.length) * 100}%`;
+    band.style.height = `${100 / moments.length}%`;
     band.textContent = String(i + 1);
     band.setAttribute(
       "aria-label",
