@@ -112,7 +112,9 @@ def test_fit_checkpoint_and_predictor(world, tmp_path):
     pred = MomentPredictor.from_checkpoint(ckpt)
     out = pred.predict(world / "videos" / "v1.mp4", "a red square appears", top=3)
     moms = np.array(out["moments"])
-    assert moms.shape == (3, 3)
+    # up to 3, never the same window twice (a 10 s video on a 2 s grid has few distinct ones)
+    assert 1 <= len(moms) <= 3 and moms.shape[1] == 3
+    assert len({(s, e) for s, e, _ in moms}) == len(moms)
     assert np.all(np.diff(moms[:, 2]) <= 0)
     assert np.all(moms[:, 0] >= 0) and np.all(moms[:, 1] <= out["duration"] + 1e-6)
     assert np.all(np.mod(moms[:, :2], 2.0) == 0)  # rounded to the 2 s grid
