@@ -61,6 +61,21 @@ class RetrievalSplit:
                 out.caption_video.append(v)
         return out
 
+    def without(self, drop) -> RetrievalSplit:
+        """The split without the videos at indices ``drop`` (and their captions), order kept."""
+        drop = set(drop)
+        new_index: dict[int, int] = {}
+        out = RetrievalSplit(name=self.name)
+        for i, v in enumerate(self.videos):
+            if i not in drop:
+                new_index[i] = len(out.videos)
+                out.videos.append(v)
+        for c, v in zip(self.captions, self.caption_video):
+            if v in new_index:
+                out.captions.append(c)
+                out.caption_video.append(new_index[v])
+        return out
+
     def __len__(self) -> int:
         return len(self.videos)
 

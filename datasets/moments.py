@@ -22,14 +22,25 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 from collections import Counter
 from pathlib import Path
+
+from video_retrieval.datasets.didemo import read_didemo_records, resolve_didemo_videos
+from video_retrieval.datasets.moment_preds import (
+    RowError,
+    check_qid,
+    check_window,
+    finite,
+    read_json_lines,
+)
 
 from video_retrieval.errors import UserError
 
 VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".3gp", ".mpg")
 DIDEMO_SEGMENT = 5.0
+DIDEMO_SEGMENTS = 6  # annotations stop at 30 s: six 5-s segments, 21 moments
 
 
 def _require(path) -> Path:
@@ -39,25 +50,67 @@ def _require(path) -> Path:
     return p
 
 
-def load_qvhighlights(path) -> list[dict]:
+def _qvh_row(r: dict, require_text: bool = True) -> dict:
+    """One QVHighlights-style ground-truth row, validated (``RowError`` names the problem)."""
+    check_qid(r)
+    for key in ("query", "vid"):
+        if key not in r:
+            if not require_text:
+                continue
+            raise RowError(f"missing field {key!r}")
+        if not isinstance(r[key], str):
+            raise RowError(f"{key} must be a string, not {json.dumps(r[key])}")
+    out = dict(r)
+    ws = r.get("relevant_windows", [])
+    if not isinstance(ws, list):
+        raise RowError(f"relevant_windows must be a list, not {json.dumps(ws)}")
+    out["relevant_windows"] = [
+        check_window(w, f"relevant_windows[{k}]", with_score=False) for k, w in enumerate(ws)
+    ]
+    dur = r.get("duration")
+    if dur is not None:
+        dur = finite(dur, "duration")
+        if dur <= 0:
+            raise RowError(f"duration must be positive, not {r['duration']}")
+    out["duration"] = dur
+    ids = r.get("relevant_clip_ids")
+    if ids is not None:
+        if not isinstance(ids, list) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in ids
+        ):
+            raise RowError("relevant_clip_ids must be a list of clip indices >= 0")
+    scores = r.get("saliency_scores")
+    if scores is not None:
+        if not isinstance(scores, list) or len(scores) != len(ids or []):
+            raise RowError("saliency_scores must have one entry per relevant_clip_id")
+        for k, sc in enumerate(scores):
+            if not isinstance(sc, list) or not sc:
+                raise RowError(f"saliency_scores[{k}] must be a list of annotator scores")
+            for x in sc:
+                finite(x, f"saliency_scores[{k}]")
+        if len({len(sc) for sc in scores}) > 1:
+            raise RowError("saliency_scores rows have different numbers of annotators")
+    return out
+
+
+def load_qvhighlights(path, require_text: bool = True) -> list[dict]:
+    """QVHighlights / lighthouse / synthetic jsonl, validated line by line (``UserError`` naming
+    the line: invalid JSON, missing fields, non-finite or negative times, start > end, duplicate
+    qids, saliency scores that do not match the clip ids). ``require_text=False`` (evaluation)
+    does not need ``query`` / ``vid``, as the official evaluator."""
     rows = []
     p = _require(path)
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-            for key in ("qid", "query", "vid"):
-                if key not in r:
-                    raise UserError(f"{p}:{n}: missing field {key!r}")
-            r.setdefault("relevant_windows", [])
-            r["relevant_windows"] = [[float(s), float(e)] for s, e in r["relevant_windows"]]
-            r["duration"] = float(r["duration"]) if r.get("duration") is not None else None
-            rows.append(r)
+    seen: dict[str, int] = {}
+    for n, r in read_json_lines(p, "annotation"):
+        try:
+            row = _qvh_row(r, require_text)
+        except RowError as e:
+            raise UserError(f"{p}:{n}: {e}") from None
+        key = str(row["qid"])
+        if key in seen:
+            raise UserError(f"{p}:{n}: duplicate qid {row['qid']} (first on line {seen[key]})")
+        seen[key] = n
+        rows.append(row)
     return rows
 
 
@@ -65,13 +118,18 @@ def read_charades_durations(csv_path) -> dict[str, float]:
     """``Charades_v1_{train,test}.csv``: columns ``id`` and ``length`` (seconds)."""
     out = {}
     with open(_require(csv_path), newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
+        for n, row in enumerate(csv.DictReader(f), 2):
             if row.get("id") and row.get("length"):
-                out[row["id"]] = float(row["length"])
+                try:
+                    out[row["id"]] = finite(float(row["length"]), "length")
+                except (ValueError, RowError):
+                    raise UserError(f"{csv_path}:{n}: length is not a number") from None
     return out
 
 
 def load_charades_sta(path, durations: dict | str | None = None) -> list[dict]:
+    """``<vid> <start> <end>##<sentence>`` lines; ``qid`` = 0-based index among the non-empty
+    lines (the order of the file). Ends past a known duration are clipped to it."""
     if isinstance(durations, (str, Path)):
         durations = read_charades_durations(durations)
     durations = durations or {}
@@ -90,12 +148,14 @@ def load_charades_sta(path, durations: dict | str | None = None) -> list[dict]:
                 raise UserError(f"{p}:{n}: expected '<vid> <start> <end>' before '##'")
             vid = parts[0]
             try:
-                s, e = float(parts[1]), float(parts[2])
-            except ValueError:
-                raise UserError(f"{p}:{n}: start/end are not numbers") from None
+                s, e = check_window([float(parts[1]), float(parts[2])], "window", False)
+            except ValueError as exc:
+                msg = str(exc) if isinstance(exc, RowError) else "start/end are not numbers"
+                raise UserError(f"{p}:{n}: {msg}") from None
             dur = durations.get(vid)
             if dur is not None:
                 e = min(e, dur)
+                s = min(s, e)
             rows.append(
                 {
                     "qid": len(rows),
@@ -105,37 +165,75 @@ def load_charades_sta(path, durations: dict | str | None = None) -> list[dict]:
                     "relevant_windows": [[s, e]],
                 }
             )
+    if not rows:
+        raise UserError(f"{p}: no annotation lines (empty file)")
     return rows
 
 
+def _didemo_times(r: dict) -> list[tuple[int, int]]:
+    times = r.get("times")
+    if not isinstance(times, list) or not times:
+        raise RowError("times must be a non-empty list of [start_segment, end_segment]")
+    out = []
+    for t in times:
+        if (
+            not isinstance(t, list)
+            or len(t) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in t)
+        ):
+            raise RowError(f"times entry {json.dumps(t)} is not [start_segment, end_segment]")
+        a, b = t
+        if not 0 <= a <= b <= DIDEMO_SEGMENTS - 1:
+            raise RowError(f"times entry {json.dumps(t)} is not a moment of segments 0..5")
+        out.append((a, b))
+    return out
+
+
 def load_didemo_moments(path) -> list[dict]:
-    with open(_require(path), encoding="utf-8") as f:
-        records = json.load(f)
-    if not isinstance(records, list):
-        raise UserError(f"{path}: expected a list of DiDeMo records")
+    records = read_didemo_records(_require(path))
     rows = []
-    for r in records:
-        times = [tuple(int(x) for x in t) for t in r.get("times", [])]
-        nseg = int(r.get("num_segments", 6))
+    seen: dict[str, int] = {}
+    for k, r in enumerate(records):
+        where = f"{path}: record {k}"
+        try:
+            if not isinstance(r, dict):
+                raise RowError("expected a JSON object")
+            qid = check_qid(r, "annotation_id")
+            for key in ("description", "video"):
+                if not isinstance(r.get(key), str) or not r.get(key):
+                    raise RowError(f"missing or empty field {key!r}")
+            times = _didemo_times(r)
+            nseg = r.get("num_segments", DIDEMO_SEGMENTS)
+            if isinstance(nseg, bool) or not isinstance(nseg, int) or not 1 <= nseg <= 6:
+                raise RowError(f"num_segments must be 1..6, not {json.dumps(nseg)}")
+        except RowError as e:
+            aid = r.get("annotation_id") if isinstance(r, dict) else None
+            named = f" (annotation_id {aid})" if aid is not None else ""
+            raise UserError(f"{where}{named}: {e}") from None
+        if str(qid) in seen:
+            raise UserError(
+                f"{where}: duplicate annotation_id {qid} (first in record {seen[str(qid)]})"
+            )
+        seen[str(qid)] = k
         windows = [[DIDEMO_SEGMENT * s, DIDEMO_SEGMENT * (e + 1)] for s, e in times]
         counts = Counter(times)
-        consensus = max(times, key=lambda t: (counts[t], -times.index(t))) if times else None
+        consensus = max(times, key=lambda t: (counts[t], -times.index(t)))
         rows.append(
             {
-                "qid": int(r["annotation_id"]),
+                "qid": qid,
                 "query": r["description"],
                 "vid": r["video"],
                 "duration": DIDEMO_SEGMENT * nseg,
-                "relevant_windows": (
-                    [[DIDEMO_SEGMENT * consensus[0], DIDEMO_SEGMENT * (consensus[1] + 1)]]
-                    if consensus
-                    else []
-                ),
+                "relevant_windows": [
+                    [DIDEMO_SEGMENT * consensus[0], DIDEMO_SEGMENT * (consensus[1] + 1)]
+                ],
                 "annotator_windows": windows,
                 "times": [list(t) for t in times],
                 "num_segments": nseg,
             }
         )
+    if not rows:
+        raise UserError(f"{path}: no DiDeMo records (empty list)")
     return rows
 
 
@@ -156,22 +254,68 @@ def load_moments(path, fmt: str = "qvhighlights", **kwargs) -> list[dict]:
     return LOADERS[fmt](path, **kwargs)
 
 
-def resolve_video(video_dir, row: dict) -> str:
-    """The video file of a row: its ``video`` field, else ``video_dir/<vid>`` with or without a
-    known extension (DiDeMo names carry theirs; a re-encoded ``.mp4`` copy is accepted)."""
+def detect_format(path) -> str:
+    """``didemo`` (a JSON list), ``qvhighlights`` (JSON lines) or ``charades`` (``##`` lines),
+    from the first non-blank character / line of the file."""
+    p = _require(path)
+    with open(p, encoding="utf-8") as f:
+        head = f.read(4096)
+    text = head.lstrip()
+    if not text:
+        raise UserError(f"{p}: empty annotation file")
+    if text[0] == "[":
+        return "didemo"
+    if text[0] == "{":
+        return "qvhighlights"
+    if "##" in text.splitlines()[0]:
+        return "charades"
+    raise UserError(
+        f"{p}: cannot tell the annotation format (not a DiDeMo JSON list, QVHighlights JSON "
+        f"lines or Charades-STA '<vid> <start> <end>##<sentence>' lines); pass --protocol"
+    )
+
+
+def find_video(video_dir, row: dict) -> str | None:
+    """The video file of a row (see ``resolve_video``), None when there is none."""
     if row.get("video"):
         p = Path(row["video"])
         if not p.is_absolute() and video_dir is not None:
             p = Path(video_dir) / p
-        return str(p)
+        return str(p) if p.is_file() else None
     base = Path(video_dir or ".") / str(row["vid"])
-    if base.exists():
+    if base.is_file():
         return str(base)
     for ext in VIDEO_EXTS:
         for cand in (base.with_name(base.name + ext), base.with_suffix(ext)):
-            if cand.exists():
+            if cand.is_file():
                 return str(cand)
-    raise UserError(f"no video file for {row['vid']!r} under {video_dir}")
+    return None
+
+
+def resolve_video(video_dir, row: dict) -> str:
+    """The video file of a row: its ``video`` field, else ``video_dir/<vid>`` with or without a
+    known extension (a re-encoded ``.mp4`` copy is accepted). DiDeMo splits go through
+    ``datasets.didemo.resolve_didemo_videos`` instead (names that must stay distinct)."""
+    found = find_video(video_dir, row)
+    if found is None:
+        if row.get("video"):
+            p = Path(row["video"])
+            return str(p if p.is_absolute() or video_dir is None else Path(video_dir) / p)
+        raise UserError(f"no video file for {row['vid']!r} under {video_dir}")
+    return found
+
+
+def video_paths(rows: list[dict], video_dir, fmt: str) -> dict[str, str | None]:
+    """``{vid: path or None (missing)}`` for the rows of a split; DiDeMo names are resolved as a
+    whole (two names that would read one file are refused)."""
+    vids = list(dict.fromkeys(r["vid"] for r in rows))
+    if fmt == "didemo" and not any(r.get("video") for r in rows):
+        paths = resolve_didemo_videos(video_dir, vids)
+        return {v: (p if os.path.isfile(p) else None) for v, p in paths.items()}
+    first = {}
+    for r in rows:
+        first.setdefault(r["vid"], r)
+    return {v: find_video(video_dir, first[v]) for v in vids}
 
 
 def relevant_clip_ids(row: dict, clip_len: float, num_clips: int) -> list[int]:

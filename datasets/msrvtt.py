@@ -1,6 +1,10 @@
 """MSR-VTT retrieval annotations (CLIP4Clip layout), also used for the synthetic world.
 
-* ``MSRVTT_data.json``: ``videos[*].video_id`` and ``sentences[*].{video_id, caption}``.
+* ``MSRVTT_data.json``: ``videos[*].video_id`` and ``sentences[*].{video_id, caption}`` (10,000
+  videos, 200,000 sentences). It is read with a streaming parser (``ijson``), one sentence at a
+  time, keeping only the captions of the videos asked for: the file is never held in memory as a
+  whole (text or object tree), and it is read once for any number of splits
+  (``read_msrvtt_captions(path, ids)``).
 * train csv (``MSRVTT_train.9k.csv`` / ``.7k.csv`` / synth ``train.csv``): one column ``video_id``;
   the captions come from the data json (20 per video on MSR-VTT).
 * test csv (``MSRVTT_JSFUSION_test.csv`` / synth ``test.csv`` / ``test_compositional.csv``): columns
@@ -37,16 +41,50 @@ def _read_csv(path: Path) -> list[dict]:
     return rows
 
 
-def load_msrvtt_train(
-    data_json: str | Path, split_csv: str | Path, video_dir: str | Path
-) -> RetrievalSplit:
-    """Videos listed in ``split_csv`` with all their captions from ``data_json`` (json order)."""
-    ids = [r["video_id"].strip() for r in _read_csv(Path(split_csv))]
-    with open(_require(Path(data_json), "MSR-VTT data json"), encoding="utf-8") as f:
-        data = json.load(f)
+def iter_msrvtt_sentences(data_json: str | Path):
+    """``(index, video_id, caption)`` for every entry of ``sentences``, streamed from the file."""
+    import ijson
+
+    path = _require(Path(data_json), "MSR-VTT data json")
+    k = -1
+    with open(path, "rb") as f:
+        try:
+            for k, s in enumerate(ijson.items(f, "sentences.item", use_float=True)):
+                if not isinstance(s, dict) or "video_id" not in s or "caption" not in s:
+                    raise UserError(f"{path}: sentences[{k}] has no video_id/caption: {s!r}")
+                yield k, str(s["video_id"]), str(s["caption"]).strip()
+        except ijson.JSONError as e:
+            raise UserError(f"{path}: not valid JSON after sentence {k + 1} ({e})") from None
+    if k < 0:
+        raise UserError(f"{path}: no 'sentences' (expected the MSR-VTT data json layout)")
+
+
+def read_msrvtt_captions(
+    data_json: str | Path, ids: set[str] | None = None
+) -> dict[str, list[str]]:
+    """``{video_id: [captions in file order]}`` for the videos in ``ids`` (all when None)."""
     caps: dict[str, list[str]] = {}
-    for s in data.get("sentences", []):
-        caps.setdefault(s["video_id"], []).append(str(s["caption"]).strip())
+    for _k, vid, caption in iter_msrvtt_sentences(data_json):
+        if ids is None or vid in ids:
+            caps.setdefault(vid, []).append(caption)
+    return caps
+
+
+def read_split_ids(split_csv: str | Path) -> list[str]:
+    return [r["video_id"].strip() for r in _read_csv(Path(split_csv))]
+
+
+def load_msrvtt_train(
+    data_json: str | Path,
+    split_csv: str | Path,
+    video_dir: str | Path,
+    captions: dict[str, list[str]] | None = None,
+) -> RetrievalSplit:
+    """Videos listed in ``split_csv`` with all their captions from ``data_json`` (json order).
+    ``captions``: the already read ``read_msrvtt_captions`` result, to read the json once for
+    several lists."""
+    ids = read_split_ids(split_csv)
+    caps = captions if captions is not None else read_msrvtt_captions(data_json, set(ids))
     out = RetrievalSplit(name=Path(split_csv).stem)
     missing = [v for v in ids if v not in caps]
     if missing:

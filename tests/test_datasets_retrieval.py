@@ -98,7 +98,7 @@ def test_didemo_real_json(tmp_path):
     # one paragraph per video, descriptions joined in file order with one space
     first = records[0]["video"]
     expected = " ".join(r["description"].strip() for r in records if r["video"] == first)
-    assert split.videos[0].video_id == Path(first).stem
+    assert split.videos[0].video_id == first  # the full file name (CLIP4Clip), not the stem
     assert split.captions[0] == expected
     assert len(split.videos) == len({r["video"] for r in records}) == len(split.captions)
     assert all(v.start == 0.0 and v.end == 30.0 for v in split.videos)

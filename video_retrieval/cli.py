@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "search": "Search an index with a text query (two-stage: ANN + rerank)",
     "localize": "Find where a query happens inside one video",
     "eval": "Evaluate retrieval (index vs captions) or moments (predictions vs ground truth)",
+    "data": "Check a dataset folder (MSR-VTT, DiDeMo, QVHighlights, Charades-STA) before training",
     "synth": "Generate the synthetic video world (retrieval or moments)",
     "demo": "Offline end-to-end walk-through on the synthetic world",
     "serve": "Serve an index over HTTP: JSON search/localize API and a web page",

@@ -6,15 +6,23 @@ RetrievalDataModule`` for retrieval, ``video_retrieval.lit_moments.MomentDETRMod
 ``MomentDataModule`` for moments). ``--print_config``, ``--ckpt_path`` (resume) and config-typo
 errors come from LightningCLI itself. The resolved config is saved next to the logs (overwritten
 on re-runs).
+
+User mistakes end in one line (``UserError``, printed by ``vr``): a ``--ckpt_path`` that is not
+there, empty, or not a checkpoint file is refused before anything is built; a checkpoint of
+another model ends in one line naming the file; data problems (missing annotation files, missing
+videos) come from the data modules' ``setup``.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+import zipfile
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
+
+from video_retrieval.errors import UserError
 
 
 def _cpu_threads() -> None:
@@ -27,7 +35,62 @@ def _cpu_threads() -> None:
         torch.set_num_threads(int(n))
 
 
+LIGHTNING_CKPT_WORDS = ("last", "best", "hpc", "registry", "null", "none")
+
+
+def ckpt_path_arg(argv: list[str]) -> str | None:
+    """The value of ``--ckpt_path`` (``--ckpt_path X`` or ``--ckpt_path=X``), last one wins."""
+    value = None
+    for i, a in enumerate(argv):
+        if a == "--ckpt_path" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith("--ckpt_path="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def check_ckpt_path(value: str | None) -> None:
+    """One-line refusal of a ``--ckpt_path`` that cannot be a checkpoint (Lightning's own words
+    ``last`` / ``best`` / ``hpc`` / ``registry...`` pass through)."""
+    if value is None or value.lower() in LIGHTNING_CKPT_WORDS or value.startswith("registry:"):
+        return
+    if not os.path.exists(value):
+        raise UserError(f"--ckpt_path {value}: no such file")
+    if os.path.isdir(value):
+        raise UserError(f"--ckpt_path {value}: is a folder; give the .ckpt file inside it")
+    if os.path.getsize(value) == 0:
+        raise UserError(f"--ckpt_path {value}: empty file, not a checkpoint")
+    if not zipfile.is_zipfile(value):
+        raise UserError(
+            f"--ckpt_path {value}: not a checkpoint written by vr train (a PyTorch zip file); "
+            f"truncated or another kind of file?"
+        )
+
+
+def _is_checkpoint_mismatch(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, (RuntimeError, KeyError)) and (
+        "state_dict" in text or "Missing key" in text or "Unexpected key" in text
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    ckpt = ckpt_path_arg(list(argv or []))
+    check_ckpt_path(ckpt)
+    try:
+        return _main(argv)
+    except UserError:
+        raise
+    except Exception as exc:
+        if ckpt is not None and _is_checkpoint_mismatch(exc):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"--ckpt_path {ckpt}: does not fit this config's model ({first[:200]})"
+            ) from exc
+        raise
+
+
+def _main(argv: list[str] | None = None) -> int:
     _cpu_threads()
     # ``vr train`` passes its own argv slice; LightningCLI would warn that sys.argv differs.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")

@@ -15,6 +15,8 @@ the checkpoint, together with the encoder that produced the features (``moment_m
 from __future__ import annotations
 
 import json
+import logging
+import os
 import random
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from video_retrieval.datasets.moments import load_moments, resolve_video, sample_saliency_pairs
+from video_retrieval.datasets.moments import load_moments, sample_saliency_pairs, video_paths
 from video_retrieval.errors import UserError
 from video_retrieval.moment_features import (
     FeatureCache,
@@ -31,11 +33,13 @@ from video_retrieval.moment_features import (
     check_pooling_aggregator,
     normalize_clip_features,
 )
-from video_retrieval.moment_metrics import evaluate
+from video_retrieval.moment_metrics import charades_metrics, didemo_metrics, evaluate
 from video_retrieval.moment_predictor import postprocess
 from video_retrieval.temporal.moment_detr import MomentDETR
 from video_retrieval.temporal.moment_loss import MomentCriterion
 from video_retrieval.temporal.moment_matcher import HungarianMatcher
+
+log = logging.getLogger(__name__)
 
 CLIP_POOLINGS = ("frame", "aggregator")
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -132,6 +136,15 @@ class MomentDataModule(L.LightningDataModule):
             aggregator over the frames of each clip window: a temporal model fine-tuned on moment
             clips, ``configs/moments_synth_clips.yaml``). clip_context: seconds added each side
             of a clip's window before pooling (``moment_features.clip_windows``).
+        features_dir: the released QVHighlights features (``features/`` of Moment-DETR's
+            ``moment_detr_features.tar.gz``: ``clip_features/<vid>.npz``,
+            ``slowfast_features/<vid>.npz``, ``clip_text_features/qid<qid>.npz``; see
+            ``datasets.qvh_features``) instead of videos + an encoder.
+            feature_streams: which video streams, concatenated in this order (``[clip]``: the
+            CLIP-only run; ``[slowfast, clip]``: Moment-DETR's default).
+        allow_missing: at setup every video (or feature file) of every split must exist and be
+            non-empty, else training stops naming the count and the first missing paths; with
+            ``allow_missing`` the queries of missing videos are left out and the count is logged.
     """
 
     def __init__(
@@ -162,6 +175,9 @@ class MomentDataModule(L.LightningDataModule):
         eval_batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 2018,
+        features_dir: str | None = None,
+        feature_streams: list[str] | None = None,
+        allow_missing: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -171,6 +187,12 @@ class MomentDataModule(L.LightningDataModule):
             raise UserError(f"clip_pooling must be one of {CLIP_POOLINGS}, not {clip_pooling!r}")
         if clip_pooling == "aggregator" and not retrieval_checkpoint:
             raise UserError("clip_pooling=aggregator needs a retrieval_checkpoint (its aggregator)")
+        if features_dir and clip_pooling != "frame":
+            raise UserError(
+                "features_dir gives pre-extracted clip features: clip_pooling must be 'frame'"
+            )
+        self.features = None
+        self.missing: dict[str, int] = {}
         self.encoder = None
         self.pool_aggregator = None
         self.encoder_source: dict | None = None
@@ -218,17 +240,61 @@ class MomentDataModule(L.LightningDataModule):
     def _video_dir(self, ann_path: str) -> str:
         return self.hparams.video_dir or str(Path(ann_path).parent / "videos")
 
-    def _load_split(self, split: str, cache: FeatureCache) -> list[dict]:
+    def _available(self, split: str, rows: list[dict]) -> tuple[list[dict], dict]:
+        """Rows whose video (or feature files) exist and are non-empty, and ``{vid: path}``;
+        missing ones stop the run unless ``allow_missing`` (then they are left out, logged)."""
+        path = self.paths[split]
+        if self.features is not None:
+            missing, keep = self.features.check(rows)
+            paths: dict = {}
+            what = "feature file"
+        else:
+            paths = video_paths(rows, self._video_dir(path), self.hparams.fmt)
+            missing = []
+            for vid, p in paths.items():
+                if p is None or os.path.getsize(p) == 0:
+                    missing.append(p or str(Path(self._video_dir(path)) / vid))
+                    paths[vid] = None
+            keep = [r for r in rows if paths[r["vid"]] is not None]
+            what = "video"
+        if missing:
+            dropped = len(rows) - len(keep)
+            if not self.hparams.allow_missing:
+                shown = ", ".join(missing[:3])
+                raise UserError(
+                    f"{len(missing)} {what}(s) of the {split} split ({path}) are missing or empty "
+                    f"(first: {shown}); check the folder with `vr data check`, or leave their "
+                    f"{dropped} queries out with --data.init_args.allow_missing true"
+                )
+            log.warning(
+                "%s split: %d %s(s) missing or empty, %d of %d queries left out (allow_missing)",
+                split,
+                len(missing),
+                what,
+                dropped,
+                len(rows),
+            )
+            self.missing[split] = len(missing)
+            if not keep:
+                raise UserError(f"every {what} of the {split} split ({path}) is missing")
+        return keep, paths
+
+    def _load_split(self, split: str, cache: FeatureCache | None) -> list[dict]:
         path = self.paths[split]
         h = self.hparams
         kwargs = {"durations": h.durations_csv} if h.fmt == "charades" else {}
-        rows = load_moments(path, h.fmt, **kwargs)
-        vdir = self._video_dir(path)
+        rows, paths = self._available(split, load_moments(path, h.fmt, **kwargs))
         video_feats: dict[str, tuple] = {}
         for r in rows:
             if r["vid"] not in video_feats:
-                video_feats[r["vid"]] = cache.get(r["vid"], resolve_video(vdir, r))
-        texts = cache.get_text(split, [r["query"] for r in rows], h.max_q_l)
+                if self.features is not None:
+                    video_feats[r["vid"]] = (self.features.video(r["vid"]), None, None)
+                else:
+                    video_feats[r["vid"]] = cache.get(r["vid"], paths[r["vid"]])
+        if self.features is not None:
+            texts = [self.features.text(r["qid"]) for r in rows]
+        else:
+            texts = cache.get_text(split, [r["query"] for r in rows], h.max_q_l)
         items = []
         for r, t in zip(rows, texts):
             feats, _times, vdur = video_feats[r["vid"]]
@@ -237,6 +303,8 @@ class MomentDataModule(L.LightningDataModule):
                 feats = add_temporal_differences(feats)
             n = len(feats)
             dur = r["duration"] if r.get("duration") else vdur
+            if dur is None:  # features without a duration: the clips' span
+                dur = n * h.clip_len
             dur = min(float(dur), n * h.clip_len)
             if r.get("duration") is None:
                 r = {**r, "duration": dur}
@@ -244,17 +312,27 @@ class MomentDataModule(L.LightningDataModule):
         return items
 
     def setup(self, stage: str | None = None) -> None:
-        if self.encoder is None:
-            self.encoder, self.encoder_source = self.build_encoder()
         h = self.hparams
-        cache = FeatureCache(
-            h.cache_dir,
-            self.encoder,
-            h.clip_len,
-            h.frames_per_clip,
-            aggregator=self.pool_aggregator,
-            context=h.clip_context,
-        )
+        if h.features_dir:
+            from video_retrieval.datasets.qvh_features import OfficialFeatures
+
+            if self.features is None:
+                self.features = OfficialFeatures(
+                    h.features_dir, h.feature_streams or ["clip"], h.max_v_l, h.max_q_l
+                )
+                self.encoder_source = self.features.describe()
+            cache = None
+        else:
+            if self.encoder is None:
+                self.encoder, self.encoder_source = self.build_encoder()
+            cache = FeatureCache(
+                h.cache_dir,
+                self.encoder,
+                h.clip_len,
+                h.frames_per_clip,
+                aggregator=self.pool_aggregator,
+                context=h.clip_context,
+            )
         for split, path in self.paths.items():
             if path and split not in self.items:
                 self.items[split] = self._load_split(split, cache)
@@ -455,7 +533,18 @@ class MomentDETRModule(L.LightningModule):
         seen = {str(r["qid"]) for r in rows}
         gts = [g for g in gts if str(g["qid"]) in seen]
         metrics = evaluate(rows, gts, match_number=False, clip_len=self._clip_len())
-        brief = metrics["brief"]
+        brief = dict(metrics["brief"])
+        fmt = getattr(getattr(self.trainer.datamodule, "hparams", {}), "get", lambda *_: None)(
+            "fmt"
+        )
+        if fmt == "didemo":  # the official protocol beside the QVHighlights-style figures
+            dm_metrics = didemo_metrics(rows, gts)
+            metrics["didemo"] = dm_metrics
+            brief.update({f"DiDeMo-{k}": dm_metrics[k] for k in ("R@1", "R@5", "mIoU")})
+        elif fmt == "charades":
+            ch = charades_metrics(rows, gts)
+            metrics["charades"] = ch
+            brief.update({f"Charades-{k}": v for k, v in ch.items() if k != "num_queries"})
         for k, v in brief.items():
             self.log(f"{stage}/{k}", float(v), sync_dist=True)
         if self.hparams.predictions_dir and stage == "test":

@@ -1,11 +1,17 @@
 """Retrieval data: frame sampling via ``load_frames``, datasets, collate, LightningDataModule.
 
 Training samples are one video with one caption: a random caption of the video each epoch
-(CLIP4Clip default) or every (video, caption) pair with ``expand_sentences``. Evaluation samples
-are one video with *all* its captions, so text and video features are encoded once each.
+(CLIP4Clip's sampling *without* ``--expand_msrvtt_sentences``: ~9k samples per MSR-VTT epoch), or
+every (video, caption) pair with ``expand_sentences`` (CLIP4Clip's published MSR-VTT command and
+UCoFiA's ``train_msrvtt.sh``: 180k pairs per epoch; the ``configs/msrvtt_*.yaml`` recipes).
+Evaluation samples are one video with *all* its captions, so text and video features are encoded
+once each.
 
-A missing or undecodable video never becomes a zero tensor: it is logged, recorded (path, reason)
-in ``dataset.failures`` and in the batch's ``"failed"`` list, and then
+At ``setup`` every video of the splits in use must exist and be non-empty: otherwise training stops
+before the first step with the count and the first missing paths (``allow_missing=True`` leaves
+those videos and their captions out and logs the count). A video that is there but cannot be
+decoded never becomes a zero tensor: it is logged, recorded (path, reason) in
+``dataset.failures`` and in the batch's ``"failed"`` list, and then
 - in training, another random video is drawn instead (the batch keeps its size, which
   all-gathering across processes needs);
 - in evaluation, the video and its captions are dropped from the batch (collate filters ``None``).
@@ -286,6 +292,13 @@ def collate_retrieval(items: list[dict]) -> dict:
     return out
 
 
+def _nonempty_file(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0 and os.path.isfile(path)
+    except OSError:
+        return False
+
+
 def bank_sample(n: int, k: int | None, seed: int) -> list[int]:
     """``k`` of ``range(n)`` drawn without replacement (seeded), in increasing order; all if
     ``k`` is None or >= n."""
@@ -315,6 +328,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         cache_frames: keep decoded frames in memory; frame_cache_dir: npz cache folder.
         symmetric_window: sample between the first and the last frame centres (instead of over
             [0, duration]) so that a time-reversed video gives exactly the reversed frames.
+        allow_missing: leave out (and log the count of) videos that are missing or empty at
+            setup instead of stopping.
     """
 
     def __init__(
@@ -344,6 +359,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         decode_backend: str = "auto",
         symmetric_window: bool = False,
         didemo_end: float = 30.0,
+        allow_missing: bool = False,
     ):
         super().__init__()
         if dataset not in DATASETS:
@@ -365,6 +381,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             num_frames, frame_size, cache_frames, frame_cache_dir, decode_backend, symmetric_window
         )
         self.splits: dict[str, RetrievalSplit] = {}
+        self.missing: dict[str, int] = {}  # split -> videos left out (allow_missing)
         self.pairs: dict[str, list[tuple[int, int, str]]] = {}  # (a, b, kind) per eval split
         self._datasets: dict[str, Dataset] = {}
 
@@ -443,15 +460,54 @@ class RetrievalDataModule(pl.LightningDataModule):
             **self._loader_kwargs(),
         )
 
+    def check_videos(self, which: str) -> None:
+        """Stop (``UserError``: count + first paths) when videos of a split are missing or empty;
+        with ``allow_missing`` drop them and their captions instead (count logged)."""
+        if which in self.missing:
+            return
+        split = self.load_split(which)
+        bad = [i for i, v in enumerate(split.videos) if not _nonempty_file(v.path)]
+        self.missing[which] = len(bad)
+        if not bad:
+            return
+        first = ", ".join(split.videos[i].path for i in bad[:3])
+        if not self.hparams.allow_missing:
+            raise UserError(
+                f"{len(bad)} of {len(split.videos)} videos of the {which} split are missing or "
+                f"empty (first: {first}); check the folder with `vr data check {self.dataset} "
+                f"{self.root}`, or train without them: --data.init_args.allow_missing true"
+            )
+        keep = set(range(len(split.videos))) - set(bad)
+        if not keep:
+            raise UserError(f"every video of the {which} split is missing (first: {first})")
+        self.splits[which] = split.without(bad)
+        self.pairs.pop(which, None)  # pair indices refer to the full split
+        tp = self.files["temporal_pairs_file"]
+        if which in ("val", "test") and tp is not None and self._path(tp).is_file():
+            self.pairs[which] = load_temporal_pairs(
+                self._path(tp), self.splits[which], with_kind=True
+            )
+        log.warning(
+            "%s split: %d of %d videos missing or empty, left out with their captions "
+            "(allow_missing; first: %s)",
+            which,
+            len(bad),
+            len(split.videos),
+            first,
+        )
+
     # -- Lightning hooks -----------------------------------------------------------------------
     def setup(self, stage: str | None = None):
+        names = []
         if stage in (None, "fit"):
-            self.load_split("train")
+            names.append("train")
         if stage in (None, "fit", "validate"):
-            self.load_split("val")
+            names.append("val")
         if stage in (None, "test", "predict"):
-            for n in self.eval_sets("test"):
-                self.load_split(n)
+            names += self.eval_sets("test")
+        for n in names:
+            self.load_split(n)
+            self.check_videos(n)
 
     def per_process_batch(self) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1
