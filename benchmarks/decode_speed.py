@@ -14,26 +14,19 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 
 from video_retrieval.decode import load_frames, probe_video
 from video_retrieval.decode_pyav import clear_scan_cache
-from video_retrieval.videowrite import ffmpeg_exe
+from video_retrieval.videowrite import write_test_pattern
 
 
 def make_video(path: str, seconds: int = 60, keyint: int | None = None) -> str:
     if not os.path.exists(path):
-        gop = ["-g", str(keyint)] if keyint else []
-        tmp = path + ".tmp.mp4"
-        subprocess.run(
-            [ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
-             f"testsrc2=size=640x360:rate=25:duration={seconds}",
-             "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", *gop, tmp],
-            check=True,
-        )  # fmt: skip
-        os.replace(tmp, path)
+        gop = {"g": keyint} if keyint else {}
+        write_test_pattern(path, seconds, 640, 360, 25, codec="libx264", preset="veryfast",
+                           pix_fmt="yuv420p", **gop)  # fmt: skip
     return path
 
 

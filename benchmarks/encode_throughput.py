@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import tempfile
 import time
 
@@ -32,19 +31,13 @@ from video_retrieval.encoders import create_encoder
 from video_retrieval.encoders.precision import cpu_has_fast_bf16
 
 from video_retrieval.decode import load_frames
-from video_retrieval.videowrite import ffmpeg_exe
+from video_retrieval.videowrite import write_test_pattern
 
 
 def make_video(path: str, seconds: int = 60) -> str:
     if not os.path.exists(path):
-        tmp = path + ".tmp.mp4"
-        subprocess.run(
-            [ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
-             f"testsrc2=size=1280x720:rate=25:duration={seconds}",
-             "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", tmp],
-            check=True,
-        )  # fmt: skip
-        os.replace(tmp, path)
+        write_test_pattern(path, seconds, 1280, 720, 25, codec="libx264", preset="veryfast",
+                           pix_fmt="yuv420p")  # fmt: skip
     return path
 
 

@@ -51,6 +51,8 @@ _BOILERPLATE = (
     "error opening input file",
     "error sending frames to consumers",
     "could not open encoder before eof",
+    "error selecting an encoder",
+    "error while opening encoder",
 )
 _PREFIX = re.compile(r"^(\[[^\]]*\]\s*)+")  # "[vost#0:0/libx264 @ 0x55...] " context tags
 
