@@ -349,7 +349,9 @@ class CachedRetrievalDataModule(_DataModuleBase):
     ``train_cache`` / ``val_cache`` / ``test_cache``: cache folders (``test_cache`` defaults to
     ``val_cache``); ``*_split``: optional split label inside a cache built from a multi-split
     captions.jsonl. Training batches: :class:`CachedPairDataset` (one random caption per video,
-    per-process batch = ``global_batch_size`` / world size); evaluation batches:
+    per-process batch = ``global_batch_size`` / world size), or with ``expand_sentences`` every
+    (video, caption) pair (:class:`CachedCaptionDataset`, CLIP4Clip's
+    ``--expand_msrvtt_sentences``); evaluation batches:
     :class:`CachedVideoCaptionsDataset`. ``words`` / ``patches``: load word / patch features
     (None: whatever the cache holds; set them from ``aggregator.needs_words/needs_patches``).
     Call :meth:`check_encoder` with the model's encoder to refuse caches of another model.
@@ -369,8 +371,10 @@ class CachedRetrievalDataModule(_DataModuleBase):
         words: bool | None = None,
         patches: bool | None = None,
         shuffle: bool = True,
+        expand_sentences: bool = False,
     ):
         super().__init__()
+        self.expand_sentences = bool(expand_sentences)
         self.paths = {"train": train_cache, "val": val_cache, "test": test_cache or val_cache}
         self.split_names = {"train": train_split, "val": val_split, "test": test_split}
         self.global_batch_size = int(global_batch_size)
@@ -411,7 +415,8 @@ class CachedRetrievalDataModule(_DataModuleBase):
         return self.global_batch_size // world
 
     def train_dataloader(self) -> DataLoader:
-        ds = CachedPairDataset(
+        kind = CachedCaptionDataset if self.expand_sentences else CachedPairDataset
+        ds = kind(
             self.cache("train"),
             split=self.split_names["train"],
             words=self.words,

@@ -34,7 +34,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from video_retrieval.errors import UserError
 from video_retrieval.retrieval_metrics import (
-    dual_softmax,
+    dsl_metrics,
     flatten_metrics,
     retrieval_metrics,
     temporal_pair_accuracy,
@@ -541,7 +541,7 @@ class RetrievalModule(pl.LightningModule):
             self.eval_similarity[prefix] = (sim, t2v)  # raw [Nt, Nv] logits, for analysis
             res = flatten_metrics(retrieval_metrics(sim, t2v))
             if self.hparams.eval_dsl:
-                res.update(flatten_metrics(retrieval_metrics(dual_softmax(sim), t2v), "dsl_"))
+                res.update(flatten_metrics(dsl_metrics(sim, t2v), "dsl_"))
             if self.hparams.eval_sinkhorn and hasattr(self.aggregator, "level_similarities"):
                 # each direction has its own bank and prior: t2v reads the t2v metrics of the
                 # caption-bank matrix, v2t the v2t metrics of the video-bank matrix

@@ -75,12 +75,26 @@ def retrieval_metrics(sim, text_to_video) -> dict[str, dict[str, float]]:
     return res
 
 
-def dual_softmax(sim, temperature: float = 1.0) -> torch.Tensor:
-    """Test-time DSL (CAMoE / TS2-Net): ``S * softmax(S / temp, dim=0)`` -- each video column is
-    normalised over *all* test queries, so results using it are transductive."""
+def dual_softmax(sim, temperature: float = 1.0, dim: int = 0) -> torch.Tensor:
+    """Test-time DSL (CAMoE / TS2-Net): ``S * softmax(S / temp, dim)``.
+
+    ``dim=0`` (text-to-video): each video column is normalised over *all* test queries;
+    ``dim=1`` (video-to-text): each text row is normalised over all videos, i.e. TS2-Net / DRL's
+    ``sim.T * softmax(sim.T, axis=0)`` on the transposed matrix, returned in ``[N_text, N_video]``
+    layout. Results using either are transductive."""
     s = torch.as_tensor(sim, dtype=torch.float64)
     s = torch.nan_to_num(s, nan=-1e9, neginf=-1e9)
-    return s * torch.softmax(s / temperature, dim=0)
+    return s * torch.softmax(s / temperature, dim=dim)
+
+
+def dsl_metrics(sim, text_to_video, temperature: float = 1.0) -> dict[str, dict[str, float]]:
+    """``retrieval_metrics`` with dual softmax, each direction with its own normalisation: t2v
+    from ``dual_softmax(dim=0)``, v2t from ``dual_softmax(dim=1)`` (the transposed matrix
+    normalised separately, as the TS2-Net / DRL evaluation does; reusing the t2v prior for v2t
+    would normalise the wrong axis)."""
+    t2v = retrieval_metrics(dual_softmax(sim, temperature, dim=0), text_to_video)["t2v"]
+    v2t = retrieval_metrics(dual_softmax(sim, temperature, dim=1), text_to_video)["v2t"]
+    return {"t2v": t2v, "v2t": v2t}
 
 
 def temporal_pair_accuracy(sim, text_to_video, pairs, tol: float = 1e-4) -> float:
