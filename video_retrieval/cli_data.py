@@ -51,7 +51,8 @@ def _line(rep: dict) -> str:
     return f"{rep['file']}: {', '.join(parts)}; {', '.join(checks)}"
 
 
-def print_report(rep: dict, out=sys.stdout) -> None:
+def print_report(rep: dict, out=None) -> None:
+    out = out if out is not None else sys.stdout
     print(f"{rep['dataset']} at {rep['root']} (videos: {rep['video_dir']})", file=out)
     for sp in rep["splits"]:
         print("  " + _line(sp), file=out)
