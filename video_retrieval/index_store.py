@@ -201,7 +201,16 @@ class Index:
             self._models = (encoder, self._pool_aggregator(agg))
         return self._models
 
+    @property
+    def ann_info(self) -> dict:
+        """The manifest's ANN entry: ``{"type", "params", "recall_at_10", "sample", ...}``
+        (indexes from before recall was measured record only the type)."""
+        from video_retrieval.ann import describe
+
+        return describe(self.manifest.get("ann"))
+
     def ann(self):
+        """The FAISS index, with the search parameter ``vr index`` tuned (efSearch / nprobe)."""
         if self._ann is None:
             from video_retrieval.ann import load_ann
 
@@ -209,7 +218,7 @@ class Index:
             if not path.exists():
                 raise IndexDamaged(self.dir, path, "is missing")
             try:
-                ann = load_ann(path)
+                ann = load_ann(path, params=self.ann_info.get("params"))
             except RuntimeError as exc:  # FAISS reports damage as RuntimeError
                 why = str(exc).strip().splitlines()[-1][:120] if str(exc).strip() else ""
                 raise IndexDamaged(self.dir, path, f"is unreadable ({why})") from None
@@ -219,6 +228,16 @@ class Index:
                 )
             self._ann = ann
         return self._ann
+
+    def ann_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Stage 1 for query vectors [Q,D]: (scores [Q,k], rows [Q,k], -1 = none) from the ANN;
+        compressed kinds re-rank their top candidates exactly from the pooled vectors."""
+        from video_retrieval.ann import ann_search, search_params
+
+        _, depth = search_params(self.ann_info)
+        if depth:
+            return ann_search(self.ann(), queries, k, rerank_from=self.pooled, rerank=depth)
+        return ann_search(self.ann(), queries, k)
 
     def _shard(self, i: int, patches: bool = False) -> np.ndarray:
         v = self.videos[i]
@@ -275,3 +294,22 @@ class Index:
         from video_retrieval.search import search_index
 
         return search_index(self, query, k=k, candidates=candidates, rerank=rerank, alpha=alpha)
+
+    def search_batch(
+        self,
+        queries: list[str],
+        k: int = 10,
+        candidates: int = 100,
+        rerank: str | None = "cliprerank",
+        alpha: float = 0.4,
+        batch_size: int = 256,
+    ) -> list[list[Hit]]:
+        """``search`` for many queries in one pass: queries are encoded ``batch_size`` at a
+        time and stage 1 is one FAISS batch search per batch. Returns one hit list per query,
+        in order, equal to ``[self.search(q, ...) for q in queries]``."""
+        from video_retrieval.search import search_batch
+
+        return search_batch(
+            self, queries, k=k, candidates=candidates, rerank=rerank, alpha=alpha,
+            batch_size=batch_size,
+        )  # fmt: skip

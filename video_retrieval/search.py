@@ -18,6 +18,8 @@ Example::
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -60,11 +62,9 @@ def stage_one(
     index: Index, query_emb: np.ndarray, candidates: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(base scores, rows) of the top ``candidates`` by the ANN, best first."""
-    from video_retrieval.ann import ann_search
-
     if len(index) == 0:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
-    scores, ids = ann_search(index.ann(), query_emb[None], candidates)
+    scores, ids = index.ann_search(query_emb[None], candidates)
     keep = ids[0] >= 0
     return scores[0][keep].astype(np.float64), ids[0][keep].astype(np.int64)
 
@@ -86,6 +86,14 @@ def search_index(
     reranker = get_reranker(index, rerank, alpha)
     q = encode_query(encoder, pool_agg, query, words=bool(getattr(reranker, "needs_words", False)))
     base, rows = stage_one(index, q.embedding, candidates)
+    return rank_candidates(index, q, base, rows, reranker, k, margin)
+
+
+def rank_candidates(
+    index: Index, q: QueryFeatures, base, rows, reranker, k: int, margin: float = 0.25
+) -> list[Hit]:
+    """Stage 2 for one encoded query: rerank the candidate ``rows`` (base scores ``base``),
+    keep the best ``k``, and give each its best moment and thumbnail."""
     frames = [index.frames(int(r)) for r in rows]
     if reranker is None:
         final = base
@@ -117,3 +125,115 @@ def search_index(
 def results_json(query: str, hits: list[Hit]) -> dict:
     """The stable ``--json`` schema of ``vr search``."""
     return {"query": query, "results": [h.to_dict() for h in hits]}
+
+
+# -- many queries, many indexes ------------------------------------------------------------------
+@torch.no_grad()
+def encode_queries(
+    encoder, aggregator, queries: list[str], words: bool = False, batch_size: int = 256
+) -> list[QueryFeatures]:
+    """``encode_query`` for many queries, ``batch_size`` through the text tower at a time."""
+    out = []
+    for s in range(0, len(queries), max(1, int(batch_size))):
+        chunk = list(queries[s : s + batch_size])
+        feats = encoder.encode_text(encoder.tokenize(chunk), return_words=words)
+        emb = aggregator.embed_text(feats).float().cpu().numpy()
+        emb = emb / (np.linalg.norm(emb, axis=1, keepdims=True) + 1e-8)
+        out += [QueryFeatures(q, emb[i].astype(np.float32), feats[i : i + 1])
+                for i, q in enumerate(chunk)]  # fmt: skip
+    return out
+
+
+def check_queries(queries) -> list[str]:
+    if isinstance(queries, str):
+        raise UserError("give a list of queries (one string is one query: use search)")
+    out = []
+    for i, q in enumerate(queries, start=1):
+        if not isinstance(q, str) or not q.strip():
+            raise UserError(f"query {i} is empty: every query must be a sentence")
+        out.append(q.strip())
+    if not out:
+        raise UserError("no queries given")
+    return out
+
+
+def _search_encoded(index: Index, qf: list[QueryFeatures], k, candidates, reranker, margin):
+    if len(index) == 0:
+        return [[] for _ in qf]
+    scores, ids = index.ann_search(np.stack([q.embedding for q in qf]), candidates)
+    out = []
+    for j, q in enumerate(qf):
+        keep = ids[j] >= 0
+        base = scores[j][keep].astype(np.float64)
+        out.append(
+            rank_candidates(index, q, base, ids[j][keep].astype(np.int64), reranker, k, margin)
+        )
+    return out
+
+
+def check_same_model(indexes: list[Index]) -> None:
+    """Sharded search merges scores: every index must embed with the same model."""
+    first = indexes[0]
+    seen = {str(first.dir.resolve())}
+    for other in indexes[1:]:
+        if str(other.dir.resolve()) in seen:
+            raise UserError(f"--index {other.dir} is given twice")
+        seen.add(str(other.dir.resolve()))
+        diff = [key for key in ("encoder", "aggregator")
+                if other.fingerprint.get(key) != first.fingerprint.get(key)]  # fmt: skip
+        if diff:
+            raise UserError(
+                f"--index {other.dir} was built with another model than --index {first.dir} "
+                f"(its {' and '.join(diff)} differ): searching several indexes needs one model"
+            )
+
+
+def search_batch(
+    index: Index | list[Index],
+    queries: list[str],
+    k: int = 10,
+    candidates: int = 100,
+    rerank: str | None = "cliprerank",
+    alpha: float = 0.4,
+    margin: float = 0.25,
+    batch_size: int = 256,
+) -> list[list[Hit]]:
+    """Two-stage search of many queries over one index or several (sharded search: the same
+    model required; each index is searched, then the hits are merged by score, a video found in
+    two indexes counted once). Queries are encoded ``batch_size`` at a time and stage 1 is one
+    FAISS batch search per batch and index. One hit list per query, best first."""
+    indexes = [index] if isinstance(index, Index) else list(index)
+    if not indexes:
+        raise UserError("no index given")
+    queries = check_queries(queries)
+    if k < 1:
+        raise UserError(f"-k must be at least 1, got {k}")
+    candidates = max(int(candidates), int(k))
+    check_same_model(indexes)
+    encoder, pool_agg = indexes[0].models()
+    for other in indexes[1:]:
+        if other._models is None:
+            other._models = (encoder, pool_agg)
+    reranker = get_reranker(indexes[0], rerank, alpha)
+    words = bool(getattr(reranker, "needs_words", False))
+    out: list[list[Hit]] = []
+    for s in range(0, len(queries), max(1, int(batch_size))):
+        qf = encode_queries(encoder, pool_agg, queries[s : s + batch_size], words, batch_size)
+        per_index = [_search_encoded(idx, qf, k, candidates, reranker, margin) for idx in indexes]
+        for j in range(len(qf)):
+            out.append(merge_hits([hits[j] for hits in per_index], k))
+    return out
+
+
+def merge_hits(lists: list[list[Hit]], k: int) -> list[Hit]:
+    """Hits of several indexes merged by score (stable: earlier indexes first on ties), one hit
+    per video, ranks renumbered."""
+    if len(lists) == 1:
+        return lists[0][:k]
+    best: dict[str, Hit] = {}
+    for hits in lists:
+        for h in hits:
+            if h.video not in best or h.score > best[h.video].score:
+                best[h.video] = h
+    merged = sorted(best.values(), key=lambda h: -h.score)[:k]
+    return [replace(h, rank=r) for r, h in enumerate(merged, start=1)]
