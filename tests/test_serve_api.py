@@ -22,6 +22,7 @@ from video_retrieval.web.media import DiskCache
 from video_retrieval.web.services import index_clip_features, zero_shot_clip_len
 
 TOKEN = "s3cret-token-123"
+BASE = "http://127.0.0.1:8000"  # a token-less server answers requests addressed to loopback only
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +38,14 @@ def state(world, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(state):
-    with TestClient(create_app(state=state)) as c:
+    with TestClient(create_app(state=state), base_url=BASE) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def token_client(state):
     cfg = ServeConfig(index=state.config.index, cache_dir=state.config.cache_dir, token=TOKEN)
-    with TestClient(create_app(cfg, state=state)) as c:
+    with TestClient(create_app(cfg, state=state), base_url=BASE) as c:
         yield c
 
 
@@ -240,7 +241,7 @@ def test_localize_with_the_moment_head_encodes_each_video_once(world, tmp_path):
     )
     cap = world["captions"][0]
     path = st.index.videos[cap["id"]]["path"]
-    with TestClient(create_app(state=st)) as c:
+    with TestClient(create_app(state=st), base_url=BASE) as c:
         a = c.get("/api/localize", params={"id": cap["id"], "q": cap["caption"], "top": 3}).json()
         b = c.get("/api/localize", params={"id": cap["id"], "q": "a red circle", "top": 2}).json()
         assert c.get("/api/info").json()["localize_method"] == "moment_detr"
@@ -345,7 +346,7 @@ def test_media_of_a_video_gone_from_disk(client, world, tmp_path):
     st = load_state(ServeConfig(index=world["index"], cache_dir=tmp_path))
     row = world["codec_ids"]["h264_mp4"]
     st.index.videos[row] = {**st.index.videos[row], "path": str(tmp_path / "moved.mp4")}
-    with TestClient(create_app(state=st)) as c:
+    with TestClient(create_app(state=st), base_url=BASE) as c:
         assert (
             error_of(c.get(f"/media/{row}"), 404) == f"video {row} (moved.mp4) is no longer on disk"
         )
@@ -444,6 +445,20 @@ def test_token_required_on_every_route_but_health_and_page(token_client):
     assert c.get("/api/search", params={"q": "a", "token": TOKEN}).status_code == 200
     r = c.get("/media/0", params={"token": TOKEN}, headers={"Range": "bytes=0-9"})
     assert r.status_code == 206 and len(r.content) == 10
+
+
+def test_a_token_less_server_refuses_other_host_names(client, token_client):
+    """DNS rebinding: a page on evil.example re-pointed at 127.0.0.1 must not read the index."""
+    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", "10.0.0.2"):
+        r = client.get("/api/info", headers={"Host": host})
+        assert error_of(r, 400).startswith(f"Host '{host.split(':')[0]}' is not this machine")
+    for host in ("127.0.0.1:8000", "localhost:8000", "localhost", "[::1]:8000", "LOCALHOST"):
+        assert client.get("/api/info", headers={"Host": host}).status_code == 200, host
+    # with a token, the token is the guard (a server on 0.0.0.0 is reached by any name)
+    r = token_client.get(
+        "/api/info", headers={"Host": "search.lan", "Authorization": f"Bearer {TOKEN}"}
+    )
+    assert r.status_code == 200
 
 
 def test_binding_off_loopback_needs_a_token(world):

@@ -23,8 +23,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from video_retrieval import __version__
 from video_retrieval.errors import UserError, VideoDecodeError
 from video_retrieval.videowrite import FFmpegError
-from video_retrieval.web.config import ServeConfig
-from video_retrieval.web.deps import AccessLog, TokenGuard
+from video_retrieval.web.config import LOOPBACK_HOSTS, ServeConfig
+from video_retrieval.web.deps import AccessLog, HostGuard, TokenGuard
 from video_retrieval.web.routers import localize, media, meta, page, search
 from video_retrieval.web.routers.page import STATIC
 from video_retrieval.web.services import NotFound
@@ -112,6 +112,8 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     add_error_handlers(app)
     app.add_middleware(TokenGuard, token=config.token)
+    if config.token is None:  # loopback only (config.check): refuse other Host names
+        app.add_middleware(HostGuard, allowed=LOOPBACK_HOSTS | {config.host})
     if access_log:
         app.add_middleware(AccessLog)
     return app

@@ -14,6 +14,8 @@ MAX_K = 100  # results per search
 MAX_BATCH = 32  # queries per POST /api/search
 MAX_TOP = 20  # moments per localize request
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+# Host names a token-less server answers to (requests naming another host are refused)
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def is_loopback(host: str) -> bool:

@@ -77,6 +77,41 @@ class TokenGuard:
         await self.app(scope, receive, send)
 
 
+class HostGuard:
+    """ASGI middleware for a server without a token: only requests addressed to a loopback
+    name (``Host: 127.0.0.1:8000``, ``localhost``, ``[::1]``) are answered, so a web page whose
+    domain is re-pointed at 127.0.0.1 (DNS rebinding) cannot read the index; else 400 JSON."""
+
+    def __init__(self, app, allowed: set[str]):
+        self.app = app
+        self.allowed = {h.lower() for h in allowed}
+
+    @staticmethod
+    def hostname(value: str) -> str:
+        value = value.strip().lower()
+        if value.startswith("["):  # [::1]:8000
+            return value[1 : value.find("]")] if "]" in value else value
+        return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            host = ""
+            for name, value in scope.get("headers", []):
+                if name == b"host":
+                    host = self.hostname(value.decode("latin-1"))
+            if host not in self.allowed:
+                log.warning("%s %s -> 400: Host %r refused", scope["method"], scope["path"], host)
+                start, body = _json_error(
+                    400,
+                    f"Host {host!r} is not this machine: open the page as http://127.0.0.1:PORT/ "
+                    "(or serve with --token)",
+                )
+                await send(start)
+                await send(body)
+                return
+        await self.app(scope, receive, send)
+
+
 class AccessLog:
     """ASGI middleware: one line per request (method, path without the query string, which
     may hold the token, status, milliseconds). Replaces uvicorn's access log."""

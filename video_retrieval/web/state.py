@@ -66,6 +66,7 @@ class ServiceState:
             "index": str(idx.dir),
             "videos": len(idx),
             "frames": int(idx.manifest.get("counts", {}).get("frames", 0)),
+            "ann": idx.manifest.get("ann"),
             "fingerprint": idx.fingerprint,
             "rerankers": self.search.rerankers,
             "default_rerank": self.search.default_rerank,
