@@ -102,7 +102,7 @@ def test_build_writes_the_documented_layout(vids, tmp_path):
     assert m["fingerprint"]["sampling"] == {"fps": 2.0, "num_frames": None}
     assert m["fingerprint"]["aggregator"] == "mean"
     assert m["counts"]["videos"] == 4 and m["counts"]["shards"] == 2
-    assert m["ann"] == "flat"
+    assert m["ann"]["type"] == "flat" and m["ann"]["recall_at_10"] == 1.0
     shards = sorted(p.name for p in (d / "shards").iterdir())
     assert shards == [
         "00000-000-000000.json", "00000-000-000000.npy", "00000-000-000001.json", "00000-000-000001.npy",

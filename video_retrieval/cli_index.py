@@ -78,11 +78,54 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding videos")
     parser.add_argument(
-        "--devices", type=int, default=1, help="processes (Lightning DDP on CPU) for encoding"
+        "--devices",
+        type=int,
+        default=1,
+        help="processes per node (Lightning DDP on CPU) for encoding",
+    )
+    parser.add_argument(
+        "--num-nodes",
+        type=int,
+        default=1,
+        help="machines (Lightning multi-node DDP over a shared filesystem; run the same command "
+        "on every node with MASTER_ADDR, MASTER_PORT and NODE_RANK set, or under torchrun / srun)",
     )
     parser.add_argument("--shard-size", type=int, default=64, help="videos per shard (at most)")
+    from video_retrieval.ann import KINDS
+
     parser.add_argument(
-        "--ann", default="auto", choices=["auto", "flat", "hnsw", "ivf"], help="FAISS index type"
+        "--ann",
+        default="auto",
+        choices=["auto", *KINDS],
+        help="FAISS index type: flat (exact), hnsw, ivf, or compressed (fp16, sq8, hnsw-sq8, "
+        "ivf-sq8, ivf-pq; re-ranked exactly from the stored vectors); auto: by collection size "
+        "and --max-memory",
+    )
+    parser.add_argument(
+        "--target-recall",
+        type=float,
+        default=0.95,
+        help="approximate kinds: recall@10 (measured on the collection) the search parameter is "
+        "tuned to reach; exact search when it cannot be reached (default 0.95)",
+    )
+    parser.add_argument(
+        "--max-memory",
+        default=None,
+        metavar="SIZE",
+        help="memory budget of the ANN index for --ann auto (e.g. 4G; default half the RAM)",
+    )
+    parser.add_argument(
+        "--recall-captions",
+        default=None,
+        metavar="FILE",
+        help="captions.jsonl or a text file (one query per line): also measure recall on these "
+        "text queries",
+    )
+    parser.add_argument(
+        "--recall-sample",
+        type=int,
+        default=1000,
+        help="held-out video vectors (and at most as many captions) recall is measured on",
     )
     parser.add_argument(
         "--prune", action="store_true", help="drop indexed files that no longer exist"
@@ -107,9 +150,13 @@ def _print_summary(s: dict) -> None:
         f"{s['frames_per_s']:.1f} frames/s on {s['device']}); "
         f"{s['new']} new, {s['changed']} changed, {s['unchanged']} unchanged, {s['pruned']} pruned"
     )
+    from video_retrieval.ann import summary_line
     from video_retrieval.model_weights import weights_line
 
-    print(f"index {s['index']}: {s['videos']} videos, {s['frames']} frames, ANN {s['ann']}")
+    print(
+        f"index {s['index']}: {s['videos']} videos, {s['frames']} frames, "
+        f"ANN {summary_line(s['ann'])}"
+    )
     print(f"weights: {weights_line(s['weights'])}; sampling: {s['sampling']}")
     if s["missing"]:
         print(f"{s['missing']} indexed file(s) no longer exist (use --prune to drop them)")
@@ -120,7 +167,12 @@ def _print_summary(s: dict) -> None:
 
 
 def _print_repair(s: dict) -> None:
-    print(f"repaired {s['index']}: {s['videos']} videos, {s['frames']} frames, ANN {s['ann']}")
+    from video_retrieval.ann import summary_line
+
+    print(
+        f"repaired {s['index']}: {s['videos']} videos, {s['frames']} frames, "
+        f"ANN {summary_line(s['ann'])}"
+    )
     if s["manifest_rebuilt"]:
         print("manifest.json was rebuilt from the journal")
     if s["lost"]:
@@ -148,6 +200,11 @@ def run(args) -> int:
         prune=args.prune,
         shard_size=args.shard_size,
         ann=args.ann,
+        target_recall=args.target_recall,
+        max_memory=args.max_memory,
+        recall_captions=args.recall_captions,
+        recall_sample=args.recall_sample,
+        num_nodes=args.num_nodes,
         wait=not args.no_wait,
         progress=False if (args.no_progress or args.json) else None,
     )

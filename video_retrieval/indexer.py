@@ -82,7 +82,12 @@ class IndexConfig:
     shard_size: int = 64  # videos per shard (at most)
     shard_frames: int = 8192  # frames per shard (at most, unless one video has more)
     progress: bool | None = None  # None: a bar when stderr is a TTY
-    ann: str = "auto"  # auto | flat | hnsw | ivf
+    ann: str = "auto"  # auto | ann.KINDS (flat, hnsw, ivf, fp16, sq8, hnsw-sq8, ivf-sq8, ivf-pq)
+    target_recall: float = 0.95  # approximate kinds: tuned to reach it, else exact search
+    max_memory: str | int | None = None  # --ann auto: memory budget of the ANN (None: RAM / 2)
+    recall_captions: str | None = None  # captions.jsonl / text file: text queries for recall
+    recall_sample: int = 1000  # held-out video vectors (and at most as many captions)
+    num_nodes: int = 1  # > 1: Lightning multi-node DDP (one process per node launched each)
     precision: str = "auto"
     device: str = "cpu"
     patches: int | None = None  # K patch tokens per frame closest to CLS; None: index's own / 0
@@ -551,13 +556,44 @@ def pool_videos(aggregator, frames: list[np.ndarray], group: int = 256) -> np.nd
     return np.concatenate(out).astype(np.float32)
 
 
+def ann_options(cfg: IndexConfig, encoder=None, aggregator=None):
+    """``ann.AnnOptions`` of a run; with ``recall_captions`` (and the models) the captions are
+    encoded as text queries for the recall measurement."""
+    from video_retrieval.ann import AnnOptions, parse_memory
+
+    opts = AnnOptions(
+        kind=cfg.ann,
+        target_recall=float(cfg.target_recall),
+        max_memory=parse_memory(cfg.max_memory),
+        sample=int(cfg.recall_sample),
+    )
+    opts.check()
+    if cfg.recall_captions and encoder is not None:
+        opts.text_queries = encode_recall_captions(
+            encoder, aggregator, cfg.recall_captions, opts.sample
+        )
+    return opts
+
+
+@torch.no_grad()
+def encode_recall_captions(encoder, aggregator, path, limit: int) -> np.ndarray:
+    """Sentence embeddings [Q,D] of (at most ``limit``, evenly spread) captions of ``path``."""
+    from video_retrieval.search import encode_queries, read_query_file
+
+    texts = [t for _, t in read_query_file(path, "--recall-captions")]
+    if len(texts) > limit:
+        texts = [texts[i] for i in uniform_indices(len(texts), limit)]
+    return np.stack([q.embedding for q in encode_queries(encoder, aggregator, texts)])
+
+
 def finalize(
     index_dir, state: store.IndexState, aggregator, manifest: dict, ann_kind="auto"
 ) -> dict:
     """Write a new generation of videos/pooled/ann from the live shards, then switch the
     manifest to it (readers see the old generation until that one rename); returns the new
-    manifest."""
-    from video_retrieval.ann import build_ann, index_kind, save_ann
+    manifest. ``ann_kind``: a kind name or ``ann.AnnOptions`` (recall measured and tuned,
+    ``ann.build_measured``)."""
+    from video_retrieval.ann import AnnOptions, build_measured, save_ann
 
     index_dir = Path(index_dir)
     paths = sorted(state.videos)
@@ -583,7 +619,10 @@ def finalize(
     files = store.generation_files(gen)
     store.atomic_save_npy(index_dir / files["pooled"], pooled)
     store.atomic_write_json(index_dir / files["videos"], videos)
-    ann = build_ann(pooled, ann_kind)
+    opts = ann_kind if isinstance(ann_kind, AnnOptions) else AnnOptions(kind=ann_kind)
+    ann, ann_info = build_measured(
+        pooled, opts, log=lambda line: print(f"warning: {line}", file=sys.stderr)
+    )
     save_ann(ann, index_dir / files["ann"])
     fail_lines = "".join(
         json.dumps({"path": p, "reason": f.get("reason", "")}, sort_keys=True) + "\n"
@@ -601,7 +640,7 @@ def finalize(
             "shards": len(metas),
             "failures": len(state.failures),
         },
-        "ann": index_kind(ann),
+        "ann": ann_info,
         "complete": True,
     }
     store.atomic_write_json(index_dir / store.MANIFEST, manifest)  # the switch
@@ -799,6 +838,7 @@ def _open_for_writing(index_dir: Path, cfg: IndexConfig):
 def _run_locked(paths: list[Path], index_dir: Path, cfg: IndexConfig) -> dict:
     t_start = time.perf_counter()
     encoder, pool_agg, cfg, manifest = _open_for_writing(index_dir, cfg)
+    ann_opts = ann_options(cfg, encoder, pool_agg)
     state = store.replay(index_dir)
     todo, events, counts = make_plan(paths, state, cfg.prune)
     store.remove_orphans(index_dir, state, keep=store.referenced_shards(index_dir, manifest))
@@ -838,7 +878,7 @@ def _run_locked(paths: list[Path], index_dir: Path, cfg: IndexConfig) -> dict:
         if p in new_paths and v["shard"].startswith(f"{run:05d}-")
     ]
     frames_now = int(sum(v["length"] for v in encoded_now))
-    manifest = finalize(index_dir, state, pool_agg, manifest, cfg.ann)
+    manifest = finalize(index_dir, state, pool_agg, manifest, ann_opts)
     store.remove_orphans(index_dir, state)
     given = {str(p) for p in paths}
     failed = [
@@ -932,8 +972,9 @@ def run_repair(index_dir, cfg: IndexConfig | None = None) -> dict:
         store.Journal(index_dir, run, 0).append(*drops)
         state = store.replay(index_dir)
         repaired_cfg = reuse_index_settings(replace(cfg, encoder_spec=None), manifest)
-        _, pool_agg, _, _, _ = load_models(repaired_cfg)
-        manifest = finalize(index_dir, state, pool_agg, manifest, cfg.ann)
+        encoder, pool_agg, _, _, _ = load_models(repaired_cfg)
+        opts = ann_options(cfg, encoder, pool_agg)
+        manifest = finalize(index_dir, state, pool_agg, manifest, opts)
         store.remove_orphans(index_dir, state)
     return {
         "index": str(index_dir),
