@@ -72,6 +72,9 @@ class Aggregator(nn.Module):
     #: train on the all-gathered global batch (contrastive towers); False for cross-encoders,
     #: whose cost grows with the square of the batch (CLIP4Clip's tightTransf uses the local one)
     gather_in_training: bool = True
+    #: no per-position weights: reads any number of frames (mean, query scoring), so a reranker
+    #: can give it every stored frame of a long video instead of ``max_frames`` of them
+    order_free: bool = False
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ class MeanPool(Aggregator):
 
     name = "mean"
     query_dependent = False
+    order_free = True
 
     def embed_video(self, video: VideoFeatures) -> torch.Tensor:
         return normalized_masked_mean(video.frames, video.mask)

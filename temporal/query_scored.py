@@ -28,6 +28,7 @@ from video_retrieval.temporal.features import TextFeatures, VideoFeatures
 class QueryScored(Aggregator):
     name = "query_scored"
     query_dependent = True
+    order_free = True
 
     def __init__(
         self,

@@ -34,7 +34,16 @@ def add_arguments(parser) -> None:
         "--captions", required=True, metavar="FILE", help='captions.jsonl ({"video", "caption"})'
     )
     r.add_argument(
-        "--rerank", default="none", help="none | cliprerank | aggregator name | checkpoint"
+        "--rerank",
+        default="auto",
+        help="auto | none | cliprerank | aggregator name | checkpoint (default auto, as vr search: "
+        "none over a trained temporal aggregator's index, cliprerank otherwise)",
+    )
+    r.add_argument(
+        "--rerank-model",
+        default=None,
+        metavar="CKPT",
+        help="CLIPRerank's frame-level CLIP, independent of the index's model (vr train checkpoint)",
     )
     r.add_argument("--candidates", type=int, default=100)
     r.add_argument("--alpha", type=float, default=0.4)
@@ -118,16 +127,25 @@ def read_caption_lines(path, split=None) -> list[tuple[str, str, int]]:
     return out
 
 
-def evaluate_retrieval(index, captions, rerank="none", candidates=100, alpha=0.4) -> dict:
+def evaluate_retrieval(
+    index, captions, rerank="auto", candidates=100, alpha=0.4, rerank_model=None
+) -> dict:
     """Metrics of ``index`` for ``captions`` [(abs video path, caption[, line])], ranking the
     videos as ``vr search`` does: the top ``candidates`` of the ANN (so its recall counts),
-    reranked if asked, then every other video below them by exact cosine. Empty captions are
+    reranked if asked (``auto``: ``search.default_rerank``; ``rerank_model``: CLIPRerank's own
+    frame encoder), then every other video below them by exact cosine. Empty captions are
     ``invalid`` (their lines in ``invalid_lines``), captions of videos not in the index
     ``skipped``; neither is a query."""
     import torch
 
     from video_retrieval.retrieval_metrics import retrieval_metrics
-    from video_retrieval.search import encode_query, get_reranker, stage_one
+    from video_retrieval.search import (
+        encode_query,
+        get_reranker,
+        rerank_scores,
+        resolve_rerank,
+        stage_one,
+    )
 
     targets, texts, skipped, invalid = [], [], 0, []
     for k, item in enumerate(captions):
@@ -149,7 +167,8 @@ def evaluate_retrieval(index, captions, rerank="none", candidates=100, alpha=0.4
             f"{len(invalid)} empty caption(s))"
         )
     encoder, pool = index.models()
-    reranker = get_reranker(index, rerank, alpha)
+    rerank = resolve_rerank(index, rerank, rerank_model)
+    reranker = get_reranker(index, rerank, alpha, rerank_model)
     pooled = np.asarray(index.pooled, dtype=np.float32)
     sim = np.zeros((len(texts), len(index)), dtype=np.float64)
     frames_cache: dict[int, np.ndarray] = {}
@@ -161,15 +180,14 @@ def evaluate_retrieval(index, captions, rerank="none", candidates=100, alpha=0.4
         if reranker is None:
             sim[i, cand] = ann_scores
             continue
-        for r in cand:
-            if int(r) not in frames_cache:
-                frames_cache[int(r)] = index.frames(int(r))[0]
-        patches = None
-        if reranker.needs_patches:
-            patches = [index.patches(int(r)) for r in cand]
-        with torch.no_grad():
+        frames = None
+        if getattr(reranker, "frame_model", None) is None:
+            for r in cand:
+                if int(r) not in frames_cache:
+                    frames_cache[int(r)] = index.frames(int(r))[0]
             frames = [frames_cache[int(r)] for r in cand]
-            sim[i, cand] = reranker.score(q, ann_scores, frames, patches)
+        with torch.no_grad():
+            sim[i, cand] = rerank_scores(index, reranker, q, ann_scores, cand, frames)
     res = retrieval_metrics(sim, np.asarray(targets))
     return {
         "queries": len(texts),
@@ -177,7 +195,8 @@ def evaluate_retrieval(index, captions, rerank="none", candidates=100, alpha=0.4
         "skipped": skipped,
         "invalid": len(invalid),
         "invalid_lines": invalid[:20],
-        "rerank": rerank or "none",
+        "rerank": rerank,
+        "rerank_model": rerank_model,
         "t2v": res["t2v"],
     }
 
@@ -213,6 +232,7 @@ def run(args) -> int:
         args.rerank,
         args.candidates,
         args.alpha,
+        args.rerank_model,
     )
     res = {"index": str(index.dir), "captions": str(args.captions), **res}
     if res["invalid"]:
@@ -228,7 +248,8 @@ def run(args) -> int:
     else:
         t = res["t2v"]
         print(
-            f"t2v over {res['queries']} captions x {res['videos']} videos (rerank {res['rerank']}): "
+            f"t2v over {res['queries']} captions x {res['videos']} videos (rerank {res['rerank']}"
+            f"{' with ' + res['rerank_model'] if res['rerank_model'] else ''}): "
             f"R@1 {t['R1']:.1f}  R@5 {t['R5']:.1f}  R@10 {t['R10']:.1f}  MdR {t['MdR']:.1f}  MnR {t['MnR']:.1f}"
         )
         if res["skipped"]:

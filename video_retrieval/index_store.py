@@ -285,24 +285,37 @@ class Index:
         query: str,
         k: int = 10,
         candidates: int = 100,
-        rerank: str | None = "cliprerank",
+        rerank: str | None = "auto",
         alpha: float = 0.4,
+        rerank_model: str | None = None,
     ) -> list[Hit]:
         """Two-stage search: ANN over pooled vectors (top ``candidates``), then ``rerank``
-        ("none", "cliprerank", an aggregator name such as "query_scored", or a checkpoint path)
-        from stored frame features. Returns up to ``k`` ``Hit``s, best first."""
+        ("auto", "none", "cliprerank", an aggregator name such as "query_scored", or a checkpoint
+        path) from stored frame features. ``auto`` is ``search.default_rerank``: none over a
+        trained temporal aggregator's index, CLIPRerank otherwise. ``rerank_model``: a separate
+        frame encoder (a vr train checkpoint) for CLIPRerank's max-over-frames term. Returns up
+        to ``k`` ``Hit``s, best first."""
         from video_retrieval.search import search_index
 
-        return search_index(self, query, k=k, candidates=candidates, rerank=rerank, alpha=alpha)
+        return search_index(
+            self,
+            query,
+            k=k,
+            candidates=candidates,
+            rerank=rerank,
+            alpha=alpha,
+            rerank_model=rerank_model,
+        )
 
     def search_batch(
         self,
         queries: list[str],
         k: int = 10,
         candidates: int = 100,
-        rerank: str | None = "cliprerank",
+        rerank: str | None = "auto",
         alpha: float = 0.4,
         batch_size: int = 256,
+        rerank_model: str | None = None,
     ) -> list[list[Hit]]:
         """``search`` for many queries in one pass: queries are encoded ``batch_size`` at a
         time and stage 1 is one FAISS batch search per batch. Returns one hit list per query,
@@ -311,5 +324,5 @@ class Index:
 
         return search_batch(
             self, queries, k=k, candidates=candidates, rerank=rerank, alpha=alpha,
-            batch_size=batch_size,
+            batch_size=batch_size, rerank_model=rerank_model,
         )  # fmt: skip

@@ -83,6 +83,9 @@ class RetrievalModule(pl.LightningModule):
     init_from: a ``vr train`` retrieval checkpoint whose encoder and aggregator weights start
         this run (fine-tuning, e.g. the demo model on moment clips); unlike ``--ckpt_path`` the
         optimizer, schedule and epoch count start fresh. Its architecture must match.
+    init_from_parts: ``all`` (encoder and aggregator; the aggregators must match) or ``encoder``
+        (only the CLIP towers, from a checkpoint of any aggregator: CLIP4Clip starts every head,
+        tightTransf included, from trained towers; the aggregator keeps its own init).
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class RetrievalModule(pl.LightningModule):
         sinkhorn_video_bank_size: int | None = 1000,
         eval_block_size: int = 256,
         init_from: str | None = None,
+        init_from_parts: str = "all",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -161,6 +165,16 @@ class RetrievalModule(pl.LightningModule):
         state = ckpt.get("state_dict")
         if state is None or "aggregator" not in hp:
             raise UserError(f"{path}: not a retrieval checkpoint written by vr train")
+        parts = self.hparams.get("init_from_parts", "all")
+        if parts not in ("all", "encoder"):
+            raise UserError(f"init_from_parts must be 'all' or 'encoder', not {parts!r}")
+        if parts == "encoder":
+            self._init_encoder_from(path, state)
+            if self.hparams.init_aggregator_from_clip and hasattr(
+                self.aggregator, "init_from_clip"
+            ):
+                self.aggregator.init_from_clip(self.encoder)  # CLIP4Clip: from the trained towers
+            return
         if hp["aggregator"] != self.hparams.aggregator:
             raise UserError(
                 f"{path}: init_from holds a {hp['aggregator']!r} aggregator, this run trains "
@@ -181,6 +195,18 @@ class RetrievalModule(pl.LightningModule):
                 f"{path}: weights do not match this model (missing {missing[:3]}, "
                 f"unexpected {unexpected[:3]})"
             )
+
+    def _init_encoder_from(self, path: str, state: dict) -> None:
+        """Load only the ``encoder.*`` weights (the CLIP towers) of a retrieval checkpoint."""
+        own = {
+            k[len("encoder.") :]: v.float() if v.is_floating_point() else v
+            for k, v in state.items()
+            if k.startswith("encoder.")
+        }
+        try:
+            self.encoder.load_state_dict(own, strict=True)
+        except RuntimeError as exc:
+            raise UserError(f"{path}: encoder weights do not match this model ({exc})") from None
 
     def _record_activation(self) -> None:
         """Keep the temporal blocks' MLP activation in the hyper-parameters (aggregator kwargs),

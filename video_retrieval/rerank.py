@@ -6,7 +6,11 @@ the candidates' stored frame embeddings.
 
 * ``CLIPRerank`` (Chen et al., ICASSP 2024): ``final = alpha * base + (1 - alpha) * max_i cos(q, f_i)``
   with ``alpha = 0.4`` by default (alpha weights the base model M, the CLIP max-over-frames term
-  gets 1 - alpha). Both terms are cosines, so they are on the same [-1, 1] scale.
+  gets 1 - alpha). Both terms are cosines, so they are on the same [-1, 1] scale. In the paper the
+  max-over-frames term comes from a frame-level CLIP independent of the base model; with
+  ``FrameModel`` (``--rerank-model CKPT``) it does: the query is encoded by that model's text
+  tower and each candidate's frames (the index's own sampling, decoded again) by its image tower.
+  Without it the term reuses the index's frame embeddings and its query embedding.
 * ``AggregatorRerank``: any aggregator's ``similarity(text, video)`` (query-scored, UCoFiA,
   tightTransf, or a trained checkpoint's); the score is the logit divided by the aggregator's
   ``exp(logit_scale)``, i.e. a cosine-like value.
@@ -45,6 +49,15 @@ def frame_similarities(query: np.ndarray, frames: np.ndarray) -> np.ndarray:
     return l2n(frames) @ l2n(np.asarray(query).reshape(-1))
 
 
+def frame_limit(aggregator) -> int | None:
+    """How many of a video's frames an aggregator reads: all of them for an order-free one
+    (``order_free``: mean pooling, CLIP-Hitchhiker's query scoring, which have no per-position
+    weights and are meant for long videos), else its ``max_frames`` (uniformly subsampled)."""
+    if getattr(aggregator, "order_free", False):
+        return None
+    return int(getattr(aggregator, "max_frames", 12))
+
+
 def uniform_indices(t: int, k: int) -> np.ndarray:
     """``min(t, k)`` indices spread uniformly over ``range(t)`` (segment midpoints)."""
     if t <= k:
@@ -61,17 +74,80 @@ class QueryFeatures:
     features: object  # TextFeatures with batch 1
 
 
+class FrameModel:
+    """A frame-level CLIP for CLIPRerank, independent of the index's model (``--rerank-model``):
+    a ``vr train`` retrieval checkpoint whose text tower encodes the query and whose image tower
+    encodes every frame of a candidate, sampled as the index sampled it (decoded again at this
+    model's image size; each video once per ``FrameModel``, kept in memory)."""
+
+    def __init__(self, path, encoder=None, text_aggregator=None):
+        self.path = str(path)
+        if encoder is None:
+            from video_retrieval.model_io import load_retrieval_model
+            from video_retrieval.model_weights import checkpoint_kind
+
+            if not Path(path).is_file():
+                raise UserError(f"--rerank-model: no such file: {path}")
+            kind = checkpoint_kind(path)
+            if kind != "retrieval":
+                raise UserError(
+                    f"--rerank-model {path} is not a vr train retrieval checkpoint (a frame "
+                    "encoder such as the clip encoder trained on clips.jsonl)"
+                )
+            encoder, text_aggregator, _ = load_retrieval_model(path)
+        self.encoder = encoder.eval()
+        self.text_aggregator = text_aggregator
+        self._frames: dict[tuple[str, str], np.ndarray] = {}
+
+    @torch.no_grad()
+    def embed_query(self, text: str) -> np.ndarray:
+        """L2-normalised sentence embedding [D] of ``text``."""
+        feats = self.encoder.encode_text(self.encoder.tokenize([text]))
+        agg = self.text_aggregator
+        emb = agg.embed_text(feats) if agg is not None else feats.sentence
+        return l2n(emb.float()[0].cpu().numpy())
+
+    @torch.no_grad()
+    def frames(self, index, row: int) -> np.ndarray:
+        """This model's frame embeddings [T, D] of index row ``row`` (the index's sampling)."""
+        from video_retrieval.indexer import read_sampled_frames
+
+        v = index.videos[int(row)]
+        key = (str(v["path"]), str(v.get("sha256", v.get("mtime_ns", ""))))
+        got = self._frames.get(key)
+        if got is None:
+            sampling = index.fingerprint.get("sampling") or {}
+            try:
+                fr = read_sampled_frames(
+                    v["path"], sampling, getattr(self.encoder, "image_size", None)
+                )
+            except Exception as exc:  # noqa: BLE001 - a stale index entry is the user's to fix
+                why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UserError(
+                    f"--rerank-model: cannot decode candidate {v['path']} ({why}); "
+                    "run vr index again (--prune drops deleted files)"
+                ) from None
+            pixels = np.ascontiguousarray(np.asarray(fr.pixels)[np.asarray(fr.mask, bool)])
+            cls, _ = self.encoder.encode_frames(pixels)
+            got = cls.float().cpu().numpy().astype(np.float32)
+            self._frames[key] = got
+        return got
+
+
 class CLIPRerank:
-    """``alpha * base + (1 - alpha) * max over frames of cos(query, frame)``."""
+    """``alpha * base + (1 - alpha) * max over frames of cos(query, frame)``; the frames and the
+    query come from ``frame_model`` when one is given (the paper's independent frame-level CLIP),
+    else from the index."""
 
     name = "cliprerank"
     needs_words = False
     needs_patches = False
 
-    def __init__(self, alpha: float = DEFAULT_ALPHA):
+    def __init__(self, alpha: float = DEFAULT_ALPHA, frame_model: FrameModel | None = None):
         if not 0.0 <= alpha <= 1.0:
             raise UserError(f"--alpha must be in [0, 1], got {alpha}")
         self.alpha = float(alpha)
+        self.frame_model = frame_model
 
     def score(self, query, base_scores, frames: list[np.ndarray], patches=None) -> np.ndarray:
         q = query.embedding if isinstance(query, QueryFeatures) else query
@@ -82,7 +158,8 @@ class CLIPRerank:
 
 class AggregatorRerank:
     """Rerank with ``Aggregator.similarity`` (query-dependent or not), frames subsampled to
-    the aggregator's ``max_frames``. Score = logit / exp(logit_scale). Aggregators that read
+    the aggregator's ``max_frames`` (all frames for order-free ones: ``frame_limit``). Score =
+    logit / exp(logit_scale). Aggregators that read
     patch tokens (UCoFiA) get the index's stored ones (``vr index --patches K``: the K tokens per
     frame closest to CLS, among which UCoFiA's learned selector keeps its top 3)."""
 
@@ -107,8 +184,10 @@ class AggregatorRerank:
             return np.zeros(0)
         if self.needs_patches and patches is None:
             raise UserError(f"reranker {self.name!r} needs the candidates' patch tokens")
-        max_frames = int(getattr(self.aggregator, "max_frames", 12))
-        idx = [uniform_indices(len(f), max_frames) for f in frames]
+        limit = frame_limit(self.aggregator)
+        idx = [
+            np.arange(len(f)) if limit is None else uniform_indices(len(f), limit) for f in frames
+        ]
         picked = [np.asarray(f, np.float32)[i] for f, i in zip(frames, idx)]
         t = max(len(p) for p in picked)
         d = picked[0].shape[1]
@@ -139,13 +218,19 @@ def build_reranker(
     alpha: float = DEFAULT_ALPHA,
     index_fingerprint=None,
     patch_topk: int | None = None,
+    rerank_model: str | None = None,
 ):
-    """``none`` -> None; ``cliprerank``; an aggregator name; or a checkpoint path (its encoder
-    must match the index's, else ``UserError``)."""
+    """``none`` -> None; ``cliprerank`` (with ``rerank_model``: its frame encoder); an aggregator
+    name; or a checkpoint path (its encoder must match the index's, else ``UserError``)."""
+    if rerank_model is not None and spec != "cliprerank":
+        raise UserError(
+            f"--rerank-model is CLIPRerank's frame encoder: use it with --rerank cliprerank "
+            f"(or auto), not --rerank {spec}"
+        )
     if spec is None or spec == "none":
         return None
     if spec == "cliprerank":
-        return CLIPRerank(alpha)
+        return CLIPRerank(alpha, FrameModel(rerank_model) if rerank_model is not None else None)
     from video_retrieval.temporal import AGGREGATORS, build_aggregator
 
     if spec in AGGREGATORS:

@@ -7,6 +7,11 @@ Stage 2: a reranker (``rerank.build_reranker``) rescores those candidates from t
 frame embeddings; ``none`` keeps the base score. Every hit also gets its best-matching moment
 (``rerank.best_moment`` over per-frame cosine similarities) and a thumbnail timestamp.
 
+The default reranker (``auto``, ``default_rerank``) follows the measurements in BENCHMARKS.md
+("Partial relevance" and "The demo"): none over an index pooled by a trained temporal
+aggregator (CLIPRerank's order-blind max-over-frames term lowered the demo model's R@1),
+CLIPRerank over a mean-pooled index or whenever ``rerank_model`` names its frame encoder.
+
 Example::
 
     >>> from video_retrieval.index_store import Index
@@ -44,9 +49,29 @@ def encode_query(encoder, aggregator, query: str, words: bool = False) -> QueryF
     return QueryFeatures(query, emb.astype(np.float32), feats)
 
 
-def get_reranker(index: Index, rerank: str | None, alpha: float):
+def default_rerank(index: Index, rerank_model: str | None = None) -> str:
+    """The reranker ``auto`` stands for: ``none`` when the index is pooled by a trained temporal
+    aggregator (the manifest's ``aggregator`` is ``<name>@<checkpoint sha>``, e.g. the demo
+    model's seqTransf), else ``cliprerank`` (mean-pooled indexes: CLIP weights, or a checkpoint
+    whose aggregator is mean pooling or query-dependent); ``cliprerank`` whenever a separate
+    frame encoder (``rerank_model``) is given."""
+    if rerank_model is not None:
+        return "cliprerank"
+    label = str(index.fingerprint.get("aggregator") or "mean")
+    return "cliprerank" if label.split("@", 1)[0] == "mean" else "none"
+
+
+def resolve_rerank(index: Index, rerank: str | None, rerank_model: str | None = None) -> str:
+    """``rerank`` with ``auto`` (and None) replaced by ``default_rerank``."""
+    if rerank is None or rerank == "auto":
+        return default_rerank(index, rerank_model)
+    return rerank
+
+
+def get_reranker(index: Index, rerank: str | None, alpha: float, rerank_model: str | None = None):
+    rerank = resolve_rerank(index, rerank, rerank_model)
     cache = index.__dict__.setdefault("_rerankers", {})
-    key = (rerank or "none", float(alpha))
+    key = (rerank, float(alpha), rerank_model)
     if key not in cache:
         cache[key] = build_reranker(
             rerank,
@@ -54,8 +79,24 @@ def get_reranker(index: Index, rerank: str | None, alpha: float):
             alpha=alpha,
             index_fingerprint=index.fingerprint["encoder"],
             patch_topk=index.patch_topk,
+            rerank_model=rerank_model,
         )
     return cache[key]
+
+
+def rerank_scores(index: Index, reranker, q: QueryFeatures, base, rows, frames=None) -> np.ndarray:
+    """Stage-2 scores of the candidate ``rows`` (base scores ``base``; ``frames``: their stored
+    frame embeddings when the caller has them). A CLIPRerank with its own frame model
+    (``--rerank-model``) encodes the query and the candidates' frames with that model."""
+    fm = getattr(reranker, "frame_model", None)
+    if fm is not None:
+        qm = fm.embed_query(q.text)
+        scores = reranker.score(qm, base, [fm.frames(index, int(r)) for r in rows])
+        return np.asarray(scores, dtype=np.float64)
+    if frames is None:
+        frames = [index.frames(int(r))[0] for r in rows]
+    patches = [index.patches(int(r)) for r in rows] if reranker.needs_patches else None
+    return np.asarray(reranker.score(q, base, frames, patches), dtype=np.float64)
 
 
 def stage_one(
@@ -74,16 +115,17 @@ def search_index(
     query: str,
     k: int = 10,
     candidates: int = 100,
-    rerank: str | None = "cliprerank",
+    rerank: str | None = "auto",
     alpha: float = 0.4,
     margin: float = 0.25,
+    rerank_model: str | None = None,
 ) -> list[Hit]:
     query = check_query(query)
     if k < 1:
         raise UserError(f"-k must be at least 1, got {k}")
     candidates = max(int(candidates), int(k))
     encoder, pool_agg = index.models()
-    reranker = get_reranker(index, rerank, alpha)
+    reranker = get_reranker(index, rerank, alpha, rerank_model)
     q = encode_query(encoder, pool_agg, query, words=bool(getattr(reranker, "needs_words", False)))
     base, rows = stage_one(index, q.embedding, candidates)
     return rank_candidates(index, q, base, rows, reranker, k, margin)
@@ -98,10 +140,7 @@ def rank_candidates(
     if reranker is None:
         final = base
     else:
-        patches = [index.patches(int(r)) for r in rows] if reranker.needs_patches else None
-        final = np.asarray(
-            reranker.score(q, base, [f for f, _ in frames], patches), dtype=np.float64
-        )
+        final = rerank_scores(index, reranker, q, base, rows, [f for f, _ in frames])
     order = np.argsort(-final, kind="stable")[:k]
     hits = []
     for rank, j in enumerate(order, start=1):
@@ -193,10 +232,11 @@ def search_batch(
     queries: list[str],
     k: int = 10,
     candidates: int = 100,
-    rerank: str | None = "cliprerank",
+    rerank: str | None = "auto",
     alpha: float = 0.4,
     margin: float = 0.25,
     batch_size: int = 256,
+    rerank_model: str | None = None,
 ) -> list[list[Hit]]:
     """Two-stage search of many queries over one index or several (sharded search: the same
     model required; each index is searched, then the hits are merged by score, a video found in
@@ -214,7 +254,7 @@ def search_batch(
     for other in indexes[1:]:
         if other._models is None:
             other._models = (encoder, pool_agg)
-    reranker = get_reranker(indexes[0], rerank, alpha)
+    reranker = get_reranker(indexes[0], rerank, alpha, rerank_model)
     words = bool(getattr(reranker, "needs_words", False))
     out: list[list[Hit]] = []
     for s in range(0, len(queries), max(1, int(batch_size))):
