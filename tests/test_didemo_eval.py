@@ -241,3 +241,40 @@ def test_moment_detr_validation_reports_didemo_metrics(tmp_path):
     assert res["brief"]["mIoU"] == pytest.approx(float(logged["test/DiDeMo-mIoU"]), abs=1e-3)
     saved = json.loads((tmp_path / "preds" / "test_metrics.json").read_text())
     assert saved["didemo"]["R@5"] == res["brief"]["R@5"]
+
+
+def test_moments_didemo_recipe_monitors_the_official_r1(tmp_path):
+    """``vr train fit --config configs/moments_didemo.yaml`` end to end on stand-in videos (a tiny
+    encoder and head): its checkpoint callback monitors ``val/DiDeMo-R@1``, which must exist."""
+    from video_retrieval.videowrite import write_video
+
+    repo = Path(__file__).resolve().parents[1]
+    records = json.loads((REAL / "didemo_val_head40.json").read_text())[6:10]
+    root = tmp_path / "didemo"
+    (root / "videos").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for name in dict.fromkeys(r["video"] for r in records):
+        frames = rng.integers(0, 255, size=(30, 24, 32, 3), dtype=np.uint8)
+        write_video(root / "videos" / name, frames, fps=1, codec="h264")  # under the real name
+    for split in ("train", "val", "test"):
+        (root / f"{split}_data.json").write_text(json.dumps(records))
+    rc = main([
+        "train", "fit", "--config", str(repo / "configs" / "moments_didemo.yaml"),
+        *(f"--data.init_args.{s}_path={root / f'{s}_data.json'}" for s in ("train", "val", "test")),
+        f"--data.init_args.video_dir={root / 'videos'}",
+        f"--data.init_args.cache_dir={tmp_path / 'cache'}",
+        "--data.init_args.encoder_model=vr-tiny", "--data.init_args.encoder_pretrained=null",
+        "--data.init_args.batch_size=2",
+        "--model.init_args.hidden_dim=32", "--model.init_args.dim_feedforward=64",
+        "--model.init_args.nheads=4", f"--model.init_args.predictions_dir={tmp_path / 'preds'}",
+        "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path / 'run'}",
+        "--trainer.enable_progress_bar=false", "--trainer.logger=false",
+    ])  # fmt: skip
+    assert rc == 0
+    best = list((tmp_path / "run").rglob("best-*.ckpt"))
+    assert best, list((tmp_path / "run").rglob("*"))
+    import torch
+
+    ck = torch.load(best[0], weights_only=True, map_location="cpu")
+    cb = next(v for k, v in ck["callbacks"].items() if "ModelCheckpoint" in k)
+    assert cb["monitor"] == "val/DiDeMo-R@1"
