@@ -10,6 +10,17 @@ Per decoder layer (the last one and every auxiliary one), with its own Hungarian
 
 plus, on the last layer only, the saliency hinge loss (x1, margin 0.2) over the (positive,
 negative) clip index pairs of each sample: ``2 * sum(max(0, margin + s_neg - s_pos)) / (B * P)``.
+
+QD-DETR (``qd_detr.QDDETR``, outputs with ``saliency_scores_neg``) adds to the saliency term, at
+the same weight:
+
+* the negative-pair loss: the clips of a video scored against another sample's query should not
+  be salient, ``mean_b sum_i -log(1 - sigmoid(s_neg[b, i]))`` over valid clips;
+* the rank-aware contrastive loss over the per-clip labels ``saliency_all_labels`` (the summed
+  annotator scores, 0 outside the relevant clips): for every rank r = 1..11, the clips labelled
+  >= r are positives in a softmax (temperature 0.5) over all clips of the video *and* of its
+  negative pair (labelled 0); the loss is the mean negative log-probability of the positives,
+  averaged over the batch (samples without positives count 0), summed over r, divided by 12.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ class MomentCriterion(nn.Module):
         w_saliency: float = 1.0,
         eos_coef: float = 0.1,
         saliency_margin: float = 0.2,
+        rank_tau: float = 0.5,
     ):
         super().__init__()
         self.matcher = matcher or HungarianMatcher()
@@ -46,6 +58,7 @@ class MomentCriterion(nn.Module):
             w_saliency,
         )
         self.saliency_margin = saliency_margin
+        self.rank_tau = rank_tau
         weight = torch.ones(2)
         weight[1 - FOREGROUND] = eos_coef
         self.register_buffer("empty_weight", weight, persistent=False)
@@ -83,6 +96,30 @@ class MomentCriterion(nn.Module):
         n = pos_s.numel()
         return torch.clamp(self.saliency_margin + neg_s - pos_s, min=0).sum() / max(n, 1) * 2
 
+    @staticmethod
+    def negative_pair_loss(saliency_neg: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``mean_b sum_i -log(1 - sigmoid(s))`` over valid clips (softplus(s), stable)."""
+        return (F.softplus(saliency_neg) * mask.to(saliency_neg)).sum(1).mean()
+
+    def rank_contrastive_loss(
+        self, saliency: torch.Tensor, saliency_neg: torch.Tensor, labels: torch.Tensor, mask
+    ) -> torch.Tensor:
+        """QD-DETR's rank-aware contrastive loss (see the module doc); ``labels`` [B, Lv]."""
+        m = mask.to(saliency).repeat(1, 2)
+        scores = torch.cat([saliency, saliency_neg], 1)
+        lab = torch.cat([labels.to(saliency), torch.zeros_like(labels, dtype=saliency.dtype)], 1)
+        scores = (scores * m + (1 - m) * -1e3) / self.rank_tau
+        total = scores.new_zeros(())
+        for r in range(1, 12):
+            pos = (lab >= r).to(scores)
+            if pos.sum() == 0:
+                continue
+            has_pos = (pos.sum(1) > 0).to(scores)
+            log_prob = scores.log_softmax(1)
+            mean_pos = (pos * log_prob * m).sum(1) / (pos.sum(1) + 1e-6)
+            total = total + (-mean_pos * has_pos).mean()
+        return total / 12
+
     def forward(self, outputs: dict, targets: dict) -> dict:
         """targets: ``span_labels`` list of [n_i, 2] normalised cxw; optional
         ``saliency_pos_labels`` / ``saliency_neg_labels`` [B, P] clip indices.
@@ -108,6 +145,17 @@ class MomentCriterion(nn.Module):
             sal = self.saliency_loss(
                 outputs["saliency_scores"], pos, targets["saliency_neg_labels"]
             )
+            neg = outputs.get("saliency_scores_neg")
+            if neg is not None:  # QD-DETR
+                mask = outputs["video_mask"]
+                neg_pair = self.negative_pair_loss(neg, mask)
+                losses["loss_neg_pair"] = self.w_saliency * neg_pair
+                sal = sal + neg_pair
+                labels = targets.get("saliency_all_labels")
+                if labels is not None:
+                    rank = self.rank_contrastive_loss(outputs["saliency_scores"], neg, labels, mask)
+                    losses["loss_rank_contrastive"] = self.w_saliency * rank
+                    sal = sal + rank
             losses["loss_saliency"] = self.w_saliency * sal
             total = total + losses["loss_saliency"]
         losses["loss"] = total

@@ -81,3 +81,95 @@ def test_refusals(video, tmp_path, capsys):
         localize(video, "a box", model="vr-tiny")  # never silently random
     assert main(["localize", str(video), "a box", "--checkpoint", str(tmp_path / "none.ckpt")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def _result(method="moment_detr", head="qd_detr", n=3, video="none.mp4"):
+    moments = [{"start": 12.0, "end": 18.0, "score": 0.9}, {"start": 12.0, "end": 20.0,
+               "score": 0.8}, {"start": 38.0, "end": 40.0, "score": 0.4}]  # fmt: skip
+    moments += [{"start": 10.0 + i, "end": 20.0 + i, "score": 0.3 - 0.01 * i} for i in range(n - 3)]
+    res = {"video": video, "query": "the little purple star goes up " * 4, "moments": moments[:n],
+           "saliency": list(np.linspace(-1, 1, 36)), "clip_len": 2.0, "duration": 72.0,
+           "method": method}  # fmt: skip
+    if method == "moment_detr":
+        res["head"] = head
+    return res
+
+
+def _texts(fig):
+    """Every text the figure draws: titles, axis labels, tick labels of the axes that are on,
+    legend entries."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    texts = []
+    for ax in fig.axes:
+        parts = [ax.title, ax._left_title, ax._right_title]
+        if ax.axison:
+            parts += [ax.xaxis.label, ax.yaxis.label]
+            parts += ax.get_xticklabels() + ax.get_yticklabels()
+        if ax.get_legend() is not None:
+            parts += ax.get_legend().get_texts()
+        texts += [(t.get_text(), t.get_window_extent(r)) for t in parts
+                  if t.get_visible() and t.get_text().strip()]  # fmt: skip
+    return texts
+
+
+def test_plot_names_the_curve_shows_ground_truth_lanes_and_legend():
+    from video_retrieval.localization import moment_figure
+
+    fig = moment_figure(_result(), ground_truth=[[12, 20], [38, 40]])
+    curve, lanes = fig.axes[0], fig.axes[1]
+    assert curve.get_ylabel() == "saliency\n(QD-DETR head)"
+    legend = [t.get_text() for t in curve.get_legend().get_texts()]
+    assert legend == ["saliency (QD-DETR head)", "ground truth", "top prediction (#1)",
+                      "other predictions (lanes)"]  # fmt: skip
+    # one lane per window, top to bottom: the ground truth, then the moments by rank
+    labels = [t.get_text() for t in lanes.get_yticklabels()][::-1]
+    assert labels == ["ground truth", "#1  score 0.90", "#2  score 0.80", "#3  score 0.40"]
+    # the ground-truth lane has both windows, each moment lane its own window
+    bars = sorted((round(p.get_y() + p.get_height() / 2), p.get_x(), p.get_x() + p.get_width())
+                  for p in lanes.patches)  # fmt: skip
+    assert bars == [(0, 38.0, 40.0), (1, 12.0, 20.0), (2, 12.0, 18.0), (3, 12.0, 20.0),
+                    (3, 38.0, 40.0)]  # fmt: skip
+    assert lanes.get_xlabel() == "time (s)"
+    for method, words in (("zero_shot", "similarity (zero-shot)"),
+                          ("zero_shot_pooled", "(zero-shot, pooled clips)")):  # fmt: skip
+        f = moment_figure(_result(method))
+        assert words in f.axes[0].get_ylabel()
+        assert [t.get_text() for t in f.axes[1].get_yticklabels()][-1] == "#1  score 0.90"
+    moment_detr = moment_figure(_result(head="moment_detr"))
+    assert moment_detr.axes[0].get_ylabel() == "saliency\n(Moment-DETR head)"
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    x = np.full((144, 48, 64, 3), 10, np.uint8)  # 72 s at 2 fps
+    x[24:40, 10:40, 10:54] = (240, 30, 30)
+    return write_video(tmp_path_factory.mktemp("loc72") / "long.mp4", x, fps=2)
+
+
+@pytest.mark.parametrize("n", [3, 10])
+def test_plot_labels_do_not_collide(long_video, n):
+    from video_retrieval.localization import moment_figure
+
+    # overlapping and identical windows, a long query, ground truth and thumbnails
+    fig = moment_figure(_result(n=n, video=str(long_video)), ground_truth=[[12, 20], [38, 40]])
+    texts = _texts(fig)
+    assert sum(t.startswith("#1 @") for t, _ in texts) == 1  # the thumbnails are there
+    assert len(texts) > 10
+    for i, (a, ba) in enumerate(texts):
+        for b, bb in texts[i + 1 :]:
+            overlap_w = min(ba.x1, bb.x1) - max(ba.x0, bb.x0)
+            overlap_h = min(ba.y1, bb.y1) - max(ba.y0, bb.y0)
+            assert overlap_w <= 1 or overlap_h <= 1, (a, b)
+
+
+def test_top_hit_by_hand():
+    from video_retrieval.localization import top_hit, window_iou
+
+    assert window_iou((12, 18), (12, 20)) == pytest.approx(0.75)
+    assert window_iou((0, 2), (2, 4)) == 0.0
+    hit = top_hit(_result(), [[38, 40], [12, 20]])
+    assert hit == {"iou": 0.75, "window": [12.0, 18.0], "ground_truth": [12.0, 20.0], "hit": True}
+    miss = top_hit(_result(), [[14, 30]])  # [12, 18] vs [14, 30]: 4 / 18
+    assert miss["hit"] is False and miss["iou"] == pytest.approx(4 / 18)
+    assert top_hit(_result(), None) is None and top_hit({"moments": []}, [[0, 2]]) is None

@@ -1,6 +1,7 @@
 """Features, cache, Lightning fit, checkpoint and predictor on three tiny generated videos."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -142,6 +143,79 @@ def test_fit_checkpoint_and_predictor(world, tmp_path):
     assert diff.v_feat_dim == 3 * dm.v_feat_dim
     with pytest.raises(UserError, match="video_feature_diff=False"):
         predict_split(model, diff, "val")
+
+
+def test_qd_detr_head_cosine_schedule_checkpoint_and_predictor(world, tmp_path):
+    import lightning as L
+    from video_retrieval.temporal.qd_detr import QDDETR
+
+    from video_retrieval.lit_moments import (
+        MomentDataModule,
+        MomentDETRModule,
+        load_module,
+        predict_split,
+    )
+    from video_retrieval.moment_predictor import MomentPredictor
+
+    L.seed_everything(0)
+    dm = MomentDataModule(
+        train_path=str(world / "train.jsonl"),
+        val_path=str(world / "val.jsonl"),
+        cache_dir=str(tmp_path / "cache"),
+        batch_size=3,
+    )
+    model = MomentDETRModule(
+        head="qd_detr", hidden_dim=32, nheads=4, dim_feedforward=64, num_queries=4,
+        round_multiple=2.0, lr=1e-3, lr_schedule="cosine", warmup_epochs=1, min_lr_ratio=0.1,
+    )  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        gradient_clip_val=0.1,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, dm)
+    assert isinstance(model.model, QDDETR)
+    assert "val/MR-full-mAP" in trainer.callback_metrics
+    # 3 steps (one batch of 3 per epoch), 1 of warm-up: the rate ran at 1, 1, 0.55 x lr and,
+    # after the last step, the schedule stands at its floor 0.1 + 0.9 * 0.5 * (1 + cos(pi))
+    lr_last = trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr_last == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi))), rel=1e-6)
+    ckpt = tmp_path / "qd.ckpt"
+    trainer.save_checkpoint(ckpt)
+    meta = torch.load(ckpt, weights_only=True, map_location="cpu")["moment_meta"]
+    assert meta["head"] == "qd_detr" and meta["model_kwargs"]["t2v_layers"] is None
+    pred = MomentPredictor.from_checkpoint(ckpt)
+    assert isinstance(pred.model, QDDETR)
+    out = pred.predict(world / "videos" / "v1.mp4", "a red square appears", top=3)
+    rows = predict_split(load_module(ckpt), dm, "val")
+    assert rows[1]["pred_relevant_windows"][0][:2] == pytest.approx(out["moments"][0][:2])
+    assert rows[1]["pred_saliency_scores"] == pytest.approx(out["saliency"], abs=1e-4)
+
+
+def test_cosine_lr_factor_by_hand():
+    from video_retrieval.lit_moments import cosine_lr_factor
+
+    # 10 steps, 2 of warm-up: 0.5, 1, then a half cosine over the 8 remaining steps to 0.2
+    assert cosine_lr_factor(0, 10, 2, 0.2) == pytest.approx(0.5)
+    assert cosine_lr_factor(1, 10, 2, 0.2) == pytest.approx(1.0)
+    assert cosine_lr_factor(2, 10, 2, 0.2) == pytest.approx(1.0)
+    assert cosine_lr_factor(6, 10, 2, 0.2) == pytest.approx(0.2 + 0.8 * 0.5)
+    assert cosine_lr_factor(10, 10, 2, 0.2) == pytest.approx(0.2)
+    assert cosine_lr_factor(0, 4, 0) == pytest.approx(1.0)
+
+
+def test_unknown_head_or_schedule_is_one_line():
+    from video_retrieval.lit_moments import MomentDETRModule
+
+    with pytest.raises(UserError, match="head must be one of"):
+        MomentDETRModule(head="cg_detr")
+    with pytest.raises(UserError, match="lr_schedule must be one of"):
+        MomentDETRModule(lr_schedule="linear")
 
 
 @pytest.mark.parametrize("name", ["synth", "qvhighlights", "charades", "didemo"])

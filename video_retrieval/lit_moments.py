@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 from pathlib import Path
@@ -25,7 +26,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from video_retrieval.datasets.moments import load_moments, sample_saliency_pairs, video_paths
+from video_retrieval.datasets.moments import (
+    load_moments,
+    relevant_clip_ids,
+    sample_saliency_pairs,
+    video_paths,
+)
 from video_retrieval.errors import UserError
 from video_retrieval.moment_features import (
     FeatureCache,
@@ -34,14 +40,26 @@ from video_retrieval.moment_features import (
     normalize_clip_features,
 )
 from video_retrieval.moment_metrics import charades_metrics, didemo_metrics, evaluate
-from video_retrieval.moment_predictor import postprocess
-from video_retrieval.temporal.moment_detr import MomentDETR
+from video_retrieval.moment_predictor import MOMENT_HEADS, build_head, postprocess
 from video_retrieval.temporal.moment_loss import MomentCriterion
 from video_retrieval.temporal.moment_matcher import HungarianMatcher
 
 log = logging.getLogger(__name__)
 
 CLIP_POOLINGS = ("frame", "aggregator")
+LR_SCHEDULES = ("step", "cosine")
+
+
+def cosine_lr_factor(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` of ``total``: linear warm-up from
+    ``1/warmup`` to 1 over ``warmup`` steps, then a half cosine from 1 to ``min_ratio``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    t = min(1.0, (step - warmup) / span)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEMO_CKPTS = (ASSETS / "demo_retrieval.ckpt", ASSETS / "demo_model.ckpt")
 
@@ -49,6 +67,21 @@ DEMO_CKPTS = (ASSETS / "demo_retrieval.ckpt", ASSETS / "demo_model.ckpt")
 def demo_retrieval_checkpoint() -> str | None:
     """The committed demo retrieval model (vr-tiny CLIP trained on the synthetic world), if any."""
     return next((str(p) for p in DEMO_CKPTS if p.exists()), None)
+
+
+def saliency_labels(row: dict, clip_len: float, num_clips: int) -> np.ndarray:
+    """Per-clip saliency label [num_clips] for QD-DETR's rank-aware contrastive loss: the summed
+    annotator scores of each relevant clip (QVHighlights: 0-12), 0 elsewhere; without scores,
+    1 on every clip of the windows (as lighthouse does for moment-only datasets)."""
+    labels = np.zeros(num_clips, dtype=np.float32)
+    scores = row.get("saliency_scores")
+    if scores and row.get("relevant_clip_ids"):
+        for c, s in zip(row["relevant_clip_ids"], scores):
+            if 0 <= int(c) < num_clips:
+                labels[int(c)] = float(sum(s))
+    else:
+        labels[relevant_clip_ids(row, clip_len, num_clips)] = 1.0
+    return labels
 
 
 class MomentItems(Dataset):
@@ -84,6 +117,7 @@ class MomentItems(Dataset):
             "spans": cxw,
             "pos": torch.tensor(pos),
             "neg": torch.tensor(neg),
+            "labels": torch.from_numpy(saliency_labels(it["row"], self.clip_len, n)),
             "index": i,
         }
 
@@ -97,7 +131,9 @@ def collate_moments(batch: list[dict]) -> dict:
     vm = torch.zeros(bsz, lv, dtype=torch.bool)
     t = torch.zeros(bsz, lq, dt)
     tm = torch.zeros(bsz, lq, dtype=torch.bool)
+    labels = torch.zeros(bsz, lv)
     for i, b in enumerate(batch):
+        labels[i, : len(b["labels"])] = b["labels"]
         v[i, : len(b["v"])] = b["v"]
         vm[i, : len(b["v"])] = True
         t[i, : len(b["t"])] = b["t"]
@@ -110,6 +146,7 @@ def collate_moments(batch: list[dict]) -> dict:
         "span_labels": [b["spans"] for b in batch],
         "saliency_pos_labels": torch.stack([b["pos"] for b in batch]),
         "saliency_neg_labels": torch.stack([b["neg"] for b in batch]),
+        "saliency_all_labels": labels,
         "index": torch.tensor([b["index"] for b in batch]),
     }
 
@@ -373,10 +410,19 @@ class MomentDataModule(L.LightningDataModule):
 
 
 class MomentDETRModule(L.LightningModule):
-    """Moment-DETR with its Hungarian criterion, AdamW + StepLR, QVHighlights metrics."""
+    """A DETR moment head with its Hungarian criterion, AdamW + a schedule, QVHighlights metrics.
+
+    ``head``: ``moment_detr`` (Moment-DETR, the published recipe) or ``qd_detr`` (QD-DETR:
+    query-dependent video tokens, input-adaptive saliency, negative-pair and rank-contrastive
+    saliency losses, anchor decoder; ``t2v_layers`` defaults to ``enc_layers``).
+    ``lr_schedule``: ``step`` (StepLR every ``lr_drop`` epochs, x0.1: Moment-DETR's; with
+    ``lr_drop`` past ``max_epochs`` the rate is constant) or ``cosine`` (linear warm-up over
+    ``warmup_epochs``, then cosine decay to ``lr * min_lr_ratio`` at ``max_epochs``; per step).
+    """
 
     def __init__(
         self,
+        head: str = "moment_detr",
         v_feat_dim: int = 0,
         t_feat_dim: int = 0,
         hidden_dim: int = 256,
@@ -390,9 +436,13 @@ class MomentDETRModule(L.LightningModule):
         n_input_proj: int = 2,
         use_tef: bool = True,
         aux_loss: bool = True,
+        t2v_layers: int | None = None,
         lr: float = 1e-4,
         weight_decay: float = 1e-4,
         lr_drop: int = 400,
+        lr_schedule: str = "step",
+        warmup_epochs: float = 0.0,
+        min_lr_ratio: float = 0.0,
         w_span: float = 10.0,
         w_giou: float = 1.0,
         w_label: float = 4.0,
@@ -405,8 +455,12 @@ class MomentDETRModule(L.LightningModule):
         predictions_dir: str | None = None,
     ):
         super().__init__()
+        if head not in MOMENT_HEADS:
+            raise UserError(f"head must be one of {sorted(MOMENT_HEADS)}, not {head!r}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"lr_schedule must be one of {LR_SCHEDULES}, not {lr_schedule!r}")
         self.save_hyperparameters()
-        self.model: MomentDETR | None = None
+        self.model: torch.nn.Module | None = None
         self.criterion = MomentCriterion(
             HungarianMatcher(w_span, w_giou, w_label),
             w_span,
@@ -422,15 +476,19 @@ class MomentDETRModule(L.LightningModule):
             self._build()
 
     def model_kwargs(self) -> dict:
+        """The head's constructor arguments (recorded in checkpoints as ``model_kwargs``)."""
         h = self.hparams
         keys = (
             "v_feat_dim t_feat_dim hidden_dim num_queries enc_layers dec_layers nheads "
             "dim_feedforward dropout input_dropout n_input_proj use_tef aux_loss"
         ).split()
-        return {k: h[k] for k in keys}
+        kw = {k: h[k] for k in keys}
+        if h.head == "qd_detr":
+            kw["t2v_layers"] = h.t2v_layers
+        return kw
 
     def _build(self):
-        self.model = MomentDETR(**self.model_kwargs())
+        self.model = build_head(self.hparams.head, self.model_kwargs())
 
     def setup(self, stage: str | None = None) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -562,15 +620,23 @@ class MomentDETRModule(L.LightningModule):
 
     # ----------------------------------------------------------------- optim / ckpt
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        h = self.hparams
+        opt = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        if h.lr_schedule == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=h.lr_drop)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, int(self.trainer.max_epochs or 1))
+        warmup = int(round(h.warmup_epochs * total / epochs))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: cosine_lr_factor(step, total, warmup, h.min_lr_ratio)
         )
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=self.hparams.lr_drop)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["moment_meta"] = {
             "format": "video_retrieval.moment_detr/1",
+            "head": self.hparams.head,
             "model_kwargs": self.model_kwargs(),
             "round_multiple": float(self.hparams.round_multiple),
             "nms_iou": float(self.hparams.nms_iou),
@@ -639,6 +705,7 @@ def load_module(ckpt_path) -> MomentDETRModule:
         raise UserError(f"{ckpt_path}: not a moment checkpoint (no moment_meta)")
     hp = dict(ckpt.get("hyper_parameters", {}))
     hp.update(meta["model_kwargs"])
+    hp["head"] = meta.get("head", "moment_detr")
     allowed = MomentDETRModule.__init__.__code__.co_varnames
     module = MomentDETRModule(**{k: v for k, v in hp.items() if k in allowed})
     module.load_state_dict(ckpt["state_dict"])

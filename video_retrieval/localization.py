@@ -1,8 +1,9 @@
 """Query one video: where does the sentence happen?
 
 ``localize(video, query)`` returns ``{"video", "query", "moments": [{"start", "end", "score"}],
-"saliency": [...], "clip_len", "duration", "method", "weights"}``. With a moment checkpoint
-(``checkpoint=``) the trained moment head (``moment_predictor.MomentPredictor``) predicts the
+"saliency": [...], "clip_len", "duration", "method", "weights"}`` (and ``"head"``:
+``moment_detr`` / ``qd_detr`` when ``method`` is ``moment_detr``, a trained DETR head). With a
+moment checkpoint (``checkpoint=``) the trained moment head (``moment_predictor.MomentPredictor``) predicts the
 windows, over sliding windows of its trained length when the video is longer; without one, the
 zero-shot baseline
 scores each 2-s clip by the cosine between its CLIP embedding and the query and ranks candidate
@@ -10,8 +11,9 @@ windows with ``moment_zeroshot.zero_shot_windows``; with ``clip_encoder=`` (a ``
 retrieval checkpoint such as ``configs/moments_synth_clips.yaml`` writes) each clip is instead its
 aggregator's embedding of the clip's frames +-1 s (``moment_features.load_clip_encoder``), scored
 against the checkpoint's own text tower. ``saliency`` is the per-clip score curve
-(one value per ``clip_len`` seconds). ``plot=`` writes a PNG of that curve with the moments
-shaded and a few thumbnails.
+(one value per ``clip_len`` seconds). ``plot=`` writes a PNG of that curve (its y-axis says
+whether it is a head's saliency or a zero-shot similarity) with a lane per predicted moment, the
+ground truth in its own lane when given (``ground_truth=``), a legend and a few thumbnails.
 
 Example::
 
@@ -123,13 +125,15 @@ def localize(
     clip_encoder=None,
     random_weights: bool = False,
     predictor=None,
+    ground_truth=None,
 ) -> dict:
     """Top-``top`` moments of ``query`` in ``video`` (seconds), best first; see module doc.
 
     The model: ``checkpoint`` (a trained moment head, or an already loaded ``predictor``),
     ``clip_encoder`` (a retrieval checkpoint pooling clips), ``encoder`` (a loaded CLIP), or
     ``model``/``pretrained`` resolved as ``vr index`` does (default ``ViT-B-32`` /
-    ``laion2b_s34b_b79k``; ``random_weights=True`` only for tests).
+    ``laion2b_s34b_b79k``; ``random_weights=True`` only for tests). ``ground_truth``
+    (``[[start, end], ...]`` seconds, when known) is drawn as its own band in the ``plot``.
     """
     path, query = _check(video, query)
     if top < 1:
@@ -150,6 +154,7 @@ def localize(
             "clip_len": float(pred["clip_len"]),
             "duration": round(float(pred["duration"]), 3),
             "method": "moment_detr",
+            "head": str(predictor.meta.get("head", "moment_detr")),
             "windows": int(pred.get("windows", 1)),
             "weights": {"kind": "moment_checkpoint", "path": str(checkpoint or "")},
         }
@@ -169,52 +174,57 @@ def localize(
             "weights": zs.weights,
         }
     if plot:
-        plot_moments(result, plot)
+        plot_moments(result, plot, ground_truth=ground_truth)
     return result
 
 
-def plot_moments(result: dict, out_png, thumbnails: int = 4) -> Path:
-    """PNG: query similarity over time, moments shaded, thumbnails of the top moments."""
+#: y-axis words for each localization method (what the plotted per-clip curve is)
+CURVE_LABELS = {
+    "moment_detr": "saliency (trained head)",
+    "zero_shot": "query-clip cosine\nsimilarity (zero-shot)",
+    "zero_shot_pooled": "query-clip cosine similarity\n(zero-shot, pooled clips)",
+}
+HEAD_NAMES = {"moment_detr": "Moment-DETR", "qd_detr": "QD-DETR"}
+
+
+def curve_label(result: dict) -> str:
+    """What the ``saliency`` curve of a localization result is, in words, for an axis label."""
+    method = str(result.get("method", ""))
+    if method == "moment_detr":
+        head = HEAD_NAMES.get(str(result.get("head", "moment_detr")), str(result.get("head")))
+        return f"saliency\n({head} head)"
+    return CURVE_LABELS.get(method, "score")
+
+
+def window_iou(a, b) -> float:
+    """IoU of two ``[start, end]`` windows in seconds (0 when disjoint or empty)."""
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = (a[1] - a[0]) + (b[1] - b[0]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def top_hit(result: dict, ground_truth, threshold: float = 0.5) -> dict | None:
+    """Does the top window hit the ground truth? ``{"iou", "window", "ground_truth", "hit"}``
+    with the best IoU over the ground-truth windows; None without moments or ground truth."""
+    gts = [tuple(map(float, w[:2])) for w in (ground_truth or [])]
+    if not result.get("moments") or not gts:
+        return None
+    m = result["moments"][0]
+    top = (float(m["start"]), float(m["end"]))
+    ious = [window_iou(top, g) for g in gts]
+    best = int(np.argmax(ious))
+    return {"iou": ious[best], "window": list(top), "ground_truth": list(gts[best]),
+            "hit": ious[best] >= threshold}  # fmt: skip
+
+
+def plot_moments(result: dict, out_png, thumbnails: int = 4, ground_truth=None) -> Path:
+    """Write ``moment_figure`` as a PNG (atomically: temp file, then rename)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sal = np.asarray(result["saliency"], dtype=np.float64)
-    clip_len = float(result.get("clip_len", 2.0))
-    end = float(result.get("duration") or len(sal) * clip_len)
-    edges = np.minimum(np.arange(len(sal) + 1) * clip_len, max(end, clip_len * (len(sal) - 1)))
-    moments = result["moments"][:thumbnails]
-    thumbs = []
-    if moments:
-        try:
-            from video_retrieval.decode import load_frames
-
-            times = [0.5 * (m["start"] + m["end"]) for m in moments]
-            for t in times:
-                fr = load_frames(
-                    result["video"], num_frames=1, start=max(0.0, t - 0.05), end=t + 0.05, size=96
-                )
-                thumbs.append((t, fr.pixels[0]))
-        except Exception:  # thumbnails are a nicety; the curve is the content
-            thumbs = []
-    fig = plt.figure(figsize=(10, 5 if thumbs else 3.2))
-    rows = 2 if thumbs else 1
-    ax = fig.add_subplot(rows, 1, 1)
-    if len(sal):
-        ax.step(edges, np.append(sal, sal[-1]), where="post", color="tab:blue", lw=1.5)
-    for i, m in enumerate(result["moments"]):
-        ax.axvspan(m["start"], m["end"], color="tab:orange", alpha=0.35 if i == 0 else 0.15, lw=0)
-        ax.text(m["start"], ax.get_ylim()[1], f"#{i + 1}", va="top", fontsize=8)
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("similarity")
-    ax.set_title(f'{Path(result["video"]).name}: "{result["query"]}"', fontsize=10)
-    for j, (t, img) in enumerate(thumbs):
-        tax = fig.add_subplot(2, len(thumbs), len(thumbs) + j + 1)
-        tax.imshow(img)
-        tax.set_title(f"#{j + 1} @ {t:.1f}s", fontsize=8)
-        tax.axis("off")
-    fig.tight_layout()
+    fig = moment_figure(result, thumbnails, ground_truth)
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}.png")
@@ -222,3 +232,95 @@ def plot_moments(result: dict, out_png, thumbnails: int = 4) -> Path:
     plt.close(fig)
     os.replace(tmp, out)
     return out
+
+
+def moment_figure(result: dict, thumbnails: int = 4, ground_truth=None):
+    """Figure of a localization result: the per-clip curve (head saliency or zero-shot similarity,
+    named on the y-axis), then one lane per window below it (the ground truth when given,
+    ``ground_truth`` = ``[[start, end], ...]`` seconds, then each predicted moment with its rank
+    and score as the lane's label, so no two labels share a line), a legend, and thumbnails of
+    the top moments. The top prediction and the ground truth are also shaded on the curve."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    sal = np.asarray(result["saliency"], dtype=np.float64)
+    clip_len = float(result.get("clip_len", 2.0))
+    end = float(result.get("duration") or len(sal) * clip_len)
+    edges = np.minimum(np.arange(len(sal) + 1) * clip_len, max(end, clip_len * (len(sal) - 1)))
+    moments = list(result["moments"])
+    gts = [tuple(map(float, w[:2])) for w in (ground_truth or [])]
+    thumbs = []
+    if moments and thumbnails:
+        try:
+            from video_retrieval.decode import load_frames
+
+            times = [0.5 * (m["start"] + m["end"]) for m in moments[:thumbnails]]
+            for t in times:
+                fr = load_frames(
+                    result["video"], num_frames=1, start=max(0.0, t - 0.05), end=t + 0.05, size=96
+                )
+                thumbs.append((t, fr.pixels[0]))
+        except Exception:  # thumbnails are a nicety; the curve is the content
+            thumbs = []
+    lanes = (["ground truth"] if gts else []) + [
+        f"#{i + 1}  score {m['score']:.2f}" for i, m in enumerate(moments)
+    ]
+    lane_h = 0.28
+    heights = [2.4, max(0.6, lane_h * len(lanes))] + ([1.5] if thumbs else [])
+    # constrained layout keeps the title, axis labels, lane labels, legend and thumbnail titles
+    # from overlapping one another
+    fig = plt.figure(figsize=(11, sum(heights) + 1.3), layout="constrained")
+    grid = fig.add_gridspec(len(heights), max(1, len(thumbs)), height_ratios=heights)
+    ax = fig.add_subplot(grid[0, :])
+    gt_colour, top_colour, other_colour = "tab:green", "tab:orange", "tab:gray"
+    handles = []
+    if len(sal):
+        (line,) = ax.step(edges, np.append(sal, sal[-1]), where="post", color="tab:blue", lw=1.5)
+        line.set_label(curve_label(result).replace("\n", " "))
+        handles.append(line)
+    for s, e in gts:
+        ax.axvspan(s, e, color=gt_colour, alpha=0.18, lw=0)
+    if gts:
+        handles.append(Patch(color=gt_colour, alpha=0.35, label="ground truth"))
+    if moments:
+        m0 = moments[0]
+        ax.axvspan(m0["start"], m0["end"], facecolor="none", edgecolor=top_colour, lw=2,
+                   hatch="//", alpha=0.9)  # fmt: skip
+        handles.append(Patch(facecolor="none", edgecolor=top_colour, hatch="//",
+                             label="top prediction (#1)"))  # fmt: skip
+    if len(moments) > 1:
+        handles.append(Patch(color=other_colour, alpha=0.5, label="other predictions (lanes)"))
+    ax.set_xlim(0, max(end, 1e-6))
+    ax.set_ylabel(curve_label(result), fontsize=9)
+    ax.tick_params(labelbottom=False)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
+              frameon=False)  # fmt: skip
+    title = f'{Path(result["video"]).name}: "{result["query"]}"'
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=10)
+
+    lax = fig.add_subplot(grid[1, :], sharex=ax)
+    for row in range(len(lanes)):
+        y = len(lanes) - 1 - row  # first lane on top
+        if gts and row == 0:
+            for s, e in gts:
+                lax.barh(y, e - s, left=s, height=0.7, color=gt_colour, alpha=0.7)
+            continue
+        m = moments[row - (1 if gts else 0)]
+        first = m is moments[0]
+        lax.barh(y, m["end"] - m["start"], left=m["start"], height=0.7,
+                 color=top_colour if first else other_colour, alpha=0.85 if first else 0.5)  # fmt: skip
+    lax.set_yticks(range(len(lanes)), list(reversed(lanes)), fontsize=8)
+    lax.set_ylim(-0.6, len(lanes) - 0.4)
+    lax.set_xlabel("time (s)")
+    lax.grid(axis="x", alpha=0.3)
+    for j, (t, img) in enumerate(thumbs):
+        tax = fig.add_subplot(grid[2, j])
+        tax.imshow(img)
+        tax.set_title(f"#{j + 1} @ {t:.1f}s", fontsize=8)
+        tax.axis("off")
+    return fig

@@ -47,6 +47,23 @@ def postprocess(
     return rows
 
 
+#: the DETR moment heads a checkpoint can name (``moment_meta["head"]``; absent = Moment-DETR)
+MOMENT_HEADS = ("moment_detr", "qd_detr")
+
+
+def build_head(head: str, model_kwargs: dict):
+    """The ``nn.Module`` of a moment head from its name and constructor arguments."""
+    if head == "moment_detr":
+        from video_retrieval.temporal.moment_detr import MomentDETR
+
+        return MomentDETR(**model_kwargs)
+    if head == "qd_detr":
+        from video_retrieval.temporal.qd_detr import QDDETR
+
+        return QDDETR(**model_kwargs)
+    raise UserError(f"unknown moment head {head!r} (known: {', '.join(MOMENT_HEADS)})")
+
+
 def build_feature_models(source: dict, clip_pooling: str = "frame"):
     """``(encoder, pooling aggregator or None)`` recorded in a moment checkpoint."""
     kind = source.get("kind")
@@ -89,8 +106,6 @@ class MomentPredictor:
     def from_checkpoint(
         cls, path, device: str = "cpu", encoder=None, pool_aggregator=None
     ) -> MomentPredictor:
-        from video_retrieval.temporal.moment_detr import MomentDETR
-
         path = Path(path)
         if not path.is_file():
             raise UserError(f"no such checkpoint: {path}")
@@ -104,7 +119,7 @@ class MomentPredictor:
                 f"{path}: not a moment checkpoint (no moment_meta); train one with "
                 "`vr train fit --config configs/moments_*.yaml`"
             )
-        model = MomentDETR(**meta["model_kwargs"])
+        model = build_head(str(meta.get("head", "moment_detr")), dict(meta["model_kwargs"]))
         state = {
             k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")
         }
