@@ -49,9 +49,6 @@ from video_retrieval.model_weights import (
 from video_retrieval.rerank import uniform_indices
 from video_retrieval.video_files import FileSignature, content_hash, find_videos
 
-PLAN_ENV = "VR_INDEX_PLAN"
-
-
 #: a decodable part shorter than the container's declared duration by more than this (one
 #: 2 s moment clip) is a truncated file, reported as a failure rather than indexed as a short video
 TRUNCATION_SLACK_S = 2.0
@@ -688,77 +685,7 @@ def _encode_local(
     return writer
 
 
-def _predict_distributed(items, cfg: IndexConfig, encoder, index_dir, run: int):
-    """Encode under Lightning DDP (CPU, gloo); returns True on global rank 0."""
-    import lightning as L
-    from lightning.pytorch.callbacks import BasePredictionWriter
-
-    class EncodeModule(L.LightningModule):
-        def __init__(self, enc, batch_size, patch_topk):
-            super().__init__()
-            self.encoder = enc
-            self.batch_size = batch_size
-            self.patch_topk = patch_topk
-
-        def predict_step(self, batch, batch_idx):
-            return encode_videos(self.encoder, batch, self.batch_size, self.patch_topk)
-
-    class ShardPredictionWriter(BasePredictionWriter):
-        """Writes the predictions of each rank into its own shard set."""
-
-        def __init__(self):
-            super().__init__(write_interval="batch")
-            self.writer = None
-
-        def setup(self, trainer, pl_module, stage):
-            self.writer = ShardWriter(
-                index_dir, run, trainer.global_rank, cfg.shard_size, cfg.shard_frames
-            )
-
-        def write_on_batch_end(
-            self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
-        ):
-            for item, emb, patches in prediction:
-                if emb is None:
-                    self.writer.fail(item, item["error"])
-                else:
-                    self.writer.add(item, emb, patches)
-
-        def on_predict_end(self, trainer, pl_module):
-            self.writer.flush()
-
-    loader = make_loader(
-        items, cfg.sampling(), getattr(encoder, "image_size", None), cfg.workers, batch_size=2
-    )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=cfg.devices,
-        strategy="ddp",
-        num_nodes=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[ShardPredictionWriter()],
-    )
-    trainer.predict(
-        EncodeModule(encoder, cfg.batch_size, cfg.patches),
-        dataloaders=loader,
-        return_predictions=False,
-    )
-    trainer.strategy.barrier("vr-index-shards-written")
-    return trainer.is_global_zero
-
-
 # -- the whole run ------------------------------------------------------------------------------
-def _child_run() -> None:
-    """A rank > 0 relaunched by Lightning DDP: encode its share of the plan, write, return."""
-    plan = store.read_json(os.environ[PLAN_ENV])
-    cfg = IndexConfig(**plan["config"])
-    encoder = load_models(cfg)[0]
-    _predict_distributed(plan["items"], cfg, encoder, plan["index_dir"], plan["run"])
-
-
 def _prepare_folder(index_dir: Path) -> bool:
     """Create the index folder if needed; True when this run created it."""
     if index_dir.exists() and not index_dir.is_dir():
@@ -784,12 +711,13 @@ def run_indexing(inputs, index_dir, cfg: IndexConfig | None = None) -> dict | No
     A run holds the index's writer lock from start to end. A failed first run removes the
     folder it created (unless it committed encoded shards: those are resumed by a rerun).
     """
+    from video_retrieval import index_distributed as ddp
+
     cfg = cfg or IndexConfig()
-    if os.environ.get(PLAN_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":
-        _child_run()
+    ddp.check_launch(cfg)
+    if ddp.launch_rank(cfg) > 0:  # a DDP worker: never takes the lock, rank 0 plans and reports
+        ddp.run_worker(replace(cfg))
         return None
-    if cfg.devices < 1:
-        raise UserError(f"--devices must be >= 1, got {cfg.devices}")
     cfg.sampling()  # validate early
     paths = find_videos(inputs)
     index_dir = Path(index_dir).expanduser().resolve()
@@ -853,19 +781,21 @@ def _run_locked(paths: list[Path], index_dir: Path, cfg: IndexConfig) -> dict:
 
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     t_enc = time.perf_counter()
-    devices = min(cfg.devices, len(todo))
-    if devices > 1:
-        plan_path = index_dir / f".plan-{run:05d}.json"
+    from video_retrieval import index_distributed as ddp
+
+    # Lightning starts the processes of one machine itself (no more than videos); a launch
+    # from outside (several nodes, torchrun, srun) has its world size fixed
+    devices = cfg.devices if ddp.externally_launched(cfg) else min(cfg.devices, len(todo))
+    if devices > 1 or cfg.num_nodes > 1:
         conf = {**asdict(cfg), "devices": devices, "progress": False}
-        store.atomic_write_json(
-            plan_path, {"items": todo, "config": conf, "index_dir": str(index_dir), "run": run}
-        )
-        os.environ[PLAN_ENV] = str(plan_path)
-        try:
-            _predict_distributed(todo, IndexConfig(**conf), encoder, index_dir, run)
-        finally:
-            os.environ.pop(PLAN_ENV, None)
-            plan_path.unlink(missing_ok=True)
+        plan = {
+            "items": todo,
+            "config": conf,
+            "index_dir": str(index_dir),
+            "run": run,
+            "image_size": getattr(encoder, "image_size", None),
+        }
+        ddp.predict_distributed(plan, IndexConfig(**conf), encoder)
     else:
         _encode_local(todo, cfg, encoder, index_dir, run, progress)
     enc_seconds = time.perf_counter() - t_enc
@@ -904,6 +834,7 @@ def _run_locked(paths: list[Path], index_dir: Path, cfg: IndexConfig) -> dict:
         if encoder.autocast_dtype
         else "fp32",
         "devices": max(devices, 1),
+        "num_nodes": cfg.num_nodes,
         "seconds": round(seconds, 3),
         "videos_per_s": round(len(encoded_now) / enc_seconds, 3) if enc_seconds > 0 else 0.0,
         "frames_per_s": round(frames_now / enc_seconds, 3) if enc_seconds > 0 else 0.0,
