@@ -106,6 +106,7 @@ def browser(chromium):
 @pytest.fixture
 def page(browser):
     ctx = browser.new_context(viewport={"width": 1100, "height": 900})
+    ctx.set_default_timeout(90_000)  # a loaded 2-core machine can be slow; nothing here is timed
     p = ctx.new_page()
     errors = []
     p.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -132,12 +133,20 @@ def test_search_page_shows_hits_and_plays_the_moment(server, world, page, tmp_pa
     )
     start = float(hits.first.get_attribute("data-start"))
     end = float(hits.first.get_attribute("data-end"))
-    hits.first.click()
-    page.wait_for_function(
-        "() => { const v = document.getElementById('video'); return v.readyState >= 2 && !v.seeking; }"
+    page.evaluate(  # where playback starts, and where it stops
+        """() => { const v = document.getElementById('video'); window.__playing = [];
+                   v.addEventListener('playing', () => window.__playing.push(v.currentTime)); }"""
     )
-    t = page.evaluate("document.getElementById('video').currentTime")
+    hits.first.click()
+    page.wait_for_function("() => window.__playing.length > 0")
+    t = page.evaluate("window.__playing[0]")
     assert start - 1e-3 <= t <= end + 1e-3, (t, start, end)
+    page.wait_for_function("() => document.getElementById('video').paused")
+    stop = page.evaluate("document.getElementById('video').currentTime")
+    assert start < stop <= end + 0.35, (
+        stop,
+        end,
+    )  # paused at the moment's end (timeupdate: 0.25 s)
     # the localized moments appear as bands on the saliency timeline; a band seeks
     page.wait_for_selector("#bands .band")
     assert page.locator("#moment-info").inner_text().startswith("Localized (zero_shot_index)")
@@ -170,6 +179,7 @@ def test_search_form_updates_the_url(server, page):
 
 def test_page_fits_a_phone_screen(server, world, browser):
     ctx = browser.new_context(viewport={"width": 375, "height": 740}, device_scale_factor=2)
+    ctx.set_default_timeout(90_000)
     page = ctx.new_page()
     try:
         page.goto(f"{server}/?q={quote(world['captions'][1]['caption'])}&token={TOKEN}")
