@@ -33,9 +33,16 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--rerank",
-        default="cliprerank",
-        help="none | cliprerank | query_scored (or another aggregator name) | a checkpoint path "
-        "(default cliprerank)",
+        default="auto",
+        help="auto | none | cliprerank | query_scored (or another aggregator name) | a checkpoint "
+        "path (default auto: the reranker measured to help this index, see search.default_rerank)",
+    )
+    parser.add_argument(
+        "--rerank-model",
+        default=None,
+        metavar="CKPT",
+        help="CLIPRerank's frame-level CLIP, independent of the index's model: a vr train "
+        "checkpoint (e.g. the clip encoder trained on clips.jsonl); candidates are decoded again",
     )
     parser.add_argument(
         "--alpha", type=float, default=0.4, help="CLIPRerank weight of the base score (default 0.4)"
@@ -54,7 +61,13 @@ def _print_hits(hits) -> None:
 
 def run_many(args, indexes) -> int:
     """``--queries FILE`` and/or several ``--index``: ``search.search_batch``."""
-    from video_retrieval.search import check_query, read_query_file, results_json, search_batch
+    from video_retrieval.search import (
+        check_query,
+        read_query_file,
+        resolve_rerank,
+        results_json,
+        search_batch,
+    )
 
     if args.queries:
         lines = read_query_file(args.queries)
@@ -63,12 +76,13 @@ def run_many(args, indexes) -> int:
     texts = [q for _, q in lines]
     results = search_batch(
         indexes, texts, k=args.k, candidates=args.candidates, rerank=args.rerank,
-        alpha=args.alpha,
+        alpha=args.alpha, rerank_model=args.rerank_model,
     )  # fmt: skip
     weights = indexes[0].weights
+    rerank = resolve_rerank(indexes[0], args.rerank, args.rerank_model)
     for (line, query), hits in zip(lines, results):
         if args.json:
-            out = {**results_json(query, hits), "weights": weights}
+            out = {**results_json(query, hits), "rerank": rerank, "weights": weights}
             if line is not None:
                 out["line"] = line
             # one object per query: indented for one query, one line each for a file
@@ -84,7 +98,7 @@ def run(args) -> int:
     from video_retrieval.errors import UserError
     from video_retrieval.index_store import Index
     from video_retrieval.model_weights import warn_if_random
-    from video_retrieval.search import check_query, results_json
+    from video_retrieval.search import check_query, resolve_rerank, results_json
 
     if (args.query is None) == (args.queries is None):
         raise UserError('give one query ("QUERY") or --queries FILE, not both' if args.queries
@@ -98,10 +112,16 @@ def run(args) -> int:
     index = indexes[0]
     query = check_query(args.query)
     hits = index.search(
-        query, k=args.k, candidates=args.candidates, rerank=args.rerank, alpha=args.alpha
+        query,
+        k=args.k,
+        candidates=args.candidates,
+        rerank=args.rerank,
+        alpha=args.alpha,
+        rerank_model=args.rerank_model,
     )
     if args.json:
-        out = {**results_json(query, hits), "weights": index.weights}
+        rerank = resolve_rerank(index, args.rerank, args.rerank_model)
+        out = {**results_json(query, hits), "rerank": rerank, "weights": index.weights}
         json.dump(out, sys.stdout, indent=1)
         print()
         return 0
