@@ -533,7 +533,7 @@ def _sample_info(rs: RecallSample, r: dict) -> dict:
     return {
         "video_queries": rs.n_video,
         "text_queries": rs.n_text,
-        "k": int(rs.k.max()) if len(rs.k) else RECALL_K,  # 10, or fewer in a tiny collection
+        "k": int(rs.k[0]) if len(rs.k) else RECALL_K,  # 10, or fewer in a tiny collection
         "recall_video": None if not rs.n_video else round(r["video"], 4),
         "recall_text": None if not rs.n_text else round(r["text"], 4),
     }

@@ -95,18 +95,18 @@ def add_arguments(parser) -> None:
 
     parser.add_argument(
         "--ann",
-        default="auto",
+        default=None,
         choices=["auto", *KINDS],
         help="FAISS index type: flat (exact), hnsw, ivf, or compressed (fp16, sq8, hnsw-sq8, "
         "ivf-sq8, ivf-pq; re-ranked exactly from the stored vectors); auto: by collection size "
-        "and --max-memory",
+        "and --max-memory (default: the index's own choice, auto for a new index)",
     )
     parser.add_argument(
         "--target-recall",
         type=float,
-        default=0.95,
+        default=None,
         help="approximate kinds: recall@10 (measured on the collection) the search parameter is "
-        "tuned to reach; exact search when it cannot be reached (default 0.95)",
+        "tuned to reach; exact search when it cannot be reached (default: the index's own, 0.95)",
     )
     parser.add_argument(
         "--max-memory",

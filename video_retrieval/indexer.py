@@ -79,8 +79,10 @@ class IndexConfig:
     shard_size: int = 64  # videos per shard (at most)
     shard_frames: int = 8192  # frames per shard (at most, unless one video has more)
     progress: bool | None = None  # None: a bar when stderr is a TTY
-    ann: str = "auto"  # auto | ann.KINDS (flat, hnsw, ivf, fp16, sq8, hnsw-sq8, ivf-sq8, ivf-pq)
-    target_recall: float = 0.95  # approximate kinds: tuned to reach it, else exact search
+    # auto | ann.KINDS (flat, hnsw, ivf, fp16, sq8, hnsw-sq8, ivf-sq8, ivf-pq); None: the
+    # index's own choice (auto for a new index)
+    ann: str | None = None
+    target_recall: float | None = None  # tuned to reach it, else exact (None: index's own / 0.95)
     max_memory: str | int | None = None  # --ann auto: memory budget of the ANN (None: RAM / 2)
     recall_captions: str | None = None  # captions.jsonl / text file: text queries for recall
     recall_sample: int = 1000  # held-out video vectors (and at most as many captions)
@@ -553,19 +555,28 @@ def pool_videos(aggregator, frames: list[np.ndarray], group: int = 256) -> np.nd
     return np.concatenate(out).astype(np.float32)
 
 
-def ann_options(cfg: IndexConfig, encoder=None, aggregator=None):
-    """``ann.AnnOptions`` of a run; with ``recall_captions`` (and the models) the captions are
-    encoded as text queries for the recall measurement."""
-    from video_retrieval.ann import AnnOptions, parse_memory
+def ann_options(cfg: IndexConfig, encoder=None, aggregator=None, manifest: dict | None = None):
+    """``ann.AnnOptions`` of a run: the kind and target given, else those the index was built
+    with (``manifest``), else auto / 0.95. With the models, ``recall_captions`` are encoded as
+    text queries for the recall measurement (without, the file is only checked)."""
+    from video_retrieval.ann import DEFAULT_TARGET_RECALL, AnnOptions, describe, parse_memory
 
+    before = describe((manifest or {}).get("ann")) if manifest and manifest.get("ann") else {}
+    target = cfg.target_recall
+    if target is None:
+        target = before.get("target_recall", DEFAULT_TARGET_RECALL)
     opts = AnnOptions(
-        kind=cfg.ann,
-        target_recall=float(cfg.target_recall),
+        kind=cfg.ann or before.get("requested") or "auto",
+        target_recall=float(target),
         max_memory=parse_memory(cfg.max_memory),
         sample=int(cfg.recall_sample),
     )
     opts.check()
-    if cfg.recall_captions and encoder is not None:
+    if cfg.recall_captions and encoder is None:
+        from video_retrieval.search import read_query_file
+
+        read_query_file(cfg.recall_captions, "--recall-captions")
+    elif cfg.recall_captions:
         opts.text_queries = encode_recall_captions(
             encoder, aggregator, cfg.recall_captions, opts.sample
         )
@@ -616,7 +627,7 @@ def finalize(
     files = store.generation_files(gen)
     store.atomic_save_npy(index_dir / files["pooled"], pooled)
     store.atomic_write_json(index_dir / files["videos"], videos)
-    opts = ann_kind if isinstance(ann_kind, AnnOptions) else AnnOptions(kind=ann_kind)
+    opts = ann_kind if isinstance(ann_kind, AnnOptions) else AnnOptions(kind=ann_kind or "auto")
     ann, ann_info = build_measured(
         pooled, opts, log=lambda line: print(f"warning: {line}", file=sys.stderr)
     )
@@ -719,6 +730,7 @@ def run_indexing(inputs, index_dir, cfg: IndexConfig | None = None) -> dict | No
         ddp.run_worker(replace(cfg))
         return None
     cfg.sampling()  # validate early
+    ann_options(cfg)
     paths = find_videos(inputs)
     index_dir = Path(index_dir).expanduser().resolve()
     created = _prepare_folder(index_dir)
@@ -766,7 +778,7 @@ def _open_for_writing(index_dir: Path, cfg: IndexConfig):
 def _run_locked(paths: list[Path], index_dir: Path, cfg: IndexConfig) -> dict:
     t_start = time.perf_counter()
     encoder, pool_agg, cfg, manifest = _open_for_writing(index_dir, cfg)
-    ann_opts = ann_options(cfg, encoder, pool_agg)
+    ann_opts = ann_options(cfg, encoder, pool_agg, manifest)
     state = store.replay(index_dir)
     todo, events, counts = make_plan(paths, state, cfg.prune)
     store.remove_orphans(index_dir, state, keep=store.referenced_shards(index_dir, manifest))
@@ -904,7 +916,7 @@ def run_repair(index_dir, cfg: IndexConfig | None = None) -> dict:
         state = store.replay(index_dir)
         repaired_cfg = reuse_index_settings(replace(cfg, encoder_spec=None), manifest)
         encoder, pool_agg, _, _, _ = load_models(repaired_cfg)
-        opts = ann_options(cfg, encoder, pool_agg)
+        opts = ann_options(cfg, encoder, pool_agg, manifest)
         manifest = finalize(index_dir, state, pool_agg, manifest, opts)
         store.remove_orphans(index_dir, state)
     return {
