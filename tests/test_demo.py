@@ -49,3 +49,10 @@ def test_demo_reduced(tmp_path, capsys):
     assert moments and all(0 <= m["start"] < m["end"] <= 90 for m in moments)
     png = out / "localize.png"
     assert png.read_bytes()[:8] == PNG and png.stat().st_size > 10_000
+    # the demo says in words whether its top window hits the ground truth (IoU >= 0.5)
+    hit = s["localize_top_hit"]
+    top = moments[0]
+    assert hit["window"] == [top["start"], top["end"]]
+    verdict = "hits" if hit["iou"] >= 0.5 else "misses"
+    assert hit["hit"] == (verdict == "hits")
+    assert f"{verdict} the ground truth" in printed and f"IoU {hit['iou']:.2f}" in printed

@@ -86,6 +86,17 @@ def run_searches(index, captions: list[tuple[str, str]], n: int, k: int) -> list
     return shown
 
 
+def localizer_name(result: dict) -> str:
+    """How a localization result was made, in words (the head's name or the zero-shot kind)."""
+    from video_retrieval.localization import HEAD_NAMES
+
+    if result.get("method") == "moment_detr":
+        return f"{HEAD_NAMES.get(result.get('head', 'moment_detr'), 'DETR')} head"
+    if result.get("method") == "zero_shot_pooled":
+        return "zero-shot, pooled clips"
+    return "zero-shot"
+
+
 def moment_predictions(
     queries: list[dict],
     videos_dir: Path,
@@ -143,7 +154,7 @@ def run_demo(
     """Run the walk-through; returns (and writes to ``out/summary.json``) what it measured."""
     from video_retrieval.cli_eval import evaluate_retrieval, read_captions
     from video_retrieval.index_store import Index
-    from video_retrieval.localization import localize
+    from video_retrieval.localization import curve_label, localize, top_hit
     from video_retrieval.moment_metrics import evaluate
 
     t0 = time.perf_counter()
@@ -193,12 +204,21 @@ def run_demo(
         clip_encoder=str(cckpt) if cckpt is not None and not use_head else None,
         top=3,
         plot=plot,
+        ground_truth=q["relevant_windows"],
     )
     _say(f'      video {q["vid"]}.mp4 ({q["duration"]} s), query "{q["query"]}"')
     _say(f"      ground truth: {q['relevant_windows']}")
     for i, m in enumerate(result["moments"], 1):
         _say(f"      {i}. {m['start']:6.1f} - {m['end']:6.1f} s   score {m['score']:.3f}")
-    _say(f"      ({result['method']}) plot written to {plot}")
+    hit = top_hit(result, q["relevant_windows"])
+    if hit is not None:
+        (s, e), (gs, ge) = hit["window"], hit["ground_truth"]
+        verdict = "hits" if hit["hit"] else "misses"
+        sign = ">=" if hit["hit"] else "<"
+        _say(f"      the top window {s:.1f}-{e:.1f} s {verdict} the ground truth {gs:g}-{ge:g} s "
+             f"(IoU {hit['iou']:.2f} {sign} 0.5)")  # fmt: skip
+    how = curve_label(result).replace("\n", " ")
+    _say(f"      ({localizer_name(result)}; curve: {how}) plot written to {plot}")
 
     _say("\n[5/5] Metrics on this collection")
     ret = {
@@ -217,7 +237,7 @@ def run_demo(
     )
     mom = evaluate(preds, queries)["brief"]
     keys = ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP", "MR-full-mIoU")
-    method = "Moment-DETR" if use_head else ("zero-shot, pooled clips" if cckpt else "zero-shot")
+    method = localizer_name(result)
     _say(f"      moments ({method}): "
          + "  ".join(f"{k.replace('MR-full-', '')} {mom[k]:.1f}" for k in keys if k in mom))  # fmt: skip
 
@@ -226,6 +246,7 @@ def run_demo(
         "videos": len(index),
         "searches": shown,
         "localize": result,
+        "localize_top_hit": hit,
         "retrieval": ret,
         "retrieval_chance_R1": chance,
         "moments": mom,
