@@ -10,6 +10,9 @@
     OUT/temporal_pairs.json   [{"a", "b", "kind": "direction"|"order"}]  (both videos in test.csv)
     OUT/train_pairs.json      the same for the train split (hard negatives that training can
                               put in one batch: RetrievalDataModule(pair_batches=True))
+    OUT/test_partial.csv      same columns, only with ``num_partial`` > 0: long multi-shot videos
+                              (``videos/partial<k>.mp4``) whose captions each describe one shot
+                              (the partial-relevance split, ``synth_partial``)
     OUT/captions.jsonl        {"video": "videos/<id>.mp4", "caption", "split"}
     OUT/videos/<id>.mp4       H.264, 64x64, 32 frames at 8 fps by default
     OUT/world.json            seed, parameters and per-video ground truth (objects with per-frame
@@ -326,8 +329,14 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def plan_retrieval(seed: int, **params) -> dict:
-    """All video specs and captions of a retrieval world (no rendering). Returns the world dict."""
+def plan_retrieval(seed: int, num_partial: int = 0, partial: dict | None = None, **params) -> dict:
+    """All video specs and captions of a retrieval world (no rendering). Returns the world dict.
+
+    ``num_partial`` adds that many long multi-shot videos as the ``test_partial`` split
+    (``synth_partial``; ``partial``: its parameters, e.g. ``{"fps": 1.0}``); 0 (the default)
+    leaves the world exactly as without the option."""
+    if int(num_partial) < 0:
+        raise ValueError(f"num_partial must be >= 0, got {num_partial}")
     p = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
     unknown = set(params) - set(DEFAULTS)
     if unknown:
@@ -450,7 +459,19 @@ def plan_retrieval(seed: int, **params) -> dict:
             out = {"test": pairs_out, "train": train_pairs_out}.get(split)
             if out is not None:
                 out.append({"a": ids[i], "b": ids[j], "kind": kind})
-    return {
+    world_partial = None
+    if int(num_partial) > 0:
+        from video_retrieval.datasets.synth_partial import PARTIAL_DEFAULTS, plan_partial_split
+
+        pp = {k: v for k, v in (partial or {}).items() if v is not None}
+        specs = plan_partial_split(seed, int(num_partial), int(p["size"]), **pp)
+        for k, spec in enumerate(specs):
+            vid = f"partial{k}"
+            spec["video_id"] = vid
+            spec["split"] = "test_partial"
+            videos[vid] = spec
+        world_partial = {"num_videos": int(num_partial), **PARTIAL_DEFAULTS, **pp}
+    out = {
         "kind": "retrieval",
         "version": WORLD_VERSION,
         "seed": int(seed),
@@ -464,6 +485,9 @@ def plan_retrieval(seed: int, **params) -> dict:
         "train_pairs": train_pairs_out,
         "videos": videos,
     }
+    if world_partial is not None:
+        out["partial"] = world_partial
+    return out
 
 
 def generate_retrieval(
@@ -471,12 +495,16 @@ def generate_retrieval(
     seed: int = 0,
     workers: int = 2,
     codec: str = "h264",
+    num_partial: int = 0,
+    partial: dict | None = None,
     **params,
 ) -> dict:
-    """Generate the retrieval world under ``out``; returns a JSON-able summary."""
+    """Generate the retrieval world under ``out``; returns a JSON-able summary. With
+    ``num_partial`` > 0 it also writes the partial-relevance split (``test_partial.csv``, its
+    videos ``videos/partial<k>.mp4`` and ``captions.jsonl`` lines with split ``test_partial``)."""
     t0 = time.perf_counter()
     out = Path(out)
-    world = plan_retrieval(seed, **params)
+    world = plan_retrieval(seed, num_partial=num_partial, partial=partial, **params)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     videos = world["videos"]
 
@@ -489,7 +517,7 @@ def generate_retrieval(
             _encode(path, spec, codec)
 
     msr_videos, sentences, cap_lines = [], [], []
-    split_rows: dict[str, list[list]] = {"test": [], "test_compositional": []}
+    split_rows: dict[str, list[list]] = {"test": [], "test_compositional": [], "test_partial": []}
     sen_id = 0
     for i, (vid, spec) in enumerate(videos.items()):
         msr_videos.append(
@@ -511,7 +539,8 @@ def generate_retrieval(
             )
             if spec["split"] in split_rows:
                 rows = split_rows[spec["split"]]
-                rows.append([f"ret{len(rows)}", f"msr{vid[len('video') :]}", vid, cap])
+                key = vid[len("video") :] if vid.startswith("video") else f"_{vid}"
+                rows.append([f"ret{len(rows)}", f"msr{key}", vid, cap])
             sen_id += 1
 
     _write_text(
@@ -522,17 +551,35 @@ def generate_retrieval(
     header = ["key", "vid_key", "video_id", "sentence"]
     _write_text(out / "test.csv", _csv_text(header, split_rows["test"]))
     _write_text(out / "test_compositional.csv", _csv_text(header, split_rows["test_compositional"]))
+    if "partial" in world:
+        _write_text(out / "test_partial.csv", _csv_text(header, split_rows["test_partial"]))
     _write_text(out / "temporal_pairs.json", json.dumps(world["temporal_pairs"], indent=1) + "\n")
     _write_text(out / "train_pairs.json", json.dumps(world["train_pairs"], indent=1) + "\n")
     _write_text(out / "captions.jsonl", "\n".join(cap_lines) + "\n")
     _write_text(out / "world.json", json.dumps(world) + "\n")
 
-    counts = {s: 0 for s in ("train", "test", "test_compositional")}
+    splits = ("train", "test", "test_compositional") + (
+        ("test_partial",) if "partial" in world else ()
+    )
+    counts = {s: 0 for s in splits}
     ncaps = dict(counts)
     for spec in videos.values():
         counts[spec["split"]] += 1
         ncaps[spec["split"]] += len(spec["captions"])
     pk = [p["kind"] for p in world["temporal_pairs"]]
+    extra = {}
+    if "partial" in world:
+        part = [s for s in videos.values() if s["split"] == "test_partial"]
+        extra["partial"] = {
+            "videos": len(part),
+            "events": sum(len(s["events"]) for s in part),
+            "duration_s": {
+                "min": min(s["duration"] for s in part),
+                "max": max(s["duration"] for s in part),
+                "mean": round(float(np.mean([s["duration"] for s in part])), 1),
+            },
+            "fps": world["partial"]["fps"],
+        }
     return {
         "kind": "retrieval",
         "out": str(out),
@@ -543,5 +590,6 @@ def generate_retrieval(
         "held_out_combos": world["held_out_combos"],
         "num_frames": world["params"]["num_frames"],
         "fps": world["params"]["fps"],
+        **extra,
         "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -32,6 +32,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--fps", type=float, default=None, help="frames per second (default 8)")
     r.add_argument("--direction-pairs", type=int, default=None, help="test direction pairs")
     r.add_argument("--order-pairs", type=int, default=None, help="test order pairs")
+    r.add_argument(
+        "--partial",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add N long multi-shot videos whose captions each describe one shot "
+        "(the test_partial split; at most ~40: shots are unique per (colour, shape, axis))",
+    )
+    r.add_argument("--partial-fps", type=float, default=None, help="partial videos' fps (1)")
+    r.add_argument(
+        "--partial-min-duration", type=int, default=None, help="partial videos, seconds (30)"
+    )
+    r.add_argument(
+        "--partial-max-duration", type=int, default=None, help="partial videos, seconds (120)"
+    )
     m.add_argument("--num-videos", type=int, default=None, help="videos in all splits")
     m.add_argument("--fps", type=float, default=None, help="frames per second (default 2)")
     m.add_argument("--min-duration", type=int, default=None, help="seconds (default 30)")
@@ -61,8 +76,19 @@ def run(args: argparse.Namespace) -> int:
             "test_order_pairs": args.order_pairs,
         }
         try:
+            partial = {
+                "fps": args.partial_fps,
+                "min_duration": args.partial_min_duration,
+                "max_duration": args.partial_max_duration,
+            }
             summary = generate_retrieval(
-                args.out, seed=args.seed, workers=args.workers, codec=args.codec, **params
+                args.out,
+                seed=args.seed,
+                workers=args.workers,
+                codec=args.codec,
+                num_partial=args.partial,
+                partial=partial,
+                **params,
             )
         except (ValueError, RuntimeError) as exc:
             raise UserError(str(exc)) from exc
@@ -76,6 +102,13 @@ def run(args: argparse.Namespace) -> int:
                 f"{sum(c.values())} captions, {tp['direction']} direction + {tp['order']} order "
                 f"pairs -> {summary['out']} ({summary['seconds']:.1f} s)"
             )
+            if "partial" in summary:
+                pa = summary["partial"]
+                print(
+                    f"partial relevance: {pa['videos']} videos of {pa['duration_s']['min']:g}-"
+                    f"{pa['duration_s']['max']:g} s at {pa['fps']:g} fps, {pa['events']} shots, "
+                    f"{c['test_partial']} captions (one shot each)"
+                )
         return 0
     from video_retrieval.datasets.synth_moments import generate_moments
 
