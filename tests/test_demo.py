@@ -39,6 +39,13 @@ def test_demo_reduced(tmp_path, capsys):
     for rerank in ("none", "cliprerank"):  # a trained model on an unseen seed: far above chance
         assert s["retrieval"][rerank]["R1"] > 3 * chance, s["retrieval"]
         assert s["retrieval"][rerank]["MnR"] < 16 / 2
+    # the default search is never a loss against stage 1 alone, and the demo says which it is
+    default = s["retrieval"][s["retrieval_default"]]
+    assert (
+        default["R1"] >= s["retrieval"]["none"]["R1"]
+        and default["MnR"] <= s["retrieval"]["none"]["MnR"]
+    )
+    assert "<- the default search" in printed
     # the Moment-DETR head is used when one is bundled, else the zero-shot baseline (over the
     # bundled clip encoder's pooled clips when it is there)
     method = "zero_shot_pooled" if DEMO_CLIPS.is_file() else "zero_shot"
