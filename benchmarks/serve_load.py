@@ -99,7 +99,7 @@ def start_server(index: Path, port: int, extra: list[str]) -> subprocess.Popen:
         time.sleep(0.2)
 
 
-async def load(base: str, queries: list[str], clients: int, seconds: float, cap: int, pid: int):
+async def load(base, queries, clients: int, seconds: float, cap: int, pid: int, rerank: str):
     import httpx
 
     lat: list[float] = []
@@ -118,7 +118,7 @@ async def load(base: str, queries: list[str], clients: int, seconds: float, cap:
             j += clients
             t0 = time.perf_counter()
             try:
-                r = await http.get("/api/search", params={"q": q, "k": 10})
+                r = await http.get("/api/search", params={"q": q, "k": 10, "rerank": rerank})
                 ok = r.status_code == 200 and len(r.json()["results"]) == 10
                 if not ok:
                     errors.append(f"{r.status_code} {r.text[:200]}")
@@ -143,19 +143,17 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--max-requests", type=int, default=20_000)
-    ap.add_argument("--rerank", default="cliprerank")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads in the server (0: auto)")
+    ap.add_argument("--rerank", default="auto", help="auto (as vr search) | none | cliprerank")
+    ap.add_argument("--threads", type=int, default=1, help="vr serve --threads (default 1)")
     args = ap.parse_args()
     if args.build:
         build(args.work, args.build, args.workers)
     index = args.work / "index"
     queries = json.loads((args.work / "queries.json").read_text())
-    env_threads = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
-    os.environ.update(env_threads)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
           f"load {os.getloadavg()[0]:.1f}; python {platform.python_version()}")  # fmt: skip
     port = free_port()
-    proc = start_server(index, port, ["--rerank", args.rerank])
+    proc = start_server(index, port, ["--threads", str(args.threads)])
     try:
         base = f"http://127.0.0.1:{port}"
         import httpx
@@ -163,7 +161,9 @@ def main() -> None:
         info = httpx.get(f"{base}/api/info").json()
         rss0 = rss_mb(proc.pid)
         lat, errors, wall, rss1k = asyncio.run(
-            load(base, queries, args.clients, args.seconds, args.max_requests, proc.pid)
+            load(
+                base, queries, args.clients, args.seconds, args.max_requests, proc.pid, args.rerank
+            )
         )
         rss_end = rss_mb(proc.pid)
         timings = httpx.get(f"{base}/api/info").json()["timings"]
@@ -172,11 +172,12 @@ def main() -> None:
         proc.wait(30)
     n = len(lat)
     print(f"index: {info['videos']} videos, {info['frames']} frames, ann {info['ann']}")
-    print(f"clients {args.clients}, rerank {args.rerank}: {n} requests in {wall:.1f} s = "
+    print(f"clients {args.clients}, rerank {args.rerank}, threads {args.threads}: {n} requests in {wall:.1f} s = "
           f"{n / wall:.1f} req/s; errors {len(errors)}")  # fmt: skip
     print(f"latency ms: p50 {np.percentile(lat, 50):.1f}  p95 {np.percentile(lat, 95):.1f}  "
           f"p99 {np.percentile(lat, 99):.1f}  max {lat.max():.1f}")  # fmt: skip
-    print(f"server time per search (mean): {timings.get('search', {}).get('mean_ms')} ms")
+    steps = "  ".join(f"{k} {v['mean_ms']:.2f}" for k, v in timings.items())
+    print(f"server ms per step (mean): {steps}")
     print(f"server RSS MB: after start-up {rss0:.0f}, after 1000 requests {rss1k:.0f}, "
           f"at the end {rss_end:.0f}")  # fmt: skip
     if errors:

@@ -62,7 +62,8 @@ def test_healthz_and_info(client, state):
     assert client.get("/healthz").json() == {"status": "ok", "videos": len(state.index)}
     info = client.get("/api/info").json()
     assert info["videos"] == len(state.index) == 8 + len(HELD_OUT)
-    assert info["rerankers"] == ["none", "cliprerank"] and info["default_rerank"] == "cliprerank"
+    assert info["rerankers"] == ["auto", "none", "cliprerank"] and info["default_rerank"] == "auto"
+    assert info["auto_rerank"] == "none"  # as vr search: the demo index is pooled by seqTransf
     assert info["limits"] == {
         "max_query_chars": MAX_QUERY_CHARS, "max_k": MAX_K, "max_batch": MAX_BATCH, "max_top": 20,
     }  # fmt: skip
@@ -92,13 +93,15 @@ def test_page_and_static_module_are_served(client):
 # -- search ---------------------------------------------------------------------------------------
 def test_search_gives_the_cli_rows_plus_id_and_urls(client, state, world):
     cap = world["captions"][0]
-    r = client.get("/api/search", params={"q": cap["caption"], "k": 5})
-    assert r.status_code == 200
-    body = r.json()
-    assert body["query"] == cap["caption"] and body["took_ms"] > 0
-    hits = state.index.search(cap["caption"], k=5, rerank="cliprerank")  # what `vr search` prints
-    assert [{k: v for k, v in row.items() if k not in ("id", "thumbnail", "media")}
-            for row in body["results"]] == [h.to_dict() for h in hits]  # fmt: skip
+    for rerank in (None, "auto", "none", "cliprerank"):
+        params = {"q": cap["caption"], "k": 5} | ({"rerank": rerank} if rerank else {})
+        r = client.get("/api/search", params=params)
+        assert r.status_code == 200
+        body = r.json()
+        assert body["query"] == cap["caption"] and body["took_ms"] > 0
+        hits = state.index.search(cap["caption"], k=5, rerank=rerank or "auto")  # = `vr search`
+        assert [{k: v for k, v in row.items() if k not in ("id", "thumbnail", "media")}
+                for row in body["results"]] == [h.to_dict() for h in hits]  # fmt: skip
     for row in body["results"]:
         assert state.index.videos[row["id"]]["path"] == row["video"]
         assert row["media"] == f"/media/{row['id']}"
@@ -143,7 +146,7 @@ def test_search_bad_inputs(client):
     )
     assert "k: Input should be a valid integer" in error_of(get(q="a", k="ten"), 422)
     msg = error_of(get(q="a", rerank="/etc/passwd"), 400)
-    assert msg == "unknown rerank '/etc/passwd': this server offers ['none', 'cliprerank']"
+    assert msg == "unknown rerank '/etc/passwd': this server offers ['auto', 'none', 'cliprerank']"
 
 
 def test_batch_search_bad_inputs(client):

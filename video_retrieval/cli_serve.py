@@ -33,8 +33,10 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--rerank",
-        default="cliprerank",
-        help="default reranker: none | cliprerank | a checkpoint path (default cliprerank)",
+        default="auto",
+        help="default reranker: auto | none | cliprerank | a checkpoint path (default auto, as "
+        "vr search: none over a trained temporal aggregator's index, cliprerank otherwise); "
+        "requests may choose auto, none, cliprerank or this one",
     )
     parser.add_argument(
         "--candidates", type=int, default=100, help="stage-1 ANN candidates (default 100)"
@@ -52,6 +54,13 @@ def add_arguments(parser) -> None:
         type=float,
         default=2048.0,
         help="bound of the cache of browser-playable proxies (default 2048)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch/FAISS threads per request (default 1: a one-query forward pass gains "
+        "nothing from more, and requests already run side by side)",
     )
     parser.add_argument(
         "--access-log", action="store_true", help="log one line per request (no query strings)"
@@ -81,6 +90,7 @@ def run(args) -> int:
     import uvicorn
 
     from video_retrieval.web import ServeConfig, create_app, load_state
+    from video_retrieval.web.state import set_threads
 
     config = ServeConfig(
         index=args.index,
@@ -99,6 +109,7 @@ def run(args) -> int:
     logging.getLogger("video_retrieval.web.access").setLevel(
         logging.INFO if args.access_log else logging.WARNING
     )
+    set_threads(args.threads)
     state = load_state(config)  # before binding: a bad index fails as a one-line error
     app = create_app(config, state=state, access_log=args.access_log)
     host = f"[{config.host}]" if ":" in config.host else config.host

@@ -40,7 +40,7 @@ class ServeConfig:
     port: int = 8000
     token: str | None = None
     localize_checkpoint: str | None = None
-    rerank: str = "cliprerank"
+    rerank: str = "auto"
     candidates: int = 100
     alpha: float = 0.4
     clip_len: float = 2.0  # seconds per saliency clip of the zero-shot localizer

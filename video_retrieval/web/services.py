@@ -79,18 +79,21 @@ class Timings:
 
 
 class SearchService:
-    """Two-stage search (``video_retrieval.search.search_index``) with the models loaded once."""
+    """Two-stage search with the models loaded once: the steps of
+    ``video_retrieval.search.search_index`` (``encode_query``, ``stage_one``, ``rank_candidates``),
+    with the text encoder (and a reranker that is a model) behind the model lock and the ANN and
+    CLIPRerank arithmetic outside it, so concurrent searches overlap where they can."""
 
     def __init__(
         self,
         index,
         model_lock: threading.Lock,
-        rerank: str = "cliprerank",
+        rerank: str = "auto",
         candidates: int = 100,
         alpha: float = 0.4,
         timings: Timings | None = None,
     ):
-        from video_retrieval.search import get_reranker
+        from video_retrieval.search import get_reranker, resolve_rerank
 
         self.index = index
         self.lock = model_lock
@@ -100,29 +103,40 @@ class SearchService:
         self.timings = timings or Timings()
         self.rows = {v["path"]: i for i, v in enumerate(index.videos)}
         # every reranker this service offers, built now (the lazy caches are not thread-safe)
-        self.rerankers = list(dict.fromkeys(["none", "cliprerank", rerank]))
+        self.rerankers = list(dict.fromkeys(["auto", "none", "cliprerank", rerank]))
+        self.auto = resolve_rerank(index, "auto")
         with self.lock:
-            index.models()
+            self.encoder, self.pool_aggregator = index.models()
             index.ann()
-            for name in self.rerankers:
-                get_reranker(index, name, self.alpha)
+            self._built = {name: get_reranker(index, name, self.alpha) for name in self.rerankers}
 
     def search(self, query: str, k: int = 10, rerank: str | None = None) -> dict:
-        from video_retrieval.search import search_index
+        from video_retrieval.rerank import CLIPRerank
+        from video_retrieval.search import encode_query, rank_candidates, stage_one
 
         query = check_text(query)
         if not 1 <= int(k) <= MAX_K:
             raise UserError(f"k must be in 1..{MAX_K}, got {k}")
         rerank = rerank or self.default_rerank
-        if rerank not in self.rerankers:
+        if rerank not in self._built:
             raise UserError(f"unknown rerank {rerank!r}: this server offers {self.rerankers}")
+        reranker = self._built[rerank]
+        words = bool(getattr(reranker, "needs_words", False))
         t0 = time.perf_counter()
         with self.lock:
-            hits = search_index(
-                self.index, query, k=int(k), candidates=self.candidates, rerank=rerank,
-                alpha=self.alpha,
-            )  # fmt: skip
-        took = (time.perf_counter() - t0) * 1e3
+            q = encode_query(self.encoder, self.pool_aggregator, query, words=words)
+        t1 = time.perf_counter()
+        base, rows = stage_one(self.index, q.embedding, max(self.candidates, int(k)))
+        t2 = time.perf_counter()
+        if reranker is None or isinstance(reranker, CLIPRerank):  # arithmetic on stored frames
+            hits = rank_candidates(self.index, q, base, rows, reranker, int(k))
+        else:  # a temporal model reranks: serialised like the encoder
+            with self.lock:
+                hits = rank_candidates(self.index, q, base, rows, reranker, int(k))
+        t3 = time.perf_counter()
+        for step, a, b in (("encode", t0, t1), ("ann", t1, t2), ("rerank", t2, t3)):
+            self.timings.add(step, (b - a) * 1e3)
+        took = (t3 - t0) * 1e3
         self.timings.add("search", took)
         results = [{**h.to_dict(), "id": self.rows[h.video]} for h in hits]
         return {"query": query, "took_ms": round(took, 3), "results": results}

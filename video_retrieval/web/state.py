@@ -70,6 +70,7 @@ class ServiceState:
             "fingerprint": idx.fingerprint,
             "rerankers": self.search.rerankers,
             "default_rerank": self.search.default_rerank,
+            "auto_rerank": self.search.auto,
             "localize_method": self.localize.method,
             "limits": limits(),
             "load_seconds": round(self.load_seconds, 3),
@@ -92,6 +93,22 @@ def limits() -> dict:
         "max_batch": c.MAX_BATCH,
         "max_top": c.MAX_TOP,
     }
+
+
+def set_threads(n: int) -> None:
+    """Threads of torch's and FAISS's kernels, process-wide (``vr serve --threads``, default 1):
+    a one-query forward pass is too small to split, and requests already run side by side in the
+    server's thread pool. On the busy 2-core machine of BENCHMARKS.md a search took 40 ms with 2
+    threads and 8 ms with 1. Left to the entry point: a library call changes no global state."""
+    if n < 1:
+        from video_retrieval.errors import UserError
+
+        raise UserError(f"--threads must be >= 1, got {n}")
+    import faiss
+    import torch
+
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
 
 
 def load_state(config: ServeConfig) -> ServiceState:
