@@ -286,3 +286,22 @@ def test_init_from_parts_encoder_starts_another_aggregator_from_the_towers():
         torch.testing.assert_close(m.aggregator.state_dict()[k], v)
     with pytest.raises(UserError, match="init_from_parts"):
         RetrievalModule(model="vr-tiny", init_from=str(DEMO), init_from_parts="towers")
+
+
+@needs_demo
+def test_default_reranker_follows_video_length(pindex, pworld, tmp_path):
+    from video_retrieval.index_store import Index
+    from video_retrieval.search import LONG_VIDEO_S, default_rerank, median_duration, resolve_rerank
+
+    assert median_duration(pindex) >= LONG_VIDEO_S  # the partial split: 30-120 s
+    assert default_rerank(pindex) == "query_scored" == resolve_rerank(pindex, "auto")
+    assert resolve_rerank(pindex, "auto", str(CLIPS)) == "cliprerank"
+    assert resolve_rerank(pindex, "none") == "none"
+    out, _, _, world = pworld
+    short = [
+        out / "videos" / f"{v}.mp4" for v, s in world["videos"].items() if s["split"] == "test"
+    ]
+    idx = Index.build(short[:3], tmp_path / "short", checkpoint=str(DEMO))
+    assert median_duration(idx) == 4.0 and default_rerank(idx) == "none"
+    hits = idx.search("a red box", k=2)  # auto: stage 1 alone
+    assert [h.score for h in hits] == [h.base_score for h in hits]

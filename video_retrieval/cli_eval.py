@@ -37,7 +37,7 @@ def add_arguments(parser) -> None:
         "--rerank",
         default="auto",
         help="auto | none | cliprerank | aggregator name | checkpoint (default auto, as vr search: "
-        "none over a trained temporal aggregator's index, cliprerank otherwise)",
+        "query_scored for long videos, none otherwise, cliprerank with --rerank-model)",
     )
     r.add_argument(
         "--rerank-model",

@@ -35,7 +35,8 @@ def add_arguments(parser) -> None:
         "--rerank",
         default="auto",
         help="auto | none | cliprerank | query_scored (or another aggregator name) | a checkpoint "
-        "path (default auto: the reranker measured to help this index, see search.default_rerank)",
+        "path (default auto: query_scored for long videos, none for short ones, cliprerank with "
+        "--rerank-model; see BENCHMARKS.md)",
     )
     parser.add_argument(
         "--rerank-model",

@@ -291,8 +291,8 @@ class Index:
     ) -> list[Hit]:
         """Two-stage search: ANN over pooled vectors (top ``candidates``), then ``rerank``
         ("auto", "none", "cliprerank", an aggregator name such as "query_scored", or a checkpoint
-        path) from stored frame features. ``auto`` is ``search.default_rerank``: none over a
-        trained temporal aggregator's index, CLIPRerank otherwise. ``rerank_model``: a separate
+        path) from stored frame features. ``auto`` is ``search.default_rerank`` (query scoring
+        for long videos, none for short ones, as measured). ``rerank_model``: a separate
         frame encoder (a vr train checkpoint) for CLIPRerank's max-over-frames term. Returns up
         to ``k`` ``Hit``s, best first."""
         from video_retrieval.search import search_index
