@@ -195,6 +195,14 @@ def test_qd_detr_head_cosine_schedule_checkpoint_and_predictor(world, tmp_path):
     rows = predict_split(load_module(ckpt), dm, "val")
     assert rows[1]["pred_relevant_windows"][0][:2] == pytest.approx(out["moments"][0][:2])
     assert rows[1]["pred_saliency_scores"] == pytest.approx(out["saliency"], abs=1e-4)
+    # the inference part alone (model_io slim-moments) keeps the head's kind and predictions
+    from video_retrieval.model_io import main as model_io_main
+
+    assert model_io_main(["slim-moments", str(ckpt), str(tmp_path / "slim.ckpt")]) == 0
+    slim = MomentPredictor.from_checkpoint(tmp_path / "slim.ckpt")
+    assert isinstance(slim.model, QDDETR) and slim.meta["head"] == "qd_detr"
+    again = slim.predict(world / "videos" / "v1.mp4", "a red square appears", top=3)
+    np.testing.assert_allclose(again["moments"], out["moments"], atol=1e-6)
 
 
 def test_cosine_lr_factor_by_hand():
