@@ -122,10 +122,10 @@ def frame_of(rgb) -> int:
 
 def test_search_page_shows_hits_and_plays_the_moment(server, world, page, tmp_path):
     cap = world["captions"][0]
-    page.goto(f"{server}/?q={quote(cap['caption'])}&token={TOKEN}")
+    page.goto(f"{server}/?q={quote(cap['caption'])}&k=6&token={TOKEN}")
     page.wait_for_selector("[data-video]")
     hits = page.locator("[data-video]")
-    assert hits.count() == min(12, 8 + len(HELD_OUT))
+    assert hits.count() == 6 and page.input_value("#k") == "6"
     assert hits.first.get_attribute("data-video") == str(cap["id"])  # its own video first
     assert page.input_value("#q") == cap["caption"]  # the URL reproduces the search
     page.wait_for_function(  # every thumbnail decoded

@@ -85,6 +85,8 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def run(args) -> int:
+    if args.threads >= 1:  # before torch/FAISS load: OpenMP's default for every thread
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import logging
 
     import uvicorn

@@ -12,8 +12,12 @@ Proxies (``ProxyCache``)
     on disk (``+faststart`` so playback starts before the download ends, a keyframe every 2 s so
     a seek lands within 2 s, at most 720 lines, AAC audio when the source has sound). A whole-file
     proxy keeps what the page needs: Range requests, seeking anywhere on the timeline, every band
-    of the saliency curve; BENCHMARKS.md has the figures behind the choice. One transcode runs at
-    a time (ffmpeg uses every core); concurrent requests for the same file wait for the same run.
+    of the saliency curve, and a second view costs nothing; a streamed window (``-ss``/``-t`` to
+    a fragmented MP4) starts sooner but cannot seek outside itself and is transcoded again for
+    every view. x264 ``ultrafast``: on 2 cores a 60 s 720p MPEG-4 AVI takes 4 s (15x real time)
+    against 12 s with ``veryfast``, for a file about as big as the source (BENCHMARKS.md). The
+    cost is the first view of a long file: about its duration / 15 at 720p. One transcode runs
+    at a time (ffmpeg uses every core); concurrent requests for one file wait for the same run.
 
 Thumbnails (``ThumbnailCache``)
     A JPEG of the frame presented at ``t`` (quantised to 0.1 s), decoded with the project's
@@ -41,7 +45,8 @@ from video_retrieval.errors import UserError
 
 log = logging.getLogger("video_retrieval.web")
 
-PROXY_SETTINGS = "h264-crf23-veryfast-kf2s-720-v1"  # part of every proxy's cache key
+PROXY_PRESET = "ultrafast"  # x264 speed/size trade-off: BENCHMARKS.md, "Browser-playable proxies"
+PROXY_SETTINGS = f"h264-crf23-{PROXY_PRESET}-kf2s-720-v1"  # part of every proxy's cache key
 THUMB_SHORT_SIDE = 180
 THUMB_STEP_S = 0.1
 
@@ -213,9 +218,12 @@ class ProxyCache:
         return self.cache.get_or_make(name, make)
 
 
-def transcode_proxy(src, dst, info: MediaInfo | None = None, timeout_s: float | None = None):
-    """H.264/AAC MP4 of ``src`` for browsers: CRF 23 ``veryfast``, yuv420p, at most 720 lines,
-    a keyframe every 2 s, ``+faststart``; audio only when the source has some."""
+def transcode_proxy(
+    src, dst, info: MediaInfo | None = None, timeout_s: float | None = None, preset: str = ""
+):
+    """H.264/AAC MP4 of ``src`` for browsers: CRF 23 at x264 ``preset`` (default
+    ``PROXY_PRESET``), yuv420p, at most 720 lines, a keyframe every 2 s, ``+faststart``; audio
+    only when the source has some."""
     import ffmpeg
 
     from video_retrieval.videowrite import run
@@ -228,7 +236,7 @@ def transcode_proxy(src, dst, info: MediaInfo | None = None, timeout_s: float | 
     streams = [video]
     opts = {
         "c:v": "libx264",
-        "preset": "veryfast",
+        "preset": preset or PROXY_PRESET,
         "crf": 23,
         "pix_fmt": "yuv420p",
         "force_key_frames": "expr:gte(t,n_forced*2)",

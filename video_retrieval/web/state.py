@@ -99,7 +99,10 @@ def set_threads(n: int) -> None:
     """Threads of torch's and FAISS's kernels, process-wide (``vr serve --threads``, default 1):
     a one-query forward pass is too small to split, and requests already run side by side in the
     server's thread pool. On the busy 2-core machine of BENCHMARKS.md a search took 40 ms with 2
-    threads and 8 ms with 1. Left to the entry point: a library call changes no global state."""
+    threads and 8 ms with 1, and FAISS's exact search 0.45 ms on average with 1 OpenMP thread
+    against 16 ms with 2 (thread wake-ups). Left to the entry point: a library call changes no
+    global state. OpenMP's setting is per thread, so the CLI also sets ``OMP_NUM_THREADS`` before
+    anything loads, which every request thread inherits."""
     if n < 1:
         from video_retrieval.errors import UserError
 
