@@ -56,6 +56,8 @@ class LocalizeResponse(BaseModel):
     clip_len: float = Field(description="seconds per saliency value")
     duration: float
     method: str = Field(description="moment_detr (trained head) or zero_shot_index")
+    head: str | None = Field(None, description="the trained head's architecture")
+    windows: int | None = Field(None, description="windows the head slid over (long videos)")
     took_ms: float
 
 

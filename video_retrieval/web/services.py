@@ -275,4 +275,6 @@ class LocalizeService:
             "clip_len": float(pred.get("clip_len", self.clip_len)),
             "duration": round(float(pred.get("duration", entry.get("duration", 0.0))), 3),
             "method": self.method,
+            "head": str(self.predictor.meta.get("head", "moment_detr")),
+            "windows": int(pred.get("windows", 1)),
         }

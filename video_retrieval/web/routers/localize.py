@@ -13,7 +13,9 @@ from video_retrieval.web.schemas import ERRORS, LocalizeResponse
 router = APIRouter(prefix="/api", tags=["localize"])
 
 
-@router.get("/localize", response_model=LocalizeResponse, responses=ERRORS)
+@router.get(
+    "/localize", response_model=LocalizeResponse, response_model_exclude_none=True, responses=ERRORS
+)
 def localize(
     state: StateDep,
     id: Annotated[str, Query(description="index id of the video (from /api/search)")],
