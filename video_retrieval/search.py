@@ -145,12 +145,14 @@ def rank_candidates(
 ) -> list[Hit]:
     """Stage 2 for one encoded query: rerank the candidate ``rows`` (base scores ``base``),
     keep the best ``k``, and give each its best moment and thumbnail."""
-    frames = [index.frames(int(r)) for r in rows]
-    if reranker is None:
+    if reranker is None:  # only the hits' frames are read (for their moments)
         final = base
+        order = np.argsort(-final, kind="stable")[:k]
+        frames = {int(j): index.frames(int(rows[j])) for j in order}
     else:
+        frames = [index.frames(int(r)) for r in rows]
         final = rerank_scores(index, reranker, q, base, rows, [f for f, _ in frames])
-    order = np.argsort(-final, kind="stable")[:k]
+        order = np.argsort(-final, kind="stable")[:k]
     hits = []
     for rank, j in enumerate(order, start=1):
         emb, ts = frames[j]
