@@ -100,10 +100,14 @@ def test_search_gives_the_cli_rows_plus_id_and_urls(client, state, world):
         body = r.json()
         assert body["query"] == cap["caption"] and body["took_ms"] > 0
         hits = state.index.search(cap["caption"], k=5, rerank=rerank or "auto")  # = `vr search`
+        want = [h.to_dict() for h in hits]
+        for w in want:  # the HTTP API gives the moment as [start, end]
+            w["moment"] = [w["moment"]["start"], w["moment"]["end"]]
         assert [{k: v for k, v in row.items() if k not in ("id", "thumbnail", "media")}
-                for row in body["results"]] == [h.to_dict() for h in hits]  # fmt: skip
+                for row in body["results"]] == want  # fmt: skip
     for row in body["results"]:
         assert state.index.videos[row["id"]]["path"] == row["video"]
+        assert len(row["moment"]) == 2 and row["moment"][0] < row["moment"][1]
         assert row["media"] == f"/media/{row['id']}"
         assert row["thumbnail"] == f"/thumb/{row['id']}?t={row['thumbnail_time']}"
     # a trained model on its own caption: the described video comes first
@@ -206,6 +210,7 @@ def test_localize_zero_shot_over_index_frames(client, state, world):
     assert body["id"] == cap["id"] and body["video"] == entry["path"]
     assert body["method"] == "zero_shot_index" and body["duration"] == entry["duration"]
     assert len(body["saliency"]) == int(np.ceil(entry["duration"] / body["clip_len"] - 1e-6))
+    assert body["clip_seconds"] == body["clip_len"]
     scores = [m["score"] for m in body["moments"]]
     assert 1 <= len(scores) <= 3 and scores == sorted(scores, reverse=True)
     assert all(0 <= m["start"] < m["end"] <= entry["duration"] for m in body["moments"])

@@ -8,17 +8,14 @@ from pydantic import BaseModel, Field
 from video_retrieval.web.config import MAX_BATCH, MAX_K, MAX_QUERY_CHARS
 
 
-class Moment(BaseModel):
-    start: float = Field(description="seconds")
-    end: float = Field(description="seconds")
-
-
 class SearchHit(BaseModel):
     rank: int = Field(description="1 = best")
     id: int = Field(description="index id of the video (its row); use it with /media, /thumb")
     video: str = Field(description="path of the indexed file")
     score: float
-    moment: Moment = Field(description="best-matching stretch of the video")
+    moment: list[float] = Field(
+        min_length=2, max_length=2, description="[start, end] seconds: the best-matching stretch"
+    )
     thumbnail_time: float = Field(description="seconds: the best-matching frame")
     thumbnail: str = Field(description="URL of a JPEG of that frame")
     media: str = Field(description="URL of the video (Range requests; a proxy if needed)")
@@ -54,6 +51,7 @@ class LocalizeResponse(BaseModel):
     moments: list[ScoredMoment] = Field(description="best first")
     saliency: list[float] = Field(description="one score per clip of clip_len seconds")
     clip_len: float = Field(description="seconds per saliency value")
+    clip_seconds: float = Field(description="the same: seconds per saliency value")
     duration: float
     method: str = Field(description="moment_detr (trained head) or zero_shot_index")
     head: str | None = Field(None, description="the trained head's architecture")

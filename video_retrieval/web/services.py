@@ -138,8 +138,15 @@ class SearchService:
             self.timings.add(step, (b - a) * 1e3)
         took = (t3 - t0) * 1e3
         self.timings.add("search", took)
-        results = [{**h.to_dict(), "id": self.rows[h.video]} for h in hits]
+        results = [http_hit(h.to_dict(), self.rows[h.video]) for h in hits]
         return {"query": query, "took_ms": round(took, 3), "results": results}
+
+
+def http_hit(row: dict, vid: int) -> dict:
+    """A ``vr search --json`` row as the HTTP API gives it: ``moment`` as ``[start, end]``
+    seconds and the video's index ``id``."""
+    m = row["moment"]
+    return {**row, "moment": [m["start"], m["end"]], "id": vid}
 
 
 def index_clip_features(frames: np.ndarray, ts: np.ndarray, duration: float, clip_len: float):
@@ -246,6 +253,7 @@ class LocalizeService:
             "moments": _round_moments(rows),
             "saliency": [round(float(x), 6) for x in sims],
             "clip_len": clip_len,
+            "clip_seconds": clip_len,
             "duration": round(duration, 3),
             "method": self.method,
         }
@@ -273,6 +281,7 @@ class LocalizeService:
             "moments": _round_moments(pred["moments"]),
             "saliency": [round(float(x), 6) for x in pred.get("saliency", [])],
             "clip_len": float(pred.get("clip_len", self.clip_len)),
+            "clip_seconds": float(pred.get("clip_len", self.clip_len)),
             "duration": round(float(pred.get("duration", entry.get("duration", 0.0))), 3),
             "method": self.method,
             "head": str(self.predictor.meta.get("head", "moment_detr")),

@@ -44,14 +44,14 @@ function hitElement(hit, query) {
   button.type = "button";
   button.className = "hit";
   button.dataset.video = String(hit.id);
-  button.dataset.start = String(hit.moment.start);
-  button.dataset.end = String(hit.moment.end);
+  button.dataset.start = String(hit.moment[0]);
+  button.dataset.end = String(hit.moment[1]);
   button.setAttribute("aria-pressed", "false");
   const name = baseName(hit.video);
   button.setAttribute(
     "aria-label",
     `Result ${hit.rank}: ${name}, score ${hit.score.toFixed(3)}, ` +
-      `moment ${fmt(hit.moment.start)} to ${fmt(hit.moment.end)}. Play it.`,
+      `moment ${fmt(hit.moment[0])} to ${fmt(hit.moment[1])}. Play it.`,
   );
   const img = document.createElement("img");
   img.src = withToken(hit.thumbnail);
@@ -64,7 +64,7 @@ function hitElement(hit, query) {
   title.textContent = `${hit.rank}. ${name}`;
   const detail = document.createElement("span");
   detail.className = "detail";
-  detail.textContent = `score ${hit.score.toFixed(3)} · ${fmt(hit.moment.start)}–${fmt(hit.moment.end)}`;
+  detail.textContent = `score ${hit.score.toFixed(3)} · ${fmt(hit.moment[0])}–${fmt(hit.moment[1])}`;
   meta.append(title, detail);
   button.append(img, meta);
   button.addEventListener("click", () => openHit(hit, query, button));
@@ -108,7 +108,7 @@ function openHit(hit, query, button) {
     b.setAttribute("aria-pressed", "false");
   }
   button.setAttribute("aria-pressed", "true");
-  const { start, end } = hit.moment;
+  const [start, end] = hit.moment;
   current = { hit, query, stopAt: end };
   $("player").hidden = false;
   $("player-title").textContent = `${baseName(hit.video)} — “${query}”`;
@@ -143,7 +143,7 @@ function openHit(hit, query, button) {
 
 function drawTimeline(loc, hit) {
   const video = $("video");
-  const duration = loc?.duration || Math.max(hit.moment.end, video.duration || 0) || 1;
+  const duration = loc?.duration || Math.max(hit.moment[1], video.duration || 0) || 1;
   const bands = $("bands");
   bands.replaceChildren();
   const line = $("saliency");
