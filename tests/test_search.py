@@ -179,7 +179,8 @@ def test_search_cli_json_schema_and_refusals(index_dir, capsys):
     rc = main(["search", "a blue box", "--index", str(index_dir / "idx"), "-k", "2", "--json"])
     cap = capsys.readouterr()
     out = json.loads(cap.out)
-    assert rc == 0 and set(out) == {"query", "results", "weights"} and out["query"] == "a blue box"
+    assert rc == 0 and set(out) == {"query", "results", "weights", "rerank"}
+    assert out["query"] == "a blue box" and out["rerank"] == "none"  # auto: short videos
     assert out["weights"] == {"kind": "random", "model": "vr-tiny", "seed": 0}
     assert "RANDOM weights" in cap.err  # said loudly, on stderr
     assert len(out["results"]) == 2
