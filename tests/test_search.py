@@ -211,6 +211,7 @@ def test_eval_retrieval_and_moments(index_dir, capsys, tmp_path):
                str(index_dir / "captions.jsonl"), "--json"])  # fmt: skip
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["queries"] == 3 and out["skipped"] == 1 and out["videos"] == 3
+    assert out["weights"] == {"kind": "random", "model": "vr-tiny", "seed": 0}
     t = out["t2v"]
     assert set(t) >= {"R1", "R5", "R10", "MdR", "MnR"}
     assert 0 <= t["R1"] <= t["R5"] == t["R10"] == 100.0 and 1 <= t["MdR"] <= 3

@@ -234,7 +234,7 @@ def run(args) -> int:
         args.alpha,
         args.rerank_model,
     )
-    res = {"index": str(index.dir), "captions": str(args.captions), **res}
+    res = {"index": str(index.dir), "captions": str(args.captions), **res, "weights": index.weights}
     if res["invalid"]:
         print(
             f"warning: {res['invalid']} empty caption(s) not scored (lines "
