@@ -9,6 +9,10 @@
     OUT/world.json           seed, parameters and per-video ground truth (object tracks, events)
     OUT/clips.jsonl          captions.jsonl of every relevant 2 s clip (+1 s context each side)
                              with its query, a ``split`` field per line (``moment_clip_captions``)
+    OUT/clip_pairs.json      hard-negative pairs of those clips for the clip encoder
+                             (``moment_clip_pairs``): the same object doing the reverse event in the
+                             same video (up/down, left/right, grow/shrink, appear/disappear), else
+                             another of its events; ``pair_batches`` puts both into one batch
 
 Each video holds three objects (distinct colours and shapes). A timeline on the 2 s clip grid has
 events (moves left/right/up/down, grows, shrinks, appears, disappears; 2-8 s each, starting and
@@ -387,6 +391,74 @@ def _encode(path: Path, spec: dict, codec: str) -> None:
     )
 
 
+#: each event and its reverse (the same frames played backwards show the other one)
+REVERSE_EVENT = {
+    "move_up": "move_down",
+    "move_down": "move_up",
+    "move_left": "move_right",
+    "move_right": "move_left",
+    "grow": "shrink",
+    "shrink": "grow",
+    "appear": "disappear",
+    "disappear": "appear",
+}
+
+
+def query_event(spec: dict, row: dict) -> tuple[int, str]:
+    """(object index, event) that a query row of the video ``spec`` describes (its windows are
+    exactly that object's events of that kind)."""
+    wins = {(int(s), int(e)) for s, e in row["relevant_windows"]}
+    for e in spec["events"]:
+        if (int(e["start_s"]), int(e["end_s"])) in wins:
+            return int(e["object"]), str(e["event"])
+    raise ValueError(f"query {row['qid']}: no event of {row['vid']} has its windows")
+
+
+def moment_clip_pairs(world: dict, seed: int = 0) -> list[dict]:
+    """Hard-negative pairs of ``clips.jsonl`` items (``{"a", "b", "kind", "split"}``, ids as in
+    ``moment_clip_captions``) for training the clip encoder with ``pair_batches``.
+
+    In-batch negatives of random clips differ in object and background, so a contrastive clip
+    encoder can match "the purple star goes up" by the star alone and never needs the motion
+    (measured: zero-shot R1@0.5 5-14% on move queries against 48-57% on the others). Each clip
+    is paired with a clip of the *same object in the same video* doing the reverse event
+    (``kind`` ``reverse``), or, when it never does, another of its queried events
+    (``same_object``): both members share objects, background and colours and differ only in
+    what happens. Greedy one-to-one matching in a seeded random order; clips without a partner
+    stay single."""
+    rng = np.random.default_rng(seed)
+    pairs: list[dict] = []
+    for split, rows in world["queries"].items():
+        by_vid: dict[str, list[dict]] = {}
+        for r in rows:
+            by_vid.setdefault(r["vid"], []).append(r)
+        for vid in sorted(by_vid):
+            vrows = by_vid[vid]
+            spec = world["videos"][vid]
+            key = {r["qid"]: query_event(spec, r) for r in vrows}
+            clips = {
+                r["qid"]: [c["video_id"] for c in moment_clip_captions([r], CLIP_LEN, CLIP_CONTEXT)]
+                for r in vrows
+            }
+            free = {q: list(ids) for q, ids in clips.items()}
+            for i in rng.permutation(len(vrows)):
+                r = vrows[int(i)]
+                obj, ev = key[r["qid"]]
+                rev = [q["qid"] for q in vrows if key[q["qid"]] == (obj, REVERSE_EVENT.get(ev))]
+                other = [q["qid"] for q in vrows if key[q["qid"]][0] == obj and q["qid"] != r["qid"]
+                         and q["qid"] not in rev]  # fmt: skip
+                for kind, partners in (("reverse", rev), ("same_object", other)):
+                    for c in list(free[r["qid"]]):
+                        pool = [(q, b) for q in partners for b in free[q]]
+                        if not pool:
+                            break
+                        q, b = pool[int(rng.integers(len(pool)))]
+                        free[r["qid"]].remove(c)
+                        free[q].remove(b)
+                        pairs.append({"a": c, "b": b, "kind": kind, "split": split})
+    return pairs
+
+
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
@@ -413,6 +485,7 @@ def generate_moments(
         _write_text(out / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         clips += moment_clip_captions(rows, CLIP_LEN, CLIP_CONTEXT, split=split)
     _write_text(out / "clips.jsonl", "".join(json.dumps(c) + "\n" for c in clips))
+    _write_text(out / "clip_pairs.json", json.dumps(moment_clip_pairs(world, seed)) + "\n")
     _write_text(out / "world.json", json.dumps(world) + "\n")
     counts = {s: 0 for s in ("train", "val", "test")}
     for spec in world["videos"].values():

@@ -365,12 +365,48 @@ def test_moment_queries_describe_their_windows(mworld):
                 _check_event_in_frames(frames, spec, ev, move_px)
 
 
+def test_moment_clip_pairs_are_the_same_object_doing_another_event(mworld):
+    """clip_pairs.json: each clip of clips.jsonl in at most one pair; both members in one split
+    and one video, of queries about the same object; ``reverse`` pairs show the reverse event,
+    ``same_object`` ones only for a clip whose object never does it (among the queried events)."""
+    from video_retrieval.datasets.synth_moments import REVERSE_EVENT, query_event
+
+    out, _, world = mworld
+    pairs = json.loads((out / "clip_pairs.json").read_text())
+    clips = [json.loads(x) for x in (out / "clips.jsonl").read_text().splitlines()]
+    rows = {
+        r["query"] + "|" + r["vid"]: r
+        for s in ("train", "val", "test")
+        for r in map(json.loads, (out / f"{s}.jsonl").read_text().splitlines())
+    }
+    clip = {c["video_id"]: c for c in clips}
+    members = [x for p in pairs for x in (p["a"], p["b"])]
+    assert len(members) == len(set(members)) and set(members) <= set(clip)
+    assert {p["kind"] for p in pairs} == {"reverse", "same_object"}
+    for p in pairs:
+        a, b = clip[p["a"]], clip[p["b"]]
+        assert a["split"] == b["split"] == p["split"] and a["video"] == b["video"]
+        vid = p["a"].split("@")[0]
+        ra, rb = rows[a["caption"] + "|" + vid], rows[b["caption"] + "|" + vid]
+        (oa, ea), (ob, eb) = (query_event(world["videos"][vid], r) for r in (ra, rb))
+        assert oa == ob and ea != eb
+        if p["kind"] == "reverse":
+            assert eb == REVERSE_EVENT[ea]
+        else:
+            queried = {query_event(world["videos"][vid], r) for r in rows.values()
+                       if r["vid"] == vid}  # fmt: skip
+            assert (oa, REVERSE_EVENT[ea]) not in queried or (ob, REVERSE_EVENT[eb]) not in queried
+    # many clips find a partner (5 queries per video here; 79% of the training clips of the
+    # recipe's world, 20 per video)
+    assert len(members) > 0.25 * len(clips)
+
+
 def test_moments_determinism(tmp_path):
     kw = dict(num_videos=3, min_duration=30, max_duration=36)
     generate_moments(tmp_path / "a", seed=1, **kw)
     generate_moments(tmp_path / "b", seed=1, workers=1, **kw)
     generate_moments(tmp_path / "c", seed=2, **kw)
-    for name in ("train.jsonl", "val.jsonl", "test.jsonl", "world.json"):
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl", "world.json", "clip_pairs.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     va = sorted((tmp_path / "a" / "videos").iterdir())
     assert len(va) == 3
