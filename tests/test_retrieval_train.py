@@ -334,3 +334,23 @@ def test_frozen_cache_recipe_parses(capsys):
     out = capsys.readouterr().out
     assert "video_retrieval.feature_cache_data.CachedRetrievalDataModule" in out
     assert "freeze_backbone: true" in out and "aggregator: ucofia" in out
+
+
+def test_resume_with_another_model_config_is_refused(world, tmp_path, capsys):
+    """LightningCLI would train the checkpoint's aggregator under the other config's name."""
+    from video_retrieval.cli import main
+
+    mean = ["fit", "--config", str(REPO / "configs" / "synth_mean.yaml"),
+            *_tiny(world, tmp_path / "m"), "--trainer.limit_val_batches=0"]  # fmt: skip
+    assert _cli([*mean, "--trainer.max_steps=2"]) == 0
+    ckpt = sorted(glob.glob(f"{tmp_path}/m/**/last.ckpt", recursive=True))[0]
+    seq = ["train", "fit", "--config", str(REPO / "configs" / "synth_seq_transformer.yaml"),
+           *_tiny(world, tmp_path / "s"), "--trainer.max_steps=4", f"--ckpt_path={ckpt}"]  # fmt: skip
+    capsys.readouterr()
+    assert main(seq) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert "aggregator='mean' (config: 'seq_transformer')" in err
+    assert not glob.glob(f"{tmp_path}/s/**/*.ckpt", recursive=True)  # nothing was trained
+    # the same config resumes
+    assert _cli([*mean, "--trainer.max_steps=3", f"--ckpt_path={ckpt}"]) == 0

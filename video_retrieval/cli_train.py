@@ -15,6 +15,7 @@ videos) come from the data modules' ``setup``.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 import zipfile
@@ -90,12 +91,67 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def _as_dict(value):
+    return value.as_dict() if hasattr(value, "as_dict") else value
+
+
+def config_conflicts(asked: dict, stored: dict) -> list[str]:
+    """Model settings the user's config gives otherwise than the checkpoint's run: each key of
+    ``asked`` whose value differs from ``stored`` (dicts: only the keys the config sets, since
+    a module may record more, e.g. the temporal blocks' activation; ``None`` is no choice)."""
+    def norm(x):  # tuples and lists, as YAML and the checkpoint hold them
+        return json.loads(json.dumps(x, default=str))
+
+    out = []
+    for key, want in asked.items():
+        if key.startswith("_") or key not in stored or want is None:
+            continue  # None: the config leaves it to the module's default
+        want, have = norm(want), norm(stored[key])
+        if isinstance(want, dict) and isinstance(have, dict):
+            if any(have.get(k) != v for k, v in want.items()):
+                out.append(key)
+        elif want != have:
+            out.append(key)
+    return out
+
+
+class VRLightningCLI(LightningCLI):
+    """LightningCLI that refuses a resume whose config asks for another model than the
+    checkpoint's run: Lightning would silently train the checkpoint's model (it overwrites the
+    config's model arguments with the checkpoint's hyper-parameters)."""
+
+    def _parse_ckpt_path(self) -> None:
+        sub = self.config.get("subcommand") if hasattr(self, "config") else None
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        model = self.config[sub].get("model") if sub else None
+        asked = _as_dict(getattr(model, "init_args", None) or {}) if model is not None else {}
+        super()._parse_ckpt_path()
+        if not ckpt or not asked or not os.path.isfile(ckpt):
+            return
+        import torch
+
+        stored = (
+            torch.load(ckpt, weights_only=True, map_location="cpu", mmap=True).get(
+                "hyper_parameters"
+            )
+            or {}
+        )
+        diff = config_conflicts(asked, stored)
+        if diff:
+            shown = ", ".join(f"{k}={stored[k]!r} (config: {asked[k]!r})" for k in diff[:3])
+            raise UserError(
+                f"--ckpt_path {ckpt} continues a run with other model settings: {shown}; resume "
+                "with the config it was trained with, or start a new run from its weights "
+                "(retrieval: --model.init_args.init_from)"
+            )
+
+
 def _main(argv: list[str] | None = None) -> int:
     _cpu_threads()
     # ``vr train`` passes its own argv slice; LightningCLI would warn that sys.argv differs.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    LightningCLI(
+    VRLightningCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
