@@ -26,6 +26,7 @@ from video_retrieval.ann import (
     memory_estimate,
     parse_memory,
     recall_sample,
+    rerank_ladder,
     set_search_params,
 )
 from video_retrieval.cli import main
@@ -68,9 +69,7 @@ def test_tuning_takes_the_smallest_setting_that_reaches_the_target(kind):
     assert info["type"] == kind and info["target_recall"] == 0.97
     assert info["sample"] == {"video_queries": 3000, "text_queries": 0, "k": 10,
                               "recall_video": info["recall_at_10"], "recall_text": None}  # fmt: skip
-    steps = ladder(kind, index)
     tuned = {k: v for k, v in info["params"].items() if k in ("efSearch", "nprobe", "rerank")}
-    pos = steps.index(tuned)
 
     def recall_at(step):
         set_search_params(index, step)
@@ -80,11 +79,20 @@ def test_tuning_takes_the_smallest_setting_that_reaches_the_target(kind):
             _, ids = ann_search(index, x, 11)
         return numpy_recall(x, ids)
 
-    got = recall_at(steps[pos])
+    got = recall_at(tuned)
     assert got == pytest.approx(info["recall_at_10"], abs=1e-4)  # what it recorded is true
     assert got >= 0.97
-    if pos > 0:  # ... and the setting below it misses the target
-        assert recall_at(steps[pos - 1]) < 0.97
+    # the search parameter below it misses the target, even with the deepest re-rank ...
+    steps, depths = ladder(kind, index), rerank_ladder(kind)
+    search = {k: v for k, v in tuned.items() if k != "rerank"}
+    pos = steps.index(search)
+    deepest = {"rerank": depths[-1]} if depths else {}
+    if pos > 0:
+        assert recall_at({**steps[pos - 1], **deepest}) < 0.97
+    # ... and so does the re-rank depth below it with that parameter
+    if depths and depths.index(tuned["rerank"]) > 0:
+        assert recall_at({**search, "rerank": depths[depths.index(tuned["rerank"]) - 1]}) < 0.97
+    assert pos > 0 or (depths and depths.index(tuned["rerank"]) > 0) or kind == "hnsw"
 
 
 def test_an_unreachable_target_falls_back_to_exact_search_and_says_so():

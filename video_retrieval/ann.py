@@ -15,9 +15,11 @@ Vectors are L2-normalised, so inner product = cosine. Kinds (``KINDS``):
 ``build_measured`` builds the asked kind (``auto``: by collection size and memory budget,
 ``auto_kind``), measures recall@10 against exact search on a sample of the collection's own
 vectors (each query's own vector excluded: held-out video queries) and on text queries when
-given, and tunes the search parameter (efSearch / nprobe / re-rank depth) to the smallest value
-on its ladder reaching the target recall. If no value does, it says so and returns an exact
-index instead. The description it returns is the manifest's ``"ann"`` entry::
+given, and tunes the search parameter to the smallest value on its ladder reaching the target
+recall: efSearch / nprobe first (with the deepest re-rank of compressed kinds, so their codes'
+error does not hide what the parameter gives), then the smallest re-rank depth that still
+reaches it. If no value does, it says so and returns an exact index instead. The description
+it returns is the manifest's ``"ann"`` entry::
 
     {"type": "hnsw", "params": {"M": 32, "efConstruction": 80, "efSearch": 48},
      "recall_at_10": 0.973, "target_recall": 0.95,
@@ -65,9 +67,14 @@ DEFAULT_TARGET_RECALL = 0.95
 RECALL_K = 10
 RECALL_SAMPLE = 1000
 EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
-RERANK_LADDER = (1, 2, 4, 8, 16)
-#: re-rank depth (x k) of the compressed kinds whose search parameter is efSearch / nprobe
-RERANK_DEPTH = {"hnsw-sq8": 4, "ivf-sq8": 4, "ivf-pq": 10}
+#: re-rank depths (x k candidates re-scored exactly) tried for each compressed kind
+RERANK_LADDERS = {
+    "fp16": (1, 2, 4, 8, 16),
+    "sq8": (1, 2, 4, 8, 16),
+    "hnsw-sq8": (1, 2, 4, 8, 16),
+    "ivf-sq8": (1, 2, 4, 8, 16),
+    "ivf-pq": (1, 2, 4, 8, 16, 32, 64),
+}
 TIE_EPS = 1e-5
 
 
@@ -234,6 +241,7 @@ def build_ann(
         index.cp.seed = seed
         if kind == "ivf-pq":
             index.pq.cp.seed = seed
+            index.pq.cp.min_points_per_centroid = PQ_MIN_VECTORS // 256  # we checked n
         index.train(_train_sample(x, m, seed))
         index.nprobe = nprobe or max(1, int(round(nl * IVF_NPROBE_FRACTION)))
     else:
@@ -496,25 +504,25 @@ def measure_recall(index, x: np.ndarray, rs: RecallSample, rerank: int = 0) -> d
 
 
 def ladder(kind: str, index) -> list[dict]:
-    """Search settings of ``kind`` from cheapest to dearest; tuning takes the first that reaches
-    the target. IVF stops at a quarter of the lists (beyond that exact search is as cheap)."""
+    """Settings of the search parameter of ``kind`` (efSearch / nprobe), cheapest first; ``[{}]``
+    for kinds without one. IVF stops at a quarter of the lists (beyond that exact search is
+    about as cheap)."""
     if kind in ("hnsw", "hnsw-sq8"):
-        steps = [{"efSearch": e} for e in EF_LADDER]
-    elif kind.startswith("ivf"):
+        return [{"efSearch": e} for e in EF_LADDER]
+    if kind.startswith("ivf"):
         nl = int(index.nlist)
         cap = nl if nl < 8 else max(1, nl // 4)
         values, v = [], 1
         while v < cap:
             values.append(v)
             v = v + 1 if v < 4 else int(math.ceil(v * 1.5))
-        steps = [{"nprobe": p} for p in [*values, cap]]
-    elif kind in ("fp16", "sq8"):
-        steps = [{"rerank": r} for r in RERANK_LADDER]
-    else:
-        steps = [{}]
-    if kind in RERANK_DEPTH:
-        steps = [{**s, "rerank": RERANK_DEPTH[kind]} for s in steps]
-    return steps
+        return [{"nprobe": p} for p in [*values, cap]]
+    return [{}]
+
+
+def rerank_ladder(kind: str) -> tuple[int, ...]:
+    """Re-rank depths of a compressed kind, smallest first (empty for the others)."""
+    return RERANK_LADDERS.get(kind, ())
 
 
 def _exact_info(n: int, d: int, rs: RecallSample | None, target: float, requested: str) -> dict:
@@ -564,33 +572,55 @@ def build_measured(
         reason = f"{n} vectors are too few to train its codebooks (needs {PQ_MIN_VECTORS})"
         return _fallback(x, rs, target, requested, {"type": kind, "reason": reason}, log)
     index = build_ann(x, kind, seed=options.seed)
-    best = None
-    for step in ladder(kind, index):
+    depths = rerank_ladder(kind)
+    deepest = {"rerank": depths[-1]} if depths else {}
+
+    def measure(step):
         set_search_params(index, step)
         r = measure_recall(index, x, rs, step.get("rerank", 0))
+        ok = [v for v in (r["video"], r["text"]) if v is not None]
+        return r, all(v >= target for v in ok) and r["all"] >= target
+
+    # 1. the smallest efSearch / nprobe that reaches the target with the deepest re-rank (so
+    # the codes' error does not hide what the search parameter gives), 2. the smallest re-rank
+    # depth that still reaches it with that parameter
+    best, chosen = None, None
+    for step in ladder(kind, index):
+        step = {**step, **deepest}
+        r, ok = measure(step)
         if best is None or r["all"] > best[1]["all"]:
             best = (step, r)
-        ok = [v for v in (r["video"], r["text"]) if v is not None]
-        if all(v >= target for v in ok) and r["all"] >= target:
-            info = {
-                "type": kind,
-                "params": {**static_params(index, kind), **step},
-                "recall_at_10": round(r["all"], 4),
-                "target_recall": target,
-                "sample": _sample_info(rs, r),
-                "memory_bytes": memory_estimate(kind, n, d),
-                "requested": requested,
-            }
-            if why:
-                info["chosen"] = why
-            return index, info
-    step, r = best
-    reason = (f"recall@10 {r['all']:.3f} < target {target:g} at "
-              f"{', '.join(f'{k_} {v}' for k_, v in step.items())}")  # fmt: skip
-    failed = {"type": kind, "params": {**static_params(index, kind), **step},
-              "recall_at_10": round(r["all"], 4), "reason": reason}  # fmt: skip
-    del index
-    return _fallback(x, rs, target, requested, failed, log)
+        if ok:
+            chosen = (step, r)
+            break
+    if chosen is None:
+        step, r = best
+        reason = (f"recall@10 {r['all']:.3f} < target {target:g} at "
+                  f"{', '.join(f'{k_} {v}' for k_, v in step.items())}")  # fmt: skip
+        failed = {"type": kind, "params": {**static_params(index, kind), **step},
+                  "recall_at_10": round(r["all"], 4), "reason": reason}  # fmt: skip
+        del index
+        return _fallback(x, rs, target, requested, failed, log)
+    for depth in depths[:-1]:
+        step = {**chosen[0], "rerank": depth}
+        r, ok = measure(step)
+        if ok:
+            chosen = (step, r)
+            break
+    step, r = chosen
+    set_search_params(index, step)
+    info = {
+        "type": kind,
+        "params": {**static_params(index, kind), **step},
+        "recall_at_10": round(r["all"], 4),
+        "target_recall": target,
+        "sample": _sample_info(rs, r),
+        "memory_bytes": memory_estimate(kind, n, d),
+        "requested": requested,
+    }
+    if why:
+        info["chosen"] = why
+    return index, info
 
 
 def _fallback(x, rs, target, requested, failed: dict, log):
