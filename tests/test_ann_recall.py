@@ -161,10 +161,9 @@ def test_auto_chooses_by_size_and_memory_budget():
     assert memory_estimate("hnsw", 100_000, 512) == 100_000 * (2048 + 266)
     assert auto_kind(10_000, 512, 1 << 30)[0] == "flat"
     assert auto_kind(10_000, 512, 12 << 20)[0] == "fp16"  # flat needs 19.5 MiB
-    assert auto_kind(100_000, 512, 1 << 30)[0] == "hnsw"
-    assert auto_kind(100_000, 512, 100 << 20)[0] == "hnsw-sq8"  # 74 MiB
-    assert auto_kind(100_000, 512, 60 << 20)[0] == "ivf-sq8"  # 52.9 MiB
-    assert auto_kind(100_000, 512, 20 << 20)[0] == "ivf-pq"  # 8.1 MiB
+    assert auto_kind(100_000, 512, 1 << 30)[0] == "ivf"  # 198.5 MiB
+    assert auto_kind(100_000, 512, 100 << 20)[0] == "ivf-sq8"  # 52.1 MiB
+    assert auto_kind(100_000, 512, 20 << 20)[0] == "ivf-pq"  # 9.8 MiB
     assert auto_kind(5_000_000, 512, 64 << 30)[0] == "ivf"
     kind, why = auto_kind(5_000_000, 512, 1 << 20)
     assert kind == "ivf-pq" and "needs" in why  # nothing fits: the smallest, said

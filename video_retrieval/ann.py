@@ -86,7 +86,7 @@ def _faiss():
 
 # -- choosing a kind ---------------------------------------------------------------------------
 def choose_kind(n: int) -> str:
-    """Index type for ``n`` vectors with no memory limit (``auto_kind`` with a budget)."""
+    """``build_ann``'s own ``auto`` (by size only); ``vr index`` chooses with ``auto_kind``."""
     if n <= FLAT_MAX:
         return "flat"
     if n <= HNSW_MAX:
@@ -133,16 +133,15 @@ def memory_estimate(kind: str, n: int, d: int, hnsw_m: int = HNSW_M) -> int:
 
 def auto_kind(n: int, d: int, max_memory: int | None = None) -> tuple[str, str]:
     """(kind, why) for ``n`` vectors of dimension ``d`` within ``max_memory`` bytes (None: half
-    the machine's memory): the fastest kind for that size whose index fits."""
+    the machine's memory): exact search up to ``FLAT_MAX`` vectors, IVF beyond (measured on the
+    structured 1M set, BENCHMARKS.md: IVF builds in half HNSW's time, searches faster and
+    reaches the target at a smaller parameter); each replaced by a smaller kind when its index
+    would not fit."""
     budget = default_memory_budget() if max_memory is None else int(max_memory)
     if n <= FLAT_MAX:
-        prefs = ["flat", "fp16", "sq8"]
-    elif n <= HNSW_MAX:
-        prefs = ["hnsw", "hnsw-sq8", "ivf-sq8", "ivf-pq"]
+        prefs = ["flat", "fp16", "sq8"] + (["ivf-pq"] if n >= PQ_MIN_VECTORS else [])
     else:
         prefs = ["ivf", "ivf-sq8", "ivf-pq"]
-    if n <= FLAT_MAX and n > PQ_MIN_VECTORS:
-        prefs.append("ivf-pq")
     for kind in prefs:
         need = memory_estimate(kind, n, d)
         if need <= budget:
