@@ -155,6 +155,24 @@ def test_text_queries_are_measured_too():
     )
 
 
+@pytest.mark.parametrize("kind", ["ivf", "ivf-sq8"])
+def test_text_recall_is_what_a_top_10_search_returns(kind):
+    """The recorded text recall equals recall@10 of ``ann_search(..., k=10)`` with the recorded
+    parameters, computed here with numpy (no extra candidate in the measurement)."""
+    x = clustered(n=3000, d=32)
+    t = unit(x[:200] + 0.6 * np.random.default_rng(4).standard_normal((200, 32)))
+    index, info = build_measured(x, AnnOptions(kind=kind, text_queries=t, sample=100))
+    depth = info["params"].get("rerank", 0)
+    if depth:
+        _, ids = ann_search(index, t, 10, rerank_from=x, rerank=depth)
+    else:
+        _, ids = ann_search(index, t, 10)
+    sims = t @ x.T
+    kth = -np.sort(-sims, axis=1)[:, 9]
+    mine = np.mean([np.sum(sims[j, ids[j]] >= kth[j] - 1e-5) / 10 for j in range(len(t))])
+    assert info["sample"]["recall_text"] == pytest.approx(mine, abs=1e-4)
+
+
 def test_auto_chooses_by_size_and_memory_budget():
     assert memory_estimate("flat", 1000, 512) == 1000 * 2048
     assert memory_estimate("sq8", 1000, 512) == 1000 * 512

@@ -483,14 +483,21 @@ def measure_recall(index, x: np.ndarray, rs: RecallSample, rerank: int = 0) -> d
     ``{"all", "video", "text"}`` (None where there were no such queries)."""
     if not len(rs.queries):
         return {"all": 1.0, "video": None, "text": None}
-    kmax = int(rs.k.max()) + 1
-    if rerank:
-        scores, ids = ann_search(index, rs.queries, kmax, rerank_from=x, rerank=rerank)
-    else:
-        scores, ids = ann_search(index, rs.queries, kmax)
+
+    def search(q, k):  # as vr search asks: k results (+1 for a video query's own row)
+        if not len(q):
+            return np.zeros((0, k), np.int64)
+        if rerank:
+            return ann_search(index, q, k, rerank_from=x, rerank=rerank)[1]
+        return ann_search(index, q, k)[1]
+
+    nv = rs.n_video
+    kv = int(rs.k[0]) + 1 if nv else 1
+    kt = int(rs.k[nv]) if rs.n_text else 1
+    found = [*search(rs.queries[:nv], kv), *search(rs.queries[nv:], kt)]
     hits = np.zeros(len(rs.queries))
-    for j in range(len(rs.queries)):
-        got = ids[j][ids[j] >= 0]
+    for j, ids in enumerate(found):
+        got = ids[ids >= 0]
         got = got[got != rs.self_ids[j]][: rs.k[j]]
         exact = x[got] @ rs.queries[j] if len(got) else np.zeros(0)
         hits[j] = np.count_nonzero(exact >= rs.threshold[j] - TIE_EPS) / max(1, rs.k[j])
