@@ -102,7 +102,7 @@ def _evaluate(world, work, name, checkpoint, rows, split="test_partial", **sampl
     extra = {"model": "vr-tiny"} if str(checkpoint).endswith(".safetensors") else {}
     idx = Index.build(videos, work / f"{name}_{split}", checkpoint=str(checkpoint),
                       batch_size=64, **extra, **sampling)  # fmt: skip
-    out = {"auto": resolve_rerank(idx, "auto")}
+    out = {"default": resolve_rerank(idx, "auto")}
     for label, rerank, model in rows:
         res = evaluate_retrieval(idx, caps, rerank=rerank, rerank_model=model)
         out[label] = round(float(res["t2v"]["R1"]), 2)
