@@ -213,12 +213,13 @@ def test_rerank_model_equal_to_the_index_model_reproduces_the_index(pindex):
     from video_retrieval.rerank import CLIPRerank, FrameModel
     from video_retrieval.search import encode_query, rerank_scores
 
-    fm = FrameModel(DEMO)
+    fm = FrameModel(DEMO, cache_videos=2)
     for r in range(len(pindex)):
         stored, ts = pindex.frames(r)
         mine = fm.frames(pindex, r)
         assert mine.shape == stored.shape and len(ts) == len(mine) >= 30
         np.testing.assert_allclose(mine, stored, atol=2e-2, rtol=2e-3)  # the index keeps fp16
+    assert len(fm._frames) == 2  # the oldest video left the bounded cache
     encoder, pool = pindex.models()
     q = encode_query(encoder, pool, "the red disc slides left")
     np.testing.assert_allclose(fm.embed_query(q.text), q.embedding, atol=1e-5)

@@ -28,6 +28,7 @@ Example (hand-made numbers)::
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,9 +79,10 @@ class FrameModel:
     """A frame-level CLIP for CLIPRerank, independent of the index's model (``--rerank-model``):
     a ``vr train`` retrieval checkpoint whose text tower encodes the query and whose image tower
     encodes every frame of a candidate, sampled as the index sampled it (decoded again at this
-    model's image size; each video once per ``FrameModel``, kept in memory)."""
+    model's image size). The embeddings of the last ``cache_videos`` videos stay in memory, so an
+    evaluation encodes each video once."""
 
-    def __init__(self, path, encoder=None, text_aggregator=None):
+    def __init__(self, path, encoder=None, text_aggregator=None, cache_videos: int = 4096):
         self.path = str(path)
         if encoder is None:
             from video_retrieval.model_io import load_retrieval_model
@@ -97,7 +99,8 @@ class FrameModel:
             encoder, text_aggregator, _ = load_retrieval_model(path)
         self.encoder = encoder.eval()
         self.text_aggregator = text_aggregator
-        self._frames: dict[tuple[str, str], np.ndarray] = {}
+        self.cache_videos = int(cache_videos)
+        self._frames: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 
     @torch.no_grad()
     def embed_query(self, text: str) -> np.ndarray:
@@ -115,7 +118,9 @@ class FrameModel:
         v = index.videos[int(row)]
         key = (str(v["path"]), str(v.get("sha256", v.get("mtime_ns", ""))))
         got = self._frames.get(key)
-        if got is None:
+        if got is not None:
+            self._frames.move_to_end(key)
+        else:
             sampling = index.fingerprint.get("sampling") or {}
             try:
                 fr = read_sampled_frames(
@@ -131,6 +136,8 @@ class FrameModel:
             cls, _ = self.encoder.encode_frames(pixels)
             got = cls.float().cpu().numpy().astype(np.float32)
             self._frames[key] = got
+            while len(self._frames) > self.cache_videos:
+                self._frames.popitem(last=False)
         return got
 
 
