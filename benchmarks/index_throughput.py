@@ -53,7 +53,8 @@ def main() -> None:
     from video_retrieval.encoders import create_encoder
 
     from video_retrieval.decode import load_frames
-    from video_retrieval.indexer import BatchingEncoder, IndexConfig, run_indexing
+    from video_retrieval.index_pipeline import BatchingEncoder
+    from video_retrieval.indexer import IndexConfig, run_indexing
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)")  # fmt: skip

@@ -129,13 +129,8 @@ def predict_distributed(plan: dict | None, cfg, encoder) -> bool:
     import lightning as L
     from lightning.pytorch.callbacks import BasePredictionWriter
 
-    from video_retrieval.indexer import (
-        IndexConfig,
-        ShardWriter,
-        encode_videos,
-        load_models,
-        make_loader,
-    )
+    from video_retrieval.index_config import IndexConfig, load_models
+    from video_retrieval.index_pipeline import ShardWriter, encode_videos, make_loader
 
     class PlanData(L.LightningDataModule):
         """Holds the plan; ``setup`` broadcasts it from rank 0 to every rank."""

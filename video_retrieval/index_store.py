@@ -132,7 +132,7 @@ class Index:
     def build(cls, inputs, index_dir, **options) -> Index:
         """Index ``inputs`` (video files and/or folders) into ``index_dir`` and open it.
 
-        Options are those of ``indexer.IndexConfig`` (``model``, ``pretrained``, ``checkpoint``,
+        Options are those of ``index_config.IndexConfig`` (``model``, ``pretrained``, ``checkpoint``,
         ``fps``, ``num_frames``, ``batch_size``, ``workers``, ``devices``, ``prune``, ...).
         Running it again adds new files, re-encodes changed ones and (``prune=True``) drops
         deleted ones. The run's summary is in ``.build_summary``.

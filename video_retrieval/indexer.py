@@ -1,12 +1,6 @@
-"""Batch video indexing: reader -> encoder -> writer, resumable, incremental, distributable.
-
-* **reader** (``VideoReader``, a map-style ``Dataset``): in DataLoader workers, decodes and samples
-  the frames of one video (``decode.load_frames`` at the encoder's input size), hashes the file,
-  returns uint8 frames + timestamps, or the reason it failed. Decoding overlaps with encoding.
-* **mapper** (``BatchingEncoder``): in the main process, preprocesses (batched tensor ops) and
-  encodes frames in batches of ``batch_size`` frames across video boundaries.
-* **writer** (``ShardWriter``): accumulates per-video frame embeddings into fp16 shards, writes each
-  shard atomically, then commits it with a journal line (``index_files``).
+"""Batch video indexing runs: plan, encode (``index_pipeline``: reader -> mapper -> writer),
+finalize; resumable, incremental, distributable, repairable. Options and models:
+``index_config``; the files on disk: ``index_files``.
 
 ``run_indexing`` plans the run from the journal (new files are encoded; unchanged files, same
 size+mtime or same content hash, are skipped; changed files re-encoded; files gone from disk are
@@ -29,450 +23,34 @@ import json
 import os
 import sys
 import time
-from collections import deque
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from video_retrieval import index_files as store
-from video_retrieval.errors import UserError, VideoDecodeError
+from video_retrieval.errors import UserError
+from video_retrieval.index_config import (
+    IndexConfig,
+    load_models,
+    make_fingerprint,
+    mismatch_error,
+    reuse_index_settings,
+    with_checkpoint_sampling,
+)
+from video_retrieval.index_pipeline import (
+    BatchingEncoder,
+    ShardWriter,
+    failure_reason,
+    make_loader,
+)
 from video_retrieval.model_weights import (
-    checkpoint_kind,
-    describe_weights,
     manifest_weights,
-    resolve_encoder_args,
     warn_if_random,
-    weights_line,
 )
 from video_retrieval.rerank import uniform_indices
 from video_retrieval.video_files import FileSignature, content_hash, find_videos
-
-#: a decodable part shorter than the container's declared duration by more than this (one
-#: 2 s moment clip) is a truncated file, reported as a failure rather than indexed as a short video
-TRUNCATION_SLACK_S = 2.0
-
-
-@dataclass
-class IndexConfig:
-    """Options of ``vr index`` / ``Index.build``.
-
-    Model: ``model`` + ``pretrained`` (tag or file), ``checkpoint`` (a ``vr train`` retrieval
-    checkpoint or CLIP weights), or ``random_weights`` (tests only); nothing given means
-    ``ViT-B-32`` / ``laion2b_s34b_b79k`` for a new index and the index's own model for an
-    existing one (``model_weights``). Sampling: ``fps`` or ``num_frames``; default: a
-    checkpoint's own sampling, else the index's, else 1 fps.
-    """
-
-    model: str | None = None
-    pretrained: str | None = None
-    checkpoint: str | None = None
-    random_weights: bool = False
-    fps: float | None = None
-    num_frames: int | None = None
-    symmetric_window: bool | None = None  # sample between the first and last frame centres
-    batch_size: int = 64  # frames per encoder batch
-    workers: int = 0  # DataLoader workers decoding videos
-    devices: int = 1  # > 1: Lightning DDP on CPU processes
-    prune: bool = False
-    shard_size: int = 64  # videos per shard (at most)
-    shard_frames: int = 8192  # frames per shard (at most, unless one video has more)
-    progress: bool | None = None  # None: a bar when stderr is a TTY
-    # auto | ann.KINDS (flat, hnsw, ivf, fp16, sq8, hnsw-sq8, ivf-sq8, ivf-pq); None: the
-    # index's own choice (auto for a new index)
-    ann: str | None = None
-    target_recall: float | None = None  # tuned to reach it, else exact (None: index's own / 0.95)
-    max_memory: str | int | None = None  # --ann auto: memory budget of the ANN (None: RAM / 2)
-    recall_captions: str | None = None  # captions.jsonl / text file: text queries for recall
-    recall_sample: int = 1000  # held-out video vectors (and at most as many captions)
-    num_nodes: int = 1  # > 1: Lightning multi-node DDP (one process per node launched each)
-    precision: str = "auto"
-    device: str = "cpu"
-    patches: int | None = None  # K patch tokens per frame closest to CLS; None: index's own / 0
-    backend: str = "open_clip"  # or "hf": a Hugging Face CLIP directory / hub id as ``model``
-    wait: bool = True  # another writer holds the index: wait (False: one-line error)
-    encoder_spec: dict | None = None  # set from an existing index's manifest (reuse its model)
-
-    def model_flags_given(self) -> bool:
-        return bool(
-            self.model or self.pretrained or self.checkpoint or self.random_weights
-            or self.backend != "open_clip" or self.encoder_spec
-        )  # fmt: skip
-
-    def sampling(self) -> dict:
-        if self.fps is not None and self.num_frames is not None:
-            raise UserError("give --fps or --num-frames, not both")
-        if self.num_frames is not None:
-            if self.num_frames < 1:
-                raise UserError(f"--num-frames must be >= 1, got {self.num_frames}")
-            out = {"fps": None, "num_frames": int(self.num_frames)}
-        else:
-            fps = 1.0 if self.fps is None else float(self.fps)
-            if not fps > 0:
-                raise UserError(f"--fps must be > 0, got {fps}")
-            out = {"fps": fps, "num_frames": None}
-        if self.symmetric_window:  # recorded only when on: older fingerprints stay equal
-            out["symmetric_window"] = True
-        return out
-
-
-# -- models and fingerprint ---------------------------------------------------------------------
-def _file_sha256(path) -> str:
-    return content_hash(path)
-
-
-def reuse_index_settings(cfg: IndexConfig, manifest: dict) -> IndexConfig:
-    """``cfg`` with the model, sampling and patches of an existing index wherever the user gave
-    none, so an incremental run needs only the inputs and ``--index``."""
-    m = manifest["model"]
-    kw = {}
-    if not cfg.model_flags_given():
-        if m.get("checkpoint"):
-            kw["checkpoint"] = m["checkpoint"]
-        else:
-            kw["encoder_spec"] = dict(m["encoder_spec"])
-    sampling = manifest["fingerprint"].get("sampling") or {}
-    if cfg.fps is None and cfg.num_frames is None and cfg.symmetric_window is None:
-        kw.update(
-            fps=sampling.get("fps"),
-            num_frames=sampling.get("num_frames"),
-            symmetric_window=bool(sampling.get("symmetric_window", False)),
-        )
-    if cfg.patches is None:
-        kw["patches"] = int((manifest["fingerprint"].get("patches") or {}).get("topk", 0))
-    return replace(cfg, **kw)
-
-
-def load_models(cfg: IndexConfig):
-    """(encoder, pooling aggregator, model description for the manifest, aggregator label,
-    the checkpoint's own sampling or None)."""
-    from video_retrieval.encoders import create_encoder
-    from video_retrieval.temporal import build_aggregator
-
-    kind = checkpoint_kind(cfg.checkpoint) if cfg.checkpoint else None
-    if kind == "moment":
-        raise UserError(
-            f"{cfg.checkpoint} is a moment-head checkpoint (for vr localize --checkpoint); "
-            "vr index takes a vr train retrieval checkpoint or CLIP weights"
-        )
-    if kind == "retrieval":
-        if cfg.model or cfg.pretrained or cfg.random_weights or cfg.backend != "open_clip":
-            raise UserError(
-                f"--checkpoint {cfg.checkpoint} is a vr train checkpoint and names its own "
-                "model: drop --model/--pretrained/--random-weights/--backend"
-            )
-        from video_retrieval.model_io import load_retrieval_model
-
-        ckpt = Path(cfg.checkpoint).expanduser().resolve()
-        encoder, agg, meta = load_retrieval_model(str(ckpt), cfg.device, cfg.precision)
-        sha = _file_sha256(ckpt)
-        info = {
-            "checkpoint": str(ckpt),
-            "checkpoint_sha256": sha,
-            "weights": describe_weights(None, str(ckpt)),
-        }
-        if agg.query_dependent:
-            pool, label = build_aggregator("mean", encoder.embed_dim), "mean"
-        else:
-            pool, label = agg.eval(), f"{agg.name}@{sha[:16]}"
-        own = {"num_frames": meta["num_frames"], "symmetric_window": meta["symmetric_window"]}
-    else:
-        if cfg.encoder_spec:
-            args = {**cfg.encoder_spec, "precision": cfg.precision, "device": cfg.device}
-        else:
-            args = resolve_encoder_args(
-                cfg.model, cfg.pretrained, cfg.checkpoint, cfg.backend, cfg.random_weights
-            )
-            args.update(precision=cfg.precision, device=cfg.device)
-        encoder = create_encoder(**args)
-        info = {"encoder_spec": encoder.spec, "weights": describe_weights(encoder.spec)}
-        pool, label = build_aggregator("mean", encoder.embed_dim), "mean"
-        own = None
-    encoder.eval()
-    return encoder, pool.eval(), info, label, own
-
-
-def with_checkpoint_sampling(cfg: IndexConfig, own: dict | None) -> IndexConfig:
-    """A checkpoint's own frame sampling is the default when indexing with it."""
-    if own is None or cfg.fps is not None or cfg.num_frames is not None:
-        return cfg
-    sym = own.get("symmetric_window") if cfg.symmetric_window is None else cfg.symmetric_window
-    return replace(cfg, num_frames=int(own["num_frames"]), symmetric_window=bool(sym))
-
-
-def make_fingerprint(encoder, cfg: IndexConfig, aggregator_label: str) -> dict:
-    patches = int(cfg.patches or 0)
-    if patches < 0:
-        raise UserError(f"--patches must be >= 0, got {cfg.patches}")
-    fp = {
-        "encoder": encoder.fingerprint(),
-        "sampling": cfg.sampling(),
-        "aggregator": aggregator_label,
-    }
-    if patches:  # an index with patch tokens is another index (UCoFiA can rerank it)
-        fp["patches"] = {"topk": patches, "criterion": "cosine-to-cls"}
-    return fp
-
-
-_FLAG_OF = {
-    "encoder": "the model (--model/--pretrained/--checkpoint)",
-    "aggregator": "the checkpoint (--checkpoint)",
-    "sampling": "the sampling (--fps/--num-frames)",
-    "patches": "the patch tokens (--patches)",
-}
-
-
-def _sampling_line(sampling: dict) -> str:
-    if sampling.get("num_frames"):
-        return f"--num-frames {sampling['num_frames']}"
-    return f"--fps {sampling.get('fps')}"
-
-
-def mismatch_error(index_dir, manifest: dict, keys: list[str]) -> UserError:
-    built = manifest_weights(manifest)
-    what = ", ".join(_FLAG_OF.get(k, k) for k in keys)
-    return UserError(
-        f"index {index_dir} was built with {weights_line(built)}, "
-        f"{_sampling_line(manifest['fingerprint'].get('sampling') or {})}; this run differs in "
-        f"{what}: drop those flags to reuse the index's own settings, or use another --index"
-    )
-
-
-# -- reader -------------------------------------------------------------------------------------
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, VideoDecodeError):
-        return exc.reason
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
-
-
-def read_sampled_frames(path, sampling: dict, size: int | None):
-    """``decode.load_frames`` with an index's sampling settings; a file whose decodable part
-    falls short of the container's declared duration by more than ``TRUNCATION_SLACK_S``
-    raises ``VideoDecodeError`` (truncated files are failures, not short videos)."""
-    from video_retrieval.decode import load_frames, probe_video, symmetric_bounds
-
-    start = end = None
-    if sampling.get("symmetric_window"):
-        start, end = symmetric_bounds(probe_video(path))
-    fr = load_frames(
-        path,
-        num_frames=sampling.get("num_frames"),
-        fps=sampling.get("fps"),
-        start=start,
-        end=end,
-        size=size,
-    )
-    declared = float(getattr(fr, "header_duration", 0.0) or 0.0)
-    if declared > 0 and declared - fr.duration > TRUNCATION_SLACK_S:
-        raise VideoDecodeError(
-            path,
-            f"truncated: decodable frames end at {fr.duration:.2f}s of the {declared:.2f}s the "
-            "container declares",
-        )
-    return fr
-
-
-class VideoReader(torch.utils.data.Dataset):
-    """Item ``i``: dict(path, size, mtime_ns, sha256, pixels uint8 [T,H,W,3], timestamps,
-    duration, fps) or dict(..., error=reason)."""
-
-    def __init__(self, items: list[dict], sampling: dict, image_size: int | None):
-        self.items = items
-        self.sampling = sampling
-        self.image_size = image_size
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        item = dict(self.items[i])
-        try:
-            if not item.get("sha256"):
-                item["sha256"] = content_hash(item["path"])
-            fr = read_sampled_frames(item["path"], self.sampling, self.image_size)
-            mask = np.asarray(fr.mask, dtype=bool)
-            pixels = np.ascontiguousarray(fr.pixels[mask])
-            if len(pixels) == 0:
-                raise VideoDecodeError(item["path"], "no frames could be decoded")
-            item.update(
-                pixels=torch.from_numpy(pixels),
-                timestamps=[float(t) for t in np.asarray(fr.timestamps)[mask]],
-                duration=float(fr.duration),
-                fps=float(fr.fps),
-            )
-        except Exception as exc:  # one bad video never aborts the batch
-            item["error"] = _reason(exc)
-        return item
-
-
-def list_collate(batch: list[dict]) -> list[dict]:
-    return batch
-
-
-def _worker_init(_):
-    torch.set_num_threads(1)
-
-
-def make_loader(items, sampling, image_size, workers: int, batch_size=None):
-    ds = VideoReader(items, sampling, image_size)
-    kw = {}
-    if workers > 0:
-        kw = {"prefetch_factor": 4, "persistent_workers": False, "worker_init_fn": _worker_init}
-    if batch_size is None:
-        return torch.utils.data.DataLoader(
-            ds, batch_size=None, num_workers=workers, collate_fn=_identity, **kw
-        )
-    return torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, num_workers=workers, collate_fn=list_collate, **kw
-    )
-
-
-def _identity(x):
-    return x
-
-
-# -- mapper -------------------------------------------------------------------------------------
-class BatchingEncoder:
-    """Preprocess each video's frames and encode frames in batches of ``batch_size`` across
-    videos; ``add`` / ``flush`` return the videos whose frames are all encoded, in order, as
-    ``(item, embeddings float32 [T,D], patches float32 [T,K,D] or None)`` (``patch_topk`` = K:
-    the projected patch tokens most cosine-similar to each frame's CLS)."""
-
-    def __init__(self, encoder, batch_size: int = 64, patch_topk: int = 0):
-        self.encoder = encoder
-        self.batch_size = max(1, int(batch_size))
-        self.patch_topk = int(patch_topk)
-        self.pending: deque = deque()  # [item, images [T,3,S,S], parts, n_done]
-        self.queued = 0
-        self.frames_encoded = 0
-
-    def add(self, item: dict) -> list:
-        images = self.encoder.preprocess(item.pop("pixels"))
-        self.pending.append([item, images, [], 0])
-        self.queued += len(images)
-        out = []
-        while self.queued >= self.batch_size:
-            out += self._step(self.batch_size)
-        return out
-
-    def flush(self) -> list:
-        out = []
-        while self.queued > 0:
-            out += self._step(min(self.batch_size, self.queued))
-        return out
-
-    @torch.inference_mode()
-    def _step(self, n: int) -> list:
-        chunks, owners = [], []
-        need = n
-        for entry in self.pending:
-            if need == 0:
-                break
-            _, images, _, done = entry
-            take = min(need, len(images) - done)
-            if take > 0:
-                chunks.append(images[done : done + take])
-                owners.append((entry, take))
-                need -= take
-        emb, pt = self.encoder.encode_images(torch.cat(chunks), return_patches=self.patch_topk > 0)
-        if pt is not None:
-            from video_retrieval.feature_cache import select_topk_patches
-
-            pt = select_topk_patches(emb, pt, self.patch_topk)[0].float().cpu().numpy()
-        emb = emb.float().cpu().numpy()
-        pos = 0
-        for entry, take in owners:
-            entry[2].append((emb[pos : pos + take], None if pt is None else pt[pos : pos + take]))
-            entry[3] += take
-            pos += take
-        self.queued -= n
-        self.frames_encoded += n
-        out = []
-        while self.pending and self.pending[0][3] == len(self.pending[0][1]):
-            item, _, parts, _ = self.pending.popleft()
-            patches = None if parts[0][1] is None else np.concatenate([p for _, p in parts])
-            out.append((item, np.concatenate([e for e, _ in parts]), patches))
-        return out
-
-
-def encode_videos(encoder, items: list[dict], batch_size: int, patch_topk: int = 0) -> list:
-    """Encode a list of read items: ``(item, emb, patches)`` for good ones, ``(item, None,
-    None)`` for failures."""
-    be = BatchingEncoder(encoder, batch_size, patch_topk)
-    out = []
-    for item in items:
-        if "error" in item:
-            out.append((item, None, None))
-        else:
-            out += be.add(item)
-    out += be.flush()
-    return out
-
-
-# -- writer -------------------------------------------------------------------------------------
-class ShardWriter:
-    """Buffers encoded videos into shards; each shard is written atomically, then committed."""
-
-    def __init__(self, index_dir, run: int, rank: int = 0, shard_size=64, shard_frames=8192):
-        self.index_dir = Path(index_dir)
-        self.run, self.rank = run, rank
-        self.shard_size, self.shard_frames = shard_size, shard_frames
-        self.journal = store.Journal(index_dir, run, rank)
-        self.seq = 0
-        self.buffer: list[tuple[dict, np.ndarray, np.ndarray | None]] = []
-        self.nframes = 0
-        self.videos_written = 0
-        self.frames_written = 0
-        self.failures: list[dict] = []
-
-    def add(self, item: dict, emb: np.ndarray, patches: np.ndarray | None = None) -> None:
-        pt = None if patches is None else np.asarray(patches, dtype=np.float16)
-        self.buffer.append((item, np.asarray(emb, dtype=np.float16), pt))
-        self.nframes += len(emb)
-        if len(self.buffer) >= self.shard_size or self.nframes >= self.shard_frames:
-            self.flush()
-
-    def fail(self, item: dict, reason: str) -> None:
-        ev = {"event": "fail", "path": item["path"], "reason": reason}
-        ev.update({k: item.get(k) for k in ("size", "mtime_ns", "sha256")})
-        self.journal.append(ev)
-        self.failures.append({"path": item["path"], "reason": reason})
-
-    def flush(self) -> None:
-        if not self.buffer:
-            return
-        name = store.shard_name(self.run, self.rank, self.seq)
-        self.seq += 1
-        metas, offset = [], 0
-        for item, emb, _ in self.buffer:
-            metas.append(
-                {
-                    "path": item["path"],
-                    "size": item["size"],
-                    "mtime_ns": item["mtime_ns"],
-                    "sha256": item["sha256"],
-                    "offset": offset,
-                    "length": len(emb),
-                    "timestamps": item["timestamps"],
-                    "duration": item["duration"],
-                    "fps": item["fps"],
-                }
-            )
-            offset += len(emb)
-        patches = None
-        if self.buffer[0][2] is not None:
-            patches = np.concatenate([p for _, _, p in self.buffer])
-        frames = np.concatenate([e for _, e, _ in self.buffer])
-        store.write_shard(self.index_dir, name, frames, metas, patches)
-        keys = ("path", "size", "mtime_ns", "sha256", "offset", "length")
-        self.journal.append(
-            {"event": "shard", "shard": name, "videos": [{k: m[k] for k in keys} for m in metas]}
-        )
-        self.videos_written += len(metas)
-        self.frames_written += offset
-        self.buffer, self.nframes = [], 0
 
 
 # -- plan ---------------------------------------------------------------------------------------
@@ -491,7 +69,7 @@ def make_plan(paths: list[Path], state: store.IndexState, prune: bool):
                 {
                     "event": "fail",
                     "path": path,
-                    "reason": _reason(exc),
+                    "reason": failure_reason(exc),
                     "size": None,
                     "mtime_ns": None,
                     "sha256": None,

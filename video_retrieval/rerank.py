@@ -113,7 +113,7 @@ class FrameModel:
     @torch.no_grad()
     def frames(self, index, row: int) -> np.ndarray:
         """This model's frame embeddings [T, D] of index row ``row`` (the index's sampling)."""
-        from video_retrieval.indexer import read_sampled_frames
+        from video_retrieval.index_pipeline import read_sampled_frames
 
         v = index.videos[int(row)]
         key = (str(v["path"]), str(v.get("sha256", v.get("mtime_ns", ""))))
