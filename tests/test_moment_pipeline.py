@@ -263,3 +263,44 @@ def test_temporal_difference_stream_by_hand():
     np.testing.assert_allclose(out[:, 4:], np.array([[-1, 1], [0, 2], [0, 0]]) / s)  # forward
     one = add_temporal_differences(f[:1])
     np.testing.assert_array_equal(one, [[1, 0, 0, 0, 0, 0]])
+
+
+def test_motion_stream_trains_checkpoints_and_predicts(world, tmp_path):
+    import lightning as L
+
+    from video_retrieval.lit_moments import MomentDataModule, MomentDETRModule, predict_split
+    from video_retrieval.moment_predictor import MomentPredictor
+
+    L.seed_everything(0)
+    kw = dict(
+        train_path=str(world / "train.jsonl"),
+        val_path=str(world / "val.jsonl"),
+        cache_dir=str(tmp_path / "cache"),
+        batch_size=3,
+    )
+    plain = MomentDataModule(**kw)
+    plain.setup("validate")
+    dm = MomentDataModule(**kw, motion_grid=4)
+    model = MomentDETRModule(
+        hidden_dim=32, nheads=4, dim_feedforward=64, num_queries=4, round_multiple=2.0, lr=1e-3
+    )
+    trainer = L.Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=str(tmp_path), num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(model, dm)
+    assert dm.v_feat_dim == plain.v_feat_dim + 4 * 4 * 3  # the map follows the clip stream
+    v = dm.items["val"][1]["v"]
+    np.testing.assert_allclose(v[:, : plain.v_feat_dim], plain.items["val"][1]["v"], atol=1e-6)
+    ckpt = tmp_path / "motion.ckpt"
+    trainer.save_checkpoint(ckpt)
+    meta = torch.load(ckpt, weights_only=True, map_location="cpu")["moment_meta"]
+    assert meta["motion_grid"] == 4 and meta["model_kwargs"]["v_feat_dim"] == dm.v_feat_dim
+    out = MomentPredictor.from_checkpoint(ckpt).predict(
+        world / "videos" / "v1.mp4", "a red square appears", top=3
+    )
+    rows = predict_split(model, dm, "val")
+    assert rows[1]["pred_relevant_windows"][0][:2] == pytest.approx(out["moments"][0][:2])
+    assert rows[1]["pred_saliency_scores"] == pytest.approx(out["saliency"], abs=1e-4)
+    with pytest.raises(UserError, match="motion_grid"):
+        predict_split(model, plain, "val")  # a head is never fed features without its map

@@ -329,7 +329,7 @@ def test_missing_feature_files_stop_setup_unless_allowed(qvh, caplog):
     assert "queries left out (allow_missing)" in caplog.text
 
 
-def test_qvhighlights_recipe_trains_and_validates_on_the_features(qvh):
+def test_qvhighlights_recipe_trains_and_validates_on_the_features(qvh, capsys):
     """The recipe with --data.init_args.features_dir: fit + validation metrics (tiny model)."""
     from video_retrieval.cli_train import main as train_main
 
@@ -360,3 +360,14 @@ def test_qvhighlights_recipe_trains_and_validates_on_the_features(qvh):
         "kind": "features_dir", "path": str((root / "features").resolve()),
         "streams": ["slowfast", "clip"], "dims": [2304, 512],
     }  # fmt: skip
+    # the head scores those features only: vr localize on a video refuses in one line
+    from video_retrieval.cli import main as vr_main
+
+    video = root / "a.mp4"
+    video.write_bytes(b"\0")  # never decoded: the refusal comes first
+    capsys.readouterr()
+    rc = vr_main(["localize", str(video), "a query", "--checkpoint", str(ckpts[0])])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err, err
+    assert err.startswith("error: this moment head was trained on pre-extracted features")
+    assert "slowfast+clip" in err

@@ -99,6 +99,7 @@ def config_conflicts(asked: dict, stored: dict) -> list[str]:
     """Model settings the user's config gives otherwise than the checkpoint's run: each key of
     ``asked`` whose value differs from ``stored`` (dicts: only the keys the config sets, since
     a module may record more, e.g. the temporal blocks' activation; ``None`` is no choice)."""
+
     def norm(x):  # tuples and lists, as YAML and the checkpoint hold them
         return json.loads(json.dumps(x, default=str))
 

@@ -35,6 +35,7 @@ from video_retrieval.datasets.moments import (
 from video_retrieval.errors import UserError
 from video_retrieval.moment_features import (
     FeatureCache,
+    MotionCache,
     add_temporal_differences,
     check_pooling_aggregator,
     normalize_clip_features,
@@ -179,6 +180,10 @@ class MomentDataModule(L.LightningDataModule):
             ``datasets.qvh_features``) instead of videos + an encoder.
             feature_streams: which video streams, concatenated in this order (``[clip]``: the
             CLIP-only run; ``[slowfast, clip]``: Moment-DETR's default).
+        motion_grid: append the RGB-difference motion map of each clip window
+            (``moment_features.motion_features``: ``motion_grid^2 x 3`` values, the same windows
+            as the clip features) to the clip features; 0 = off. The head then sees where
+            things moved, which a CLIP-style clip encoder does not keep.
         allow_missing: at setup every video (or feature file) of every split must exist and be
             non-empty, else training stops naming the count and the first missing paths; with
             ``allow_missing`` the queries of missing videos are left out and the count is logged.
@@ -215,6 +220,7 @@ class MomentDataModule(L.LightningDataModule):
         features_dir: str | None = None,
         feature_streams: list[str] | None = None,
         allow_missing: bool = False,
+        motion_grid: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -224,11 +230,16 @@ class MomentDataModule(L.LightningDataModule):
             raise UserError(f"clip_pooling must be one of {CLIP_POOLINGS}, not {clip_pooling!r}")
         if clip_pooling == "aggregator" and not retrieval_checkpoint:
             raise UserError("clip_pooling=aggregator needs a retrieval_checkpoint (its aggregator)")
+        if motion_grid and features_dir:
+            raise UserError("motion_grid needs the videos: it cannot be used with features_dir")
+        if motion_grid < 0:
+            raise UserError(f"motion_grid must be >= 0, got {motion_grid}")
         if features_dir and clip_pooling != "frame":
             raise UserError(
                 "features_dir gives pre-extracted clip features: clip_pooling must be 'frame'"
             )
         self.features = None
+        self.motion = None
         self.missing: dict[str, int] = {}
         self.encoder = None
         self.pool_aggregator = None
@@ -322,12 +333,16 @@ class MomentDataModule(L.LightningDataModule):
         kwargs = {"durations": h.durations_csv} if h.fmt == "charades" else {}
         rows, paths = self._available(split, load_moments(path, h.fmt, **kwargs))
         video_feats: dict[str, tuple] = {}
+        motion: dict[str, np.ndarray] = {}
         for r in rows:
             if r["vid"] not in video_feats:
                 if self.features is not None:
                     video_feats[r["vid"]] = (self.features.video(r["vid"]), None, None)
                 else:
                     video_feats[r["vid"]] = cache.get(r["vid"], paths[r["vid"]])
+                if self.motion is not None:
+                    n_all = len(video_feats[r["vid"]][0])
+                    motion[r["vid"]] = self.motion.get(r["vid"], paths[r["vid"]], n_all)
         if self.features is not None:
             texts = [self.features.text(r["qid"]) for r in rows]
         else:
@@ -338,6 +353,8 @@ class MomentDataModule(L.LightningDataModule):
             feats = normalize_clip_features(feats[: h.max_v_l], h.video_feature_norm)
             if h.video_feature_diff:
                 feats = add_temporal_differences(feats)
+            if self.motion is not None:
+                feats = np.concatenate([feats, motion[r["vid"]][: h.max_v_l]], 1)
             n = len(feats)
             dur = r["duration"] if r.get("duration") else vdur
             if dur is None:  # features without a duration: the clips' span
@@ -370,6 +387,11 @@ class MomentDataModule(L.LightningDataModule):
                 aggregator=self.pool_aggregator,
                 context=h.clip_context,
             )
+            if h.motion_grid and self.motion is None:
+                self.motion = MotionCache(
+                    h.cache_dir, h.clip_len, h.frames_per_clip / h.clip_len, h.clip_context,
+                    h.motion_grid,
+                )  # fmt: skip
         for split, path in self.paths.items():
             if path and split not in self.items:
                 self.items[split] = self._load_split(split, cache)
@@ -510,6 +532,7 @@ class MomentDETRModule(L.LightningModule):
                 "video_feature_diff": bool(dm.hparams.video_feature_diff),
                 "clip_pooling": str(dm.hparams.clip_pooling),
                 "clip_context": float(dm.hparams.clip_context),
+                "motion_grid": int(dm.hparams.motion_grid),
             }
         if self.model is None:
             if not (self.hparams.v_feat_dim and self.hparams.t_feat_dim):
@@ -659,7 +682,7 @@ def zero_shot_split(dm: MomentDataModule, split: str, top: int = 10) -> list[dic
     sents = np.concatenate(sents) if sents else np.zeros((0, 1))
     rows = []
     for it, s in zip(items, sents):
-        sims = clip_similarities(it["v"], s)
+        sims = clip_similarities(it["v"][:, : len(s)], s)  # the clip stream (no motion map)
         w = zero_shot_windows(sims, dm.hparams.clip_len, it["duration"], top=top)
         rows.append(
             {
@@ -680,6 +703,7 @@ def predict_split(module: MomentDETRModule, dm: MomentDataModule, split: str) ->
         ("video_feature_diff", False),
         ("clip_pooling", "frame"),
         ("clip_context", 0.0),
+        ("motion_grid", 0),
     )
     for key, default in feature_keys:
         trained, given = meta.get(key, default), dm.hparams[key]

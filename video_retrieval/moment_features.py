@@ -8,6 +8,12 @@ frames of the clip widened by ``context`` seconds each side (a temporal stream t
 the part SlowFast features play in Moment-DETR). ``N = ceil(duration / clip_len)`` clips, at
 least 1.
 
+Motion stream (``motion_features``, optional): per clip window (the same ``context``), the mean of
+its later frames minus the mean of its earlier frames, average-pooled to a ``grid x grid`` map
+per RGB channel (TSN's RGB-difference modality, reduced to a map): where colour appeared and
+where it left. A CLIP-style clip encoder is blind to translation (its image embedding does not
+keep where an object is); this stream keeps it, as SlowFast does beside CLIP in Moment-DETR.
+
 Text side (``text_token_features``): CLIP text token features *after the final LayerNorm and
 the text projection* (``TextFeatures.words`` of our encoder, i.e. in the joint space), SOT..EOT,
 each token L2-normalised, at most ``max_q_l`` (32) tokens. Moment-DETR uses the token states
@@ -178,6 +184,70 @@ def text_token_features(encoder, texts: list[str], max_q_l: int = 32) -> list[np
                     t = w[:1]
                 out.append(_l2n(t).astype(np.float32))
     return out
+
+
+#: frame side per motion-map cell: frames are decoded at ``(8 grid)^2`` pixels for the map
+MOTION_CELL_PX = 8
+
+
+def motion_features(
+    video_path, num_clips: int, clip_len: float = 2.0, fps: float = 2.0, context: float = 0.0,
+    grid: int = 8,
+) -> np.ndarray:  # fmt: skip
+    """RGB-difference motion map of each clip: ``[num_clips, grid * grid * 3]`` float32.
+
+    Frames are sampled at ``fps`` and resized to a ``8 grid`` pixel square (aspect not kept: a
+    coarse map); clip ``i``'s window is ``clip_windows(..., context)``. With ``k`` frames in the
+    window and ``h = max(1, k // 2)``: ``mean(last h) - mean(first h)`` in [-1, 1] (pixels / 255),
+    averaged over each ``8 x 8`` pixel cell, laid out (row, column, channel). A window of one
+    frame, or a still scene, gives zeros. Not normalised: its size says how much moved."""
+    from video_retrieval.decode import load_frames
+
+    side = int(grid) * MOTION_CELL_PX
+    frames = load_frames(str(video_path), fps=fps, size=(side, side))
+    ts = np.asarray(frames.timestamps, dtype=np.float64)
+    mask = np.asarray(frames.mask, dtype=bool)
+    px = frames.pixels
+    if mask.any():
+        px, ts = px[mask], ts[mask]
+    order = np.argsort(ts, kind="stable")
+    px, ts = px[order].astype(np.float32) / 255.0, ts[order]
+    out = np.zeros((num_clips, grid * grid * 3), dtype=np.float32)
+    for i, w in enumerate(clip_windows(ts, num_clips, clip_len, context)):
+        if len(w) < 2:
+            continue
+        h = max(1, len(w) // 2)
+        d = px[w[-h:]].mean(0) - px[w[:h]].mean(0)
+        cells = d.reshape(grid, MOTION_CELL_PX, grid, MOTION_CELL_PX, 3).mean((1, 3))
+        out[i] = cells.reshape(-1)
+    return out
+
+
+class MotionCache:
+    """``cache_dir/motion-<key>/<vid>.npz`` of ``motion_features`` (keyed by the clip windows,
+    the sampling rate and the grid; recomputed when the video file changes)."""
+
+    VERSION = 1
+
+    def __init__(self, cache_dir, clip_len: float, fps: float, context: float, grid: int):
+        self.clip_len, self.fps, self.context, self.grid = clip_len, fps, context, int(grid)
+        raw = json.dumps(
+            {"v": self.VERSION, "clip_len": clip_len, "fps": fps, "context": context, "grid": grid},
+            sort_keys=True,
+        )
+        self.root = Path(cache_dir) / f"motion-{hashlib.sha1(raw.encode()).hexdigest()[:12]}"
+
+    def get(self, vid: str, video_path, num_clips: int) -> np.ndarray:
+        safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in str(vid))
+        p = self.root / f"{safe}.npz"
+        src = FeatureCache._source_id(video_path)
+        if p.exists():
+            with np.load(p) as z:
+                if (src is None or str(z["source"]) == src) and len(z["motion"]) == num_clips:
+                    return z["motion"]
+        m = motion_features(video_path, num_clips, self.clip_len, self.fps, self.context, self.grid)
+        _atomic_savez(p, motion=m, source=np.array(src or ""))
+        return m
 
 
 FEATURE_NORMS = ("none", "center")

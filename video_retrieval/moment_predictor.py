@@ -67,6 +67,14 @@ def build_head(head: str, model_kwargs: dict):
 def build_feature_models(source: dict, clip_pooling: str = "frame"):
     """``(encoder, pooling aggregator or None)`` recorded in a moment checkpoint."""
     kind = source.get("kind")
+    if kind == "features_dir":
+        streams = "+".join(source.get("streams") or ["clip"])
+        raise UserError(
+            f"this moment head was trained on pre-extracted features ({streams} from "
+            f"{source.get('path')}), not on an encoder this tool can run on a video: it scores "
+            "those features only (vr eval moments on its predictions); for vr localize train a "
+            "head on videos (configs/moments_synth.yaml, or features_dir unset)"
+        )
     if kind == "retrieval_checkpoint":
         from video_retrieval.model_io import load_retrieval_model
 
@@ -101,6 +109,7 @@ class MomentPredictor:
         self.frames_per_clip = int(meta.get("frames_per_clip", 1))
         self.video_feature_norm = str(meta.get("video_feature_norm", "none"))
         self.video_feature_diff = bool(meta.get("video_feature_diff", False))
+        self.motion_grid = int(meta.get("motion_grid", 0))
 
     @classmethod
     def from_checkpoint(
@@ -150,7 +159,15 @@ class MomentPredictor:
             aggregator=self.pool_aggregator,
             context=self.clip_context,
         )
-        return {"feats": feats, "clip_times": times, "duration": duration}
+        video = {"feats": feats, "clip_times": times, "duration": duration}
+        if self.motion_grid:
+            from video_retrieval.moment_features import motion_features
+
+            video["motion"] = motion_features(
+                video_path, len(feats), self.clip_len, self.frames_per_clip / self.clip_len,
+                self.clip_context, self.motion_grid,
+            )  # fmt: skip
+        return video
 
     def window_starts(self, n: int) -> list[int]:
         """First clip of each sliding window over ``n`` clips: windows of the trained length
@@ -185,6 +202,8 @@ class MomentPredictor:
         feats = normalize_clip_features(video["feats"], self.video_feature_norm)
         if self.video_feature_diff:
             feats = add_temporal_differences(feats)
+        if self.motion_grid:
+            feats = np.concatenate([feats, video["motion"]], 1)
         n = len(feats)
         duration = float(video["duration"]) or n * self.clip_len
         starts = self.window_starts(n)
