@@ -278,3 +278,38 @@ def test_moments_didemo_recipe_monitors_the_official_r1(tmp_path):
     ck = torch.load(best[0], weights_only=True, map_location="cpu")
     cb = next(v for k, v in ck["callbacks"].items() if "ModelCheckpoint" in k)
     assert cb["monitor"] == "val/DiDeMo-R@1"
+
+
+def test_moment_frequency_prior_by_hand(tmp_path, capsys):
+    from video_retrieval.moment_metrics import didemo_prior_ranking
+
+    train = tmp_path / "didemo_train.json"
+    train.write_text(json.dumps([_record(1, [[1, 1], [1, 1], [1, 1], [0, 0]]),
+                                 _record(2, [[1, 1], [2, 2], [2, 2], [0, 5]])]))  # fmt: skip
+    # counts: (1,1) 4, (2,2) 2, (0,0) 1, (0,5) 1, the 17 others 0; ties in canonical order
+    ranking = didemo_prior_ranking(load_didemo_moments(train))
+    assert ranking[:6] == [(1, 1), (2, 2), (0, 0), (0, 5), (0, 1), (0, 2)]
+    assert sorted(ranking) == sorted(DIDEMO_MOMENTS)
+    gt = tmp_path / "didemo_val.json"
+    gt.write_text(json.dumps([_record(7, [[1, 1], [1, 1], [1, 1], [3, 3]]),
+                              _record(8, [[2, 2], [2, 2], [0, 0], [0, 0]]),
+                              _record(9, [[0, 1], [0, 1], [0, 1], [0, 1]])]))  # fmt: skip
+    # q7: ranks 1,1,1 -> R@1; IoUs 1,1,1. q8: ranks 2,2,3,3 -> best three mean 7/3 -> R@5 only;
+    # the top-1 (1,1) misses both moments: IoU 0. q9: (0,1) is the first unseen moment, rank 5
+    # -> R@5 only; IoU of (1,1) with (0,1) = 1/2.
+    capsys.readouterr()
+    assert main(["eval", "moments", "--prior", str(train), "--gt", str(gt)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["method"] == "moment_frequency_prior" and res["train_annotations"] == 2
+    assert res["brief"] == {"R@1": 33.33, "R@5": 100.0, "mIoU": 50.0}
+    assert res["prior"][:2] == [[1, 1], [2, 2]]
+    # one of --pred / --prior; the prior is DiDeMo's
+    assert main(["eval", "moments", "--gt", str(gt)]) == 2
+    assert main(["eval", "moments", "--prior", str(train), "--pred", str(gt), "--gt", str(gt)]) == 2
+    qvh = _write(tmp_path / "qvh.jsonl", [{"qid": 1, "vid": "v", "duration": 10,
+                                           "relevant_windows": [[0, 2]]}])  # fmt: skip
+    assert main(["eval", "moments", "--prior", str(train), "--gt", str(qvh)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        err[-1] == f"error: {qvh}: --prior is DiDeMo's baseline; this is qvhighlights ground truth"
+    )

@@ -54,9 +54,16 @@ def add_arguments(parser) -> None:
     )
     m.add_argument(
         "--pred",
-        required=True,
+        default=None,
         metavar="FILE",
         help='predictions, one JSON per line: {"qid", "pred_relevant_windows": [[s, e, score]...]}',
+    )
+    m.add_argument(
+        "--prior",
+        default=None,
+        metavar="TRAIN.json",
+        help="DiDeMo: instead of --pred, score the moment-frequency prior counted from this "
+        "training file (every query gets the 21 moments by training frequency; no video, no text)",
     )
     m.add_argument(
         "--gt",
@@ -207,14 +214,21 @@ def run(args) -> int:
     if args.what == "moments":
         from video_retrieval.moment_metrics import evaluate_files, json_safe
 
-        for p in (args.pred, args.gt):
+        if (args.pred is None) == (args.prior is None):
+            raise UserError("give --pred FILE (predictions) or --prior TRAIN.json (DiDeMo), one")
+        for p in (args.pred or args.prior, args.gt):
             if not Path(p).is_file():
                 raise UserError(f"no such file: {p}")
         if args.durations is not None and not Path(args.durations).is_file():
             raise UserError(f"no such file: {args.durations}")
-        res = json_safe(
-            evaluate_files(args.pred, args.gt, protocol=args.protocol, durations=args.durations)
-        )
+        if args.prior:
+            from video_retrieval.moment_metrics import evaluate_didemo_prior
+
+            res = json_safe(evaluate_didemo_prior(args.prior, args.gt, args.protocol))
+        else:
+            res = json_safe(
+                evaluate_files(args.pred, args.gt, protocol=args.protocol, durations=args.durations)
+            )
         for w in res["warnings"]:
             print(f"warning: {w}", file=sys.stderr)
         if args.table:

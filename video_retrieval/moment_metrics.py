@@ -29,6 +29,7 @@ NaN); a zero-length union gives IoU 0 instead of NaN.
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import numpy as np
 
@@ -281,6 +282,7 @@ def evaluate(
 # --------------------------------------------------------------------------- DiDeMo protocol
 
 DIDEMO_MOMENTS = [(i, j) for i in range(6) for j in range(i, 6)]  # the 21 candidate moments
+DIDEMO_SEGMENT = 5.0  # seconds per segment
 
 
 def snap_to_segments(start: float, end: float, segment: float = 5.0) -> tuple[int, int]:
@@ -353,6 +355,25 @@ def didemo_metrics(preds: list[dict], rows: list[dict]) -> dict:
         "mIoU": _pct(float(np.mean(ious))),
         "num_queries": len(rows),
     }
+
+
+def didemo_prior_ranking(train_rows: list[dict]) -> list[tuple[int, int]]:
+    """DiDeMo's moment-frequency prior: the 21 moments ranked by how many times training
+    annotators chose each (every annotator's ``times`` entry counts once), most frequent first;
+    ties in the canonical order. No video and no text: the floor a model must beat."""
+    if not train_rows:
+        raise UserError("no DiDeMo training annotations to count the prior from")
+    counts = Counter(tuple(t) for r in train_rows for t in r["times"])
+    return sorted(DIDEMO_MOMENTS, key=lambda m: -counts[m])
+
+
+def didemo_prior_predictions(rows: list[dict], ranking) -> list[dict]:
+    """The prior's ranking as predictions for ``rows`` (seconds; score 21 for the first moment
+    down to 1): ``windows_to_didemo_ranking`` gives the ranking back unchanged."""
+    n = len(ranking)
+    windows = [[DIDEMO_SEGMENT * a, DIDEMO_SEGMENT * (b + 1), float(n - i)] for i, (a, b) in
+               enumerate(ranking)]  # fmt: skip
+    return [{"qid": r["qid"], "pred_relevant_windows": [list(w) for w in windows]} for r in rows]
 
 
 # --------------------------------------------------------------------------- Charades-STA protocol
@@ -479,6 +500,26 @@ def evaluate_files(
         if not res["brief"]:
             raise UserError(f"{pred_path}: nothing to score (no windows, no saliency scores)")
     return {"protocol": protocol, **res, "warnings": warnings}
+
+
+def evaluate_didemo_prior(train_path, gt_path, protocol: str = "auto") -> dict:
+    """``vr eval moments --prior TRAIN --gt GT``: DiDeMo's moment-frequency prior counted from
+    ``TRAIN`` and scored on ``GT`` with the official protocol; ``prior`` lists the ranking."""
+    protocol, gts = load_ground_truth(gt_path, protocol)
+    if protocol != "didemo":
+        raise UserError(f"{gt_path}: --prior is DiDeMo's baseline; this is {protocol} ground truth")
+    _, train = load_ground_truth(train_path, "didemo")
+    ranking = didemo_prior_ranking(train)
+    m = didemo_metrics(didemo_prior_predictions(gts, ranking), gts)
+    return {
+        "protocol": protocol,
+        "method": "moment_frequency_prior",
+        "brief": {k: m[k] for k in ("R@1", "R@5", "mIoU")},
+        "num_queries": m["num_queries"],
+        "prior": [list(x) for x in ranking],
+        "train_annotations": len(train),
+        "warnings": [],
+    }
 
 
 def json_safe(obj):
