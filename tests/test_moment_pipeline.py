@@ -304,3 +304,21 @@ def test_motion_stream_trains_checkpoints_and_predicts(world, tmp_path):
     assert rows[1]["pred_saliency_scores"] == pytest.approx(out["saliency"], abs=1e-4)
     with pytest.raises(UserError, match="motion_grid"):
         predict_split(model, plain, "val")  # a head is never fed features without its map
+
+
+def test_resume_guard_takes_zero_feature_dims_as_inferred():
+    """A moment config says v_feat_dim: 0 (= from the data); its checkpoint holds the dims set
+    at setup. Resuming it is the same model; asking for other dims or another head is not."""
+    from video_retrieval.cli_train import _inferred_hparams, config_conflicts
+
+    class Model:  # the config's model entry as LightningCLI parses it
+        class_path = "video_retrieval.lit_moments.MomentDETRModule"
+
+    inferred = _inferred_hparams(Model)
+    assert inferred == ("v_feat_dim", "t_feat_dim")
+    stored = {"v_feat_dim": 320, "t_feat_dim": 128, "head": "qd_detr", "hidden_dim": 128}
+    same = {"v_feat_dim": 0, "t_feat_dim": 0, "head": "qd_detr", "hidden_dim": 128}
+    assert config_conflicts(same, stored, inferred) == []
+    assert config_conflicts(same, stored) == ["v_feat_dim", "t_feat_dim"]  # 0 counts elsewhere
+    other = {**same, "v_feat_dim": 128, "head": "moment_detr"}
+    assert config_conflicts(other, stored, inferred) == ["v_feat_dim", "head"]

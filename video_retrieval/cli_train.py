@@ -95,10 +95,11 @@ def _as_dict(value):
     return value.as_dict() if hasattr(value, "as_dict") else value
 
 
-def config_conflicts(asked: dict, stored: dict) -> list[str]:
+def config_conflicts(asked: dict, stored: dict, inferred=()) -> list[str]:
     """Model settings the user's config gives otherwise than the checkpoint's run: each key of
     ``asked`` whose value differs from ``stored`` (dicts: only the keys the config sets, since
-    a module may record more, e.g. the temporal blocks' activation; ``None`` is no choice)."""
+    a module may record more, e.g. the temporal blocks' activation; ``None`` is no choice, and
+    so is 0 for the ``inferred`` keys, which the module fills in from the data)."""
 
     def norm(x):  # tuples and lists, as YAML and the checkpoint hold them
         return json.loads(json.dumps(x, default=str))
@@ -107,6 +108,8 @@ def config_conflicts(asked: dict, stored: dict) -> list[str]:
     for key, want in asked.items():
         if key.startswith("_") or key not in stored or want is None:
             continue  # None: the config leaves it to the module's default
+        if key in inferred and want == 0:
+            continue
         want, have = norm(want), norm(stored[key])
         if isinstance(want, dict) and isinstance(have, dict):
             if any(have.get(k) != v for k, v in want.items()):
@@ -114,6 +117,19 @@ def config_conflicts(asked: dict, stored: dict) -> list[str]:
         elif want != have:
             out.append(key)
     return out
+
+
+def _inferred_hparams(model) -> tuple:
+    """``INFERRED_HPARAMS`` of the config's module class (keys where 0 means "from the data")."""
+    import importlib
+
+    path = str(getattr(model, "class_path", "") or "")
+    mod, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(mod), name) if mod else None
+    except (ImportError, AttributeError):
+        return ()
+    return tuple(getattr(cls, "INFERRED_HPARAMS", ()))
 
 
 class VRLightningCLI(LightningCLI):
@@ -137,7 +153,7 @@ class VRLightningCLI(LightningCLI):
             )
             or {}
         )
-        diff = config_conflicts(asked, stored)
+        diff = config_conflicts(asked, stored, _inferred_hparams(model))
         if diff:
             shown = ", ".join(f"{k}={stored[k]!r} (config: {asked[k]!r})" for k in diff[:3])
             raise UserError(

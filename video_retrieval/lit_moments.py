@@ -442,6 +442,9 @@ class MomentDETRModule(L.LightningModule):
     ``warmup_epochs``, then cosine decay to ``lr * min_lr_ratio`` at ``max_epochs``; per step).
     """
 
+    #: 0 in a config = taken from the data module at setup (a resume does not conflict)
+    INFERRED_HPARAMS = ("v_feat_dim", "t_feat_dim")
+
     def __init__(
         self,
         head: str = "moment_detr",
