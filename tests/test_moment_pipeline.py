@@ -226,7 +226,9 @@ def test_unknown_head_or_schedule_is_one_line():
         MomentDETRModule(lr_schedule="linear")
 
 
-@pytest.mark.parametrize("name", ["synth", "qvhighlights", "charades", "didemo"])
+@pytest.mark.parametrize(
+    "name", ["synth", "synth_moment_detr", "qvhighlights", "charades", "didemo"]
+)
 def test_moment_configs_parse(name, capsys):
     from video_retrieval.cli_train import main
 

@@ -11,7 +11,11 @@ zero-shot baseline on the same clip features.
 ``VR_MOMENT_KEEP=DIR`` keeps the world, the checkpoints and the test predictions under ``DIR``
 (how the bundled head is made). The bar: R1@0.5 >= ``VR_MOMENT_BAR`` (70) with R1@0.7 and mAP
 above the previous recipe's (39.3 and 39.6: Moment-DETR at a constant learning rate) and above
-zero-shot.
+zero-shot. The default recipe is three steps: 80 epochs of ``configs/moments_synth.yaml``, then a
+warm restart from its last checkpoint with the cosine stretched to 110 epochs
+(``VR_MOMENT_RESUME_EPOCHS``); about 70 minutes on 2 cores. The published Moment-DETR recipe:
+``VR_MOMENT_CONFIG=configs/moments_synth_moment_detr.yaml VR_MOMENT_BAR=60`` (200 epochs, about
+an hour; its bar is zero-shot and 60).
 """
 
 import json
@@ -29,6 +33,13 @@ CONFIG = os.environ.get("VR_MOMENT_CONFIG", "configs/moments_synth.yaml")
 TRAIN_CLIPS = os.environ.get("VR_MOMENT_TRAIN_CLIPS", "0") == "1"
 CLIP_EPOCHS = int(os.environ.get("VR_MOMENT_CLIP_EPOCHS", "3"))
 EPOCHS = os.environ.get("VR_MOMENT_EPOCHS")  # default: the config's max_epochs
+# the recipe's step 3, a warm restart: resume the last checkpoint with the cosine stretched to
+# this many epochs (0 = none; the default recipe: 110, the Moment-DETR one: none)
+RESUME = int(
+    os.environ.get(
+        "VR_MOMENT_RESUME_EPOCHS", "110" if CONFIG.endswith("/moments_synth.yaml") else "0"
+    )
+)
 NUM_VIDEOS = int(os.environ.get("VR_MOMENT_VIDEOS", "546"))
 BAR = float(os.environ.get("VR_MOMENT_BAR", "70"))
 PREVIOUS = {"MR-full-R1@0.7": 39.3, "MR-full-mAP": 39.6}  # Moment-DETR, constant lr, 200 epochs
@@ -99,7 +110,14 @@ def test_moment_head_reaches_the_bar_on_synthetic_world(tmp_path):
     if EPOCHS:
         args.append(f"--trainer.max_epochs={EPOCHS}")
     train_main(args)
+    if RESUME:
+        last = sorted(Path(run / "head").rglob("last.ckpt"))[-1]
+        train_main(
+            [*[a for a in args if not a.startswith("--trainer.max_epochs")],
+             f"--trainer.max_epochs={RESUME}", f"--ckpt_path={last}"]
+        )  # fmt: skip
     head_s = time.time() - t0
+    # the best by validation mAP of the last run (version_1 after a restart)
     ckpts = sorted(Path(run / "head").rglob("best-*.ckpt"))
     assert ckpts, "no best checkpoint written"
     module = load_module(ckpts[-1])
@@ -127,7 +145,8 @@ def test_moment_head_reaches_the_bar_on_synthetic_world(tmp_path):
         "seed": SEED,
         "videos": NUM_VIDEOS,
         "clip_encoder": str(clip_ckpt),
-        "epochs": int(module.trainer.max_epochs) if module._trainer else EPOCHS,
+        "epochs": EPOCHS or "config",
+        "resume_epochs": RESUME,
         "best_ckpt": str(ckpts[-1]),
         "clip_encoder_seconds": round(clip_s, 1),
         "head_seconds": round(head_s, 1),
@@ -139,5 +158,7 @@ def test_moment_head_reaches_the_bar_on_synthetic_world(tmp_path):
     (root / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (root / "test_preds.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
     for key, previous in PREVIOUS.items():
-        assert head[key] > previous and head[key] > zs[key], (key, head[key])
+        assert head[key] > zs[key], (key, head[key])
+        if CONFIG.endswith("/moments_synth.yaml"):
+            assert head[key] > previous, (key, head[key])
     assert head["MR-full-R1@0.5"] >= BAR
