@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -79,6 +80,26 @@ def test_openapi_documents_every_endpoint(client):
     q = next(p for p in spec["paths"]["/api/search"]["get"]["parameters"] if p["name"] == "q")
     assert q["schema"]["maxLength"] == MAX_QUERY_CHARS
     assert client.get("/docs").status_code == 200
+
+
+def test_docs_page_is_served_without_a_cdn(client, token_client):
+    """/docs loads Swagger UI from the app (swagger-ui-bundle), so it works offline."""
+    html = client.get("/docs").text
+    srcs = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert "/static/swagger/swagger-ui-bundle.js" in srcs
+    assert "/static/swagger/swagger-ui.css" in srcs
+    assert not [u for u in srcs if u.startswith(("http:", "https:", "//"))], srcs
+    assert "url: '/openapi.json'" in html
+    for path in srcs:  # the script, the stylesheet and the icon
+        r = client.get(path)
+        assert r.status_code == 200 and len(r.content) > (100 if path.endswith(".png") else 10_000)
+    assert "SwaggerUIBundle" in client.get("/static/swagger/swagger-ui-bundle.js").text
+    # with a token: the page passes it on to its spec request; the assets need none
+    page = token_client.get("/docs", params={"token": TOKEN})
+    assert page.status_code == 200 and f"url: '/openapi.json?token={TOKEN}'" in page.text
+    assert token_client.get("/static/swagger/swagger-ui.css").status_code == 200
+    spec = token_client.get("/openapi.json", params={"token": TOKEN})
+    assert spec.status_code == 200 and "/api/search" in spec.json()["paths"]
 
 
 def test_page_and_static_module_are_served(client):

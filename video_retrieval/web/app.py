@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -85,6 +86,28 @@ def add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
 
 
+def add_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI from the ``swagger-ui-bundle`` package, served by the app itself
+    (FastAPI's default page loads it from a CDN, which an offline machine cannot reach). A token
+    given as ``?token=`` is passed on to the page's ``/openapi.json`` request."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_path)), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request):
+        token = request.query_params.get("token")
+        url = app.openapi_url + (f"?token={quote(token)}" if token else "")
+        return get_swagger_ui_html(
+            openapi_url=url,
+            title=f"{app.title} - API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+        )
+
+
 def create_app(
     config: ServeConfig | None = None, state: ServiceState | None = None, access_log: bool = False
 ) -> FastAPI:
@@ -106,7 +129,10 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # add_docs: served locally
+        redoc_url=None,
     )
+    add_docs(app)
     for r in (meta, search, localize, media, page):
         app.include_router(r.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
