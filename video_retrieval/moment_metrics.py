@@ -285,7 +285,7 @@ DIDEMO_MOMENTS = [(i, j) for i in range(6) for j in range(i, 6)]  # the 21 candi
 DIDEMO_SEGMENT = 5.0  # seconds per segment
 
 
-def snap_to_segments(start: float, end: float, segment: float = 5.0) -> tuple[int, int]:
+def snap_to_segments(start: float, end: float, segment: float = DIDEMO_SEGMENT) -> tuple[int, int]:
     """Seconds -> the inclusive DiDeMo segment pair ``(a, b)``: both boundaries go to the nearest
     segment boundary, halves up (``a = floor(s / 5 + 1/2)``, ``b = floor(e / 5 + 1/2) - 1``),
     then ``0 <= a <= 5`` and ``a <= b <= 5`` (a window shorter than half a segment keeps one
@@ -296,7 +296,7 @@ def snap_to_segments(start: float, end: float, segment: float = 5.0) -> tuple[in
     return a, min(5, max(a, b))
 
 
-def windows_to_didemo_ranking(windows, segment: float = 5.0) -> list[tuple[int, int]]:
+def windows_to_didemo_ranking(windows, segment: float = DIDEMO_SEGMENT) -> list[tuple[int, int]]:
     """Predicted ``[start, end, score]`` rows in seconds (in ranking order) -> a ranking of all 21
     DiDeMo moments: each row snapped (``snap_to_segments``) in the order given, repeats dropped;
     then the moments not predicted, by descending IoU (segment units, inclusive ends) with the
