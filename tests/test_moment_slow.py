@@ -133,6 +133,7 @@ def test_moment_head_reaches_the_bar_on_synthetic_world(tmp_path):
         frames_per_clip=meta["frames_per_clip"],
         video_feature_norm=meta["video_feature_norm"],
         video_feature_diff=meta["video_feature_diff"],
+        motion_grid=meta.get("motion_grid", 0),
     )
     dm.setup("test")
     gts = [it["row"] for it in dm.items["test"]]
