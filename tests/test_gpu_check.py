@@ -27,7 +27,10 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
     assert {row["dtype"] for row in r["encode"]} == {"fp16", "bf16"}
     assert all(row["images_per_s"] > 0 for row in r["encode"])
     assert r["index"]["videos"] == 2 and r["index"]["frames"] == 6  # 3 s at 1 fps each
-    assert r["train"]["seconds_per_step"] > 0
+    # both fits ran (their times); the per-step figure is their difference, None when start-up
+    # noise on a busy CPU exceeds it (a figure, not a timing assertion)
+    assert all(t > 0 for t in r["train"]["fit_seconds"])
+    assert r["train"]["seconds_per_step"] is None or r["train"]["seconds_per_step"] > 0
     assert {(row["kind"], row["n"]) for row in r["search"]} == {("flat", 2000), ("ivf", 2000)}
 
 
