@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from search_latency import latencies  # benchmarks/ is the script's folder: on sys.path
 
 from video_retrieval.ann import (
     AnnOptions,
@@ -128,16 +129,6 @@ def recall(ids, x, q, thr, k=10) -> float:
         got = ids[j][ids[j] >= 0][:k]
         hits.append(np.count_nonzero(x[got] @ q[j] >= thr[j] - 1e-5) / k)
     return float(np.mean(hits))
-
-
-def latencies(fn, queries) -> np.ndarray:
-    fn(queries[:1])
-    t = []
-    for q in queries:
-        t0 = time.perf_counter()
-        fn(q[None])
-        t.append(time.perf_counter() - t0)
-    return np.array(t) * 1e3
 
 
 def main() -> None:
