@@ -75,7 +75,7 @@ def test_healthz_and_info(client, state):
 def test_openapi_documents_every_endpoint(client):
     spec = client.get("/openapi.json").json()
     assert {"/healthz", "/api/info", "/api/search", "/api/localize", "/media/{vid}",
-            "/thumb/{vid}"} <= set(spec["paths"])  # fmt: skip
+            "/thumb/{vid}", "/api/reload"} <= set(spec["paths"])  # fmt: skip
     assert set(spec["paths"]["/api/search"]) == {"get", "post"}
     q = next(p for p in spec["paths"]["/api/search"]["get"]["parameters"] if p["name"] == "q")
     assert q["schema"]["maxLength"] == MAX_QUERY_CHARS
@@ -515,6 +515,8 @@ def test_cli_errors_are_one_line(world, tmp_path, capsys):
 
     assert "--token" in run("--index", str(world["index"]), "--host", "0.0.0.0")
     assert "not an index directory" in run("--index", str(tmp_path))
+    err = run("--index", str(world["index"]), "--reload-interval", "-1")
+    assert err == "error: --reload-interval must be >= 0 seconds, got -1.0"
     import socket
 
     with socket.socket() as s:

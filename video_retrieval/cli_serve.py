@@ -63,6 +63,14 @@ def add_arguments(parser) -> None:
         "nothing from more, and requests already run side by side)",
     )
     parser.add_argument(
+        "--reload-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="check the index for updates (vr index run again) this often and serve the new "
+        "version without a restart (default 5; 0: never; POST /api/reload checks at once)",
+    )
+    parser.add_argument(
         "--access-log", action="store_true", help="log one line per request (no query strings)"
     )
 
@@ -105,6 +113,7 @@ def run(args) -> int:
         cache_dir=args.cache_dir,
         thumb_cache_mb=args.thumb_cache_mb,
         media_cache_mb=args.media_cache_mb,
+        reload_interval=args.reload_interval,
     ).check()
     check_port_free(config.host, config.port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -178,6 +178,18 @@ class Index:
 
         return manifest_weights(self.manifest)
 
+    def share_models(self, other: Index) -> None:
+        """Use the loaded models of ``other``, an earlier generation of this index built with the
+        same model (``vr serve`` reloading an updated index); refuse when the model differs."""
+        new, old = self.fingerprint, other.fingerprint
+        if new != old:
+            changed = sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k))
+            raise UserError(
+                f"it was rebuilt with other settings ({', '.join(changed)} changed); "
+                "restart vr serve to serve it"
+            )
+        self._models = other.models()
+
     def models(self):
         """(encoder, pooling aggregator), rebuilt from the manifest on first use."""
         if self._models is None:

@@ -3,7 +3,8 @@ Applications" layout: one router per area, shared pieces in ``deps``).
 
 The lifespan loads the index and every model once (``state.load_state``) before the server
 accepts a request and keeps them for its lifetime; a ready ``ServiceState`` can be passed
-instead (tests share one across apps). Routes are plain ``def`` functions, so FastAPI runs them in
+instead (tests share one across apps). It also starts the ``IndexWatcher`` that serves a
+re-indexed index's new generation (``ServeConfig.reload_interval``). Routes are plain ``def`` functions, so FastAPI runs them in
 its thread pool and model calls never block the event loop. Every error is JSON
 (``{"error": "one line"}``) and logged as one line.
 """
@@ -29,7 +30,7 @@ from video_retrieval.web.deps import AccessLog, HostGuard, TokenGuard
 from video_retrieval.web.routers import localize, media, meta, page, search
 from video_retrieval.web.routers.page import STATIC
 from video_retrieval.web.services import NotFound
-from video_retrieval.web.state import ServiceState, load_state
+from video_retrieval.web.state import IndexWatcher, ServiceState, load_state
 
 log = logging.getLogger("video_retrieval.web")
 
@@ -121,7 +122,12 @@ def create_app(
         app.state.service = (
             state if state is not None else await run_in_threadpool(load_state, config)
         )
+        watcher = None
+        if config.reload_interval > 0:
+            watcher = IndexWatcher(lambda: app.state.service, config.reload_interval).start()
         yield
+        if watcher is not None:
+            watcher.stop()
         app.state.service = None
 
     app = FastAPI(

@@ -49,6 +49,7 @@ class ServeConfig:
     media_cache_mb: float = 2048.0
     encodings_cached: int = 16  # videos whose moment-head encodings stay in memory
     transcode_timeout_s: float = 900.0
+    reload_interval: float = 5.0  # seconds between checks for an updated index (0: never)
 
     def check(self) -> ServeConfig:
         """Refuse settings that would expose the index or give meaningless answers."""
@@ -65,6 +66,8 @@ class ServeConfig:
             raise UserError(f"--candidates must be >= 1, got {self.candidates}")
         if self.thumb_cache_mb <= 0 or self.media_cache_mb <= 0:
             raise UserError("cache sizes must be positive (MB)")
+        if self.reload_interval < 0:
+            raise UserError(f"--reload-interval must be >= 0 seconds, got {self.reload_interval}")
         if self.clip_len <= 0:
             raise UserError(f"--clip-len must be > 0, got {self.clip_len}")
         return self

@@ -4,6 +4,13 @@
 offered reranker, loads the moment head when one is given, and sets up the bounded thumbnail and
 proxy caches. Routes receive the ``ServiceState`` through ``deps.StateDep``; nothing is loaded
 lazily inside a request.
+
+When ``vr index`` updates the index (a new generation: its manifest switches in one rename),
+``ServiceState.reload_if_changed`` opens the new generation beside the old one, keeps the loaded
+models (the index must still name the same model; another model needs a restart, which it says),
+builds the new ANN and rerankers, and then swaps them in: requests already running finish on the
+old generation, later ones see the new. ``vr serve`` checks every ``--reload-interval`` seconds
+(``IndexWatcher``) and on ``POST /api/reload``.
 """
 
 from __future__ import annotations
@@ -34,6 +41,50 @@ class ServiceState:
     load_seconds: float
     _media: dict = field(default_factory=dict)
     _media_lock: threading.Lock = field(default_factory=threading.Lock)
+    _reload_lock: threading.Lock = field(default_factory=threading.Lock)
+    reloads: int = 0
+    reload_error: str | None = None  # why the index on disk is not the one served, if it is not
+
+    def reload_if_changed(self) -> bool:
+        """Serve the index's current generation if it is not the one served (see the module
+        doc); True when it swapped. A failure keeps the served generation, is logged once and
+        is kept in ``reload_error`` (``/api/info``) until a reload succeeds."""
+        from video_retrieval.index_files import read_manifest
+        from video_retrieval.index_store import Index
+
+        with self._reload_lock:
+            old = self.index
+            try:
+                manifest = read_manifest(old.dir)
+                if manifest is None or manifest == old.manifest or not manifest.get("complete"):
+                    return False
+                new = Index.open(old.dir)
+                new.share_models(old)
+                search = SearchService(
+                    new,
+                    self.search.lock,
+                    self.config.rerank,
+                    self.config.candidates,
+                    self.config.alpha,
+                    self.timings,
+                )
+            except Exception as exc:  # noqa: BLE001  (any failure: keep serving the old one)
+                message = f"{old.dir} changed on disk but was not reloaded: {exc}"
+                if message != self.reload_error:
+                    log.error("%s", message)
+                self.reload_error = message
+                return False
+            # one reference each: a request reads either the old objects or the new ones
+            self.search = search
+            self.localize.index = new
+            self.index = new
+            self.reloads += 1
+            self.reload_error = None
+            log.info(
+                "reloaded %s: generation %s, %d videos (was %d)",
+                new.dir, new.manifest.get("generation"), len(new), len(old),
+            )  # fmt: skip
+            return True
 
     def video(self, vid) -> tuple[int, dict]:
         return self.localize.video(vid)
@@ -68,6 +119,9 @@ class ServiceState:
             "frames": int(idx.manifest.get("counts", {}).get("frames", 0)),
             "ann": idx.manifest.get("ann"),
             "fingerprint": idx.fingerprint,
+            "generation": idx.manifest.get("generation"),
+            "reloads": self.reloads,
+            "reload_error": self.reload_error,
             "rerankers": self.search.rerankers,
             "default_rerank": self.search.default_rerank,
             "auto_rerank": self.search.auto,
@@ -147,3 +201,28 @@ def load_state(config: ServeConfig) -> ServiceState:
     seconds = time.perf_counter() - t0
     log.info("loaded %s (%d videos) in %.1f s", config.index, len(index), seconds)
     return ServiceState(config, index, search, localize, thumbs, proxies, timings, seconds)
+
+
+class IndexWatcher:
+    """A daemon thread that calls ``state.reload_if_changed()`` every ``interval`` seconds
+    (``vr serve --reload-interval``) until ``stop()``."""
+
+    def __init__(self, get_state, interval: float):
+        self.get_state = get_state
+        self.interval = float(interval)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vr-index-watcher", daemon=True)
+
+    def start(self) -> IndexWatcher:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            state = self.get_state()
+            if state is not None:
+                state.reload_if_changed()  # logs and keeps its own errors
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

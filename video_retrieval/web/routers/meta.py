@@ -1,4 +1,4 @@
-"""``/healthz`` and ``/api/info``."""
+"""``/healthz``, ``/api/info`` and ``POST /api/reload``."""
 
 from __future__ import annotations
 
@@ -18,3 +18,16 @@ def healthz(state: StateDep) -> dict:
 @router.get("/api/info", summary="index, models, limits, cache use and mean timings per step")
 def info(state: StateDep) -> dict:
     return state.info()
+
+
+@router.post("/api/reload", summary="serve the index's newest generation now (after vr index)")
+def reload(state: StateDep) -> dict:
+    """Check the index on disk now instead of at the next ``--reload-interval`` tick. Ids of
+    videos are those of the generation served: search again after a reload."""
+    reloaded = state.reload_if_changed()
+    return {
+        "reloaded": reloaded,
+        "generation": state.index.manifest.get("generation"),
+        "videos": len(state.index),
+        "reload_error": state.reload_error,
+    }
