@@ -39,7 +39,7 @@ def cpu_name() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="data/serve_reload")
-    ap.add_argument("--videos", type=int, default=500)
+    ap.add_argument("--videos", type=int, default=500, help="at most 1400 (one synthetic world)")
     ap.add_argument("--add", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
