@@ -129,8 +129,9 @@ def test_search_gives_the_cli_rows_plus_id_and_urls(client, state, world):
     for row in body["results"]:
         assert state.index.videos[row["id"]]["path"] == row["video"]
         assert len(row["moment"]) == 2 and row["moment"][0] < row["moment"][1]
-        assert row["media"] == f"/media/{row['id']}"
-        assert row["thumbnail"] == f"/thumb/{row['id']}?t={row['thumbnail_time']}"
+        g = state.index.manifest["generation"]
+        assert row["media"] == f"/media/{row['id']}?g={g}"
+        assert row["thumbnail"] == f"/thumb/{row['id']}?t={row['thumbnail_time']}&g={g}"
     # a trained model on its own caption: the described video comes first
     assert body["results"][0]["id"] == cap["id"]
 

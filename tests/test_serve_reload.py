@@ -40,6 +40,10 @@ def test_reload_serves_the_new_generation_with_the_same_models(world, tmp_path):
         assert c.post("/api/reload").json()["reloaded"] is False  # nothing changed yet
         first = c.get("/api/info").json()
         assert first["videos"] == 3 and first["reloads"] == 0
+        old = c.get("/api/search", params={"q": "a red circle", "k": 1}).json()
+        assert old["generation"] == first["generation"]
+        old_hit = old["results"][0]
+        assert c.get(old_hit["media"], headers={"Range": "bytes=0-9"}).status_code == 206
 
         build(videos, index_dir)  # vr index again: adds the other videos
         assert c.get("/healthz").json()["videos"] == 3  # served until a check
@@ -57,6 +61,21 @@ def test_reload_serves_the_new_generation_with_the_same_models(world, tmp_path):
         hit = next(h for h in hits["results"] if h["video"] == new)
         assert st.index.videos[hit["id"]]["path"] == new  # ids are the new generation's
         assert c.get(f"/media/{hit['id']}", headers={"Range": "bytes=0-9"}).status_code == 206
+        assert hit["media"] == f"/media/{hit['id']}?g={r['generation']}"
+        # a result of the previous version: its URLs and its id fail in one line, no other video
+        for url in (old_hit["media"], old_hit["thumbnail"]):
+            err = c.get(url)
+            assert err.status_code == 409 and err.json() == {
+                "error": f"the index was updated since this result was found (version "
+                f"{first['generation']}, now {r['generation']}): search again"
+            }
+        loc = {"id": old_hit["id"], "q": cap["caption"], "g": first["generation"]}
+        assert c.get("/api/localize", params=loc).status_code == 409
+        loc["g"] = r["generation"]
+        assert (
+            c.get("/api/localize", params=loc).json()["video"]
+            == st.index.videos[old_hit["id"]]["path"]
+        )
         assert c.post("/api/reload").json()["reloaded"] is False
         assert c.get("/api/info").json()["reloads"] == 1
 

@@ -29,7 +29,7 @@ from video_retrieval.web.config import LOOPBACK_HOSTS, ServeConfig
 from video_retrieval.web.deps import AccessLog, HostGuard, TokenGuard
 from video_retrieval.web.routers import localize, media, meta, page, search
 from video_retrieval.web.routers.page import STATIC
-from video_retrieval.web.services import NotFound
+from video_retrieval.web.services import NotFound, StaleId
 from video_retrieval.web.state import IndexWatcher, ServiceState, load_state
 
 log = logging.getLogger("video_retrieval.web")
@@ -57,6 +57,10 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound):
         return _error(request, 404, str(exc))
+
+    @app.exception_handler(StaleId)
+    async def stale(request: Request, exc: StaleId):
+        return _error(request, 409, str(exc))
 
     @app.exception_handler(FFmpegError)
     async def ffmpeg_failed(request: Request, exc: FFmpegError):

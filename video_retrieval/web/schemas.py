@@ -7,6 +7,10 @@ from pydantic import BaseModel, Field
 
 from video_retrieval.web.config import MAX_BATCH, MAX_K, MAX_QUERY_CHARS
 
+GENERATION_DOC = (
+    "the index version the id came from (search results carry it); another version answers 409"
+)
+
 
 class SearchHit(BaseModel):
     rank: int = Field(description="1 = best")
@@ -24,6 +28,9 @@ class SearchHit(BaseModel):
 class SearchResponse(BaseModel):
     query: str
     took_ms: float = Field(description="server time of the search (encode, ANN, rerank)")
+    generation: int | None = Field(
+        None, description="version of the index searched; the hits' URLs carry it as g="
+    )
     results: list[SearchHit]
 
 

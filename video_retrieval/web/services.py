@@ -40,6 +40,11 @@ class NotFound(UserError):
     """An id that names no indexed video (HTTP 404)."""
 
 
+class StaleId(UserError):
+    """An id from a search of an earlier version of the index (HTTP 409): ids are rows of the
+    generation served, and an update may have given that row to another video."""
+
+
 def check_text(query, what: str = "query") -> str:
     if not isinstance(query, str) or not query.strip():
         raise UserError(f"the {what} is empty: give a sentence")
@@ -96,6 +101,7 @@ class SearchService:
         from video_retrieval.search import get_reranker, resolve_rerank
 
         self.index = index
+        self.generation = index.manifest.get("generation")
         self.lock = model_lock
         self.default_rerank = rerank
         self.candidates = int(candidates)
@@ -139,7 +145,12 @@ class SearchService:
         took = (t3 - t0) * 1e3
         self.timings.add("search", took)
         results = [http_hit(h.to_dict(), self.rows[h.video]) for h in hits]
-        return {"query": query, "took_ms": round(took, 3), "results": results}
+        return {
+            "query": query,
+            "took_ms": round(took, 3),
+            "generation": self.generation,
+            "results": results,
+        }
 
 
 def http_hit(row: dict, vid: int) -> dict:

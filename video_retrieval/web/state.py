@@ -24,7 +24,13 @@ from pathlib import Path
 
 from video_retrieval.web.config import ServeConfig
 from video_retrieval.web.media import MediaInfo, ProxyCache, ThumbnailCache, media_info
-from video_retrieval.web.services import LocalizeService, NotFound, SearchService, Timings
+from video_retrieval.web.services import (
+    LocalizeService,
+    NotFound,
+    SearchService,
+    StaleId,
+    Timings,
+)
 
 log = logging.getLogger("video_retrieval.web")
 
@@ -88,6 +94,16 @@ class ServiceState:
 
     def video(self, vid) -> tuple[int, dict]:
         return self.localize.video(vid)
+
+    def check_generation(self, g: int | None) -> None:
+        """``StaleId`` when ``g`` (the generation a search result came from: its URLs carry
+        ``g=``) is not the generation served; ``None`` skips the check."""
+        now = self.index.manifest.get("generation")
+        if g is not None and g != now:
+            raise StaleId(
+                f"the index was updated since this result was found (version {g}, now {now}): "
+                "search again"
+            )
 
     def source(self, vid) -> tuple[int, dict, str]:
         """Row, entry and path of an indexed video that is still on disk (else ``NotFound``)."""

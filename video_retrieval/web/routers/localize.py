@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from video_retrieval.web.config import MAX_QUERY_CHARS, MAX_TOP
 from video_retrieval.web.deps import StateDep
-from video_retrieval.web.schemas import ERRORS, LocalizeResponse
+from video_retrieval.web.schemas import ERRORS, GENERATION_DOC, LocalizeResponse
 
 router = APIRouter(prefix="/api", tags=["localize"])
 
@@ -21,7 +21,9 @@ def localize(
     id: Annotated[str, Query(description="index id of the video (from /api/search)")],
     q: Annotated[str, Query(description="the sentence to localize", max_length=MAX_QUERY_CHARS)],
     top: Annotated[int, Query(ge=1, le=MAX_TOP, description="moments to return")] = 5,
+    g: Annotated[int | None, Query(description=GENERATION_DOC)] = None,
 ) -> dict:
     """Moments (start, end, score) and the per-clip saliency curve of ``q`` in video ``id``:
     the trained moment head when the server has one, else zero-shot over the index's frames."""
+    state.check_generation(g)
     return state.localize.localize(id, q, top=top)

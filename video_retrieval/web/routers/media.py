@@ -11,11 +11,12 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from video_retrieval.errors import UserError
 from video_retrieval.web.deps import StateDep
-from video_retrieval.web.schemas import ERRORS
+from video_retrieval.web.schemas import ERRORS, GENERATION_DOC
 
 router = APIRouter(tags=["media"])
 
 VideoId = Annotated[str, Path(description="index id of the video (from /api/search)")]
+Generation = Annotated[int | None, Query(description=GENERATION_DOC)]
 _MEDIA_RESPONSES = {
     **ERRORS,
     206: {"description": "the requested byte range (Range: bytes=a-b)"},
@@ -48,9 +49,10 @@ def range_error(header: str | None, size: int) -> JSONResponse | None:
 
 @router.head("/media/{vid}", include_in_schema=False)
 @router.get("/media/{vid}", responses=_MEDIA_RESPONSES)
-def media(state: StateDep, vid: VideoId, request: Request):
+def media(state: StateDep, vid: VideoId, request: Request, g: Generation = None):
     """The video file, or an H.264 MP4 proxy of it when browsers cannot play its codec or
     container (made on the first request, then cached). Honours Range (206) for seeking."""
+    state.check_generation(g)
     _row, _entry, path = state.source(vid)
     info = state.media(path)
     file = path if info.playable else state.proxies.get(path, info)
@@ -72,8 +74,10 @@ def thumbnail(
     state: StateDep,
     vid: VideoId,
     t: Annotated[float, Query(ge=0, description="seconds into the video")] = 0.0,
+    g: Generation = None,
 ):
     """A JPEG of the frame presented at ``t`` (rounded to 0.1 s; cached on disk, bounded)."""
+    state.check_generation(g)
     _row, entry, path = state.source(vid)
     duration = float(entry.get("duration", 0.0))
     if duration and t > duration + 0.05:

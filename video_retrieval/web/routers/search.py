@@ -21,10 +21,14 @@ router = APIRouter(prefix="/api", tags=["search"])
 
 
 def with_urls(result: dict) -> dict:
-    """Add the thumbnail and media URLs of each hit (relative to the server)."""
+    """Add the thumbnail and media URLs of each hit (relative to the server), with the index
+    version searched (``g=``), so that they fail (409) rather than show another video once the
+    index has been updated."""
+    g = result.get("generation")
+    tail = "" if g is None else f"g={g}"
     for hit in result["results"]:
-        hit["thumbnail"] = f"/thumb/{hit['id']}?t={hit['thumbnail_time']}"
-        hit["media"] = f"/media/{hit['id']}"
+        hit["thumbnail"] = f"/thumb/{hit['id']}?t={hit['thumbnail_time']}" + (tail and "&" + tail)
+        hit["media"] = f"/media/{hit['id']}" + (tail and "?" + tail)
     return result
 
 

@@ -25,7 +25,8 @@ async function getJSON(path, query) {
 /** The JSON API (cf. clip-retrieval's clip-service.js). */
 export const api = {
   search: (q, k) => getJSON("api/search", { q, k }),
-  localize: (id, q, top = 3) => getJSON("api/localize", { id, q, top }),
+  localize: (id, q, top = 3, g = null) =>
+    getJSON("api/localize", g == null ? { id, q, top } : { id, q, top, g }),
   info: () => getJSON("api/info"),
 };
 
@@ -86,7 +87,9 @@ async function runSearch(q, k, push) {
   $("hits").replaceChildren();
   try {
     const result = await api.search(q, k);
-    const items = result.results.map((hit) => hitElement(hit, result.query));
+    const items = result.results.map((hit) =>
+      hitElement({ ...hit, generation: result.generation }, result.query),
+    );
     $("hits").replaceChildren(...items);
     setStatus(
       items.length
@@ -125,10 +128,19 @@ function openHit(hit, query, button) {
     },
     { once: true },
   );
+  video.addEventListener(
+    "error",
+    () => {
+      if (current?.hit !== hit) return;
+      $("moment-info").textContent =
+        "The video could not be loaded (if the index was updated since this search, search again).";
+    },
+    { once: true },
+  );
   drawTimeline(null, hit);
   $("player").scrollIntoView({ block: "nearest" });
   api
-    .localize(hit.id, query)
+    .localize(hit.id, query, 3, hit.generation)
     .then((loc) => {
       if (current?.hit !== hit) return;
       drawTimeline(loc, hit);
