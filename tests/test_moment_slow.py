@@ -13,7 +13,8 @@ zero-shot baseline on the same clip features.
 above the previous recipe's (39.3 and 39.6: Moment-DETR at a constant learning rate) and above
 zero-shot. The default recipe is three steps: 80 epochs of ``configs/moments_synth.yaml``, then a
 warm restart from its last checkpoint with the cosine stretched to 110 epochs
-(``VR_MOMENT_RESUME_EPOCHS``); about 70 minutes on 2 cores. The published Moment-DETR recipe:
+(``VR_MOMENT_RESUME_EPOCHS``); about 70 minutes on 2 AMD EPYC cores, about 3 hours on 2
+Sapphire Rapids Xeon cores (BENCHMARKS.md). The published Moment-DETR recipe:
 ``VR_MOMENT_CONFIG=configs/moments_synth_moment_detr.yaml VR_MOMENT_BAR=60`` (200 epochs, about
 an hour; its bar is zero-shot and 60).
 """
