@@ -108,8 +108,8 @@ def main() -> None:
     def pct(xs):
         return {
             "searches": len(xs),
-            "p50_ms": round(float(np.percentile(xs, 50)), 2) if xs else None,
-            "p99_ms": round(float(np.percentile(xs, 99)), 2) if xs else None,
+            "p50_ms": round(float(np.percentile(xs, 50)), 2),
+            "p99_ms": round(float(np.percentile(xs, 99)), 2),
         }
 
     print(

@@ -4,8 +4,8 @@ Applications" layout: one router per area, shared pieces in ``deps``).
 The lifespan loads the index and every model once (``state.load_state``) before the server
 accepts a request and keeps them for its lifetime; a ready ``ServiceState`` can be passed
 instead (tests share one across apps). It also starts the ``IndexWatcher`` that serves a
-re-indexed index's new generation (``ServeConfig.reload_interval``). Routes are plain ``def`` functions, so FastAPI runs them in
-its thread pool and model calls never block the event loop. Every error is JSON
+re-indexed index's new generation (``ServeConfig.reload_interval``). Routes are plain ``def``
+functions, so FastAPI runs them in its thread pool and model calls never block the event loop. Every error is JSON
 (``{"error": "one line"}``) and logged as one line.
 """
 

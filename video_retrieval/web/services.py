@@ -111,9 +111,11 @@ class SearchService:
         # every reranker this service offers, built now (the lazy caches are not thread-safe)
         self.rerankers = list(dict.fromkeys(["auto", "none", "cliprerank", rerank]))
         self.auto = resolve_rerank(index, "auto")
+        # no request sees this index yet (start-up, or a reload building the next generation):
+        # loading its ANN needs no lock, so searches on the served one go on meanwhile
+        index.ann()
         with self.lock:
             self.encoder, self.pool_aggregator = index.models()
-            index.ann()
             self._built = {name: get_reranker(index, name, self.alpha) for name in self.rerankers}
 
     def search(self, query: str, k: int = 10, rerank: str | None = None) -> dict:

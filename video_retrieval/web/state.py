@@ -66,14 +66,7 @@ class ServiceState:
                     return False
                 new = Index.open(old.dir)
                 new.share_models(old)
-                search = SearchService(
-                    new,
-                    self.search.lock,
-                    self.config.rerank,
-                    self.config.candidates,
-                    self.config.alpha,
-                    self.timings,
-                )
+                search = search_service(self.config, new, self.search.lock, self.timings)
             except Exception as exc:  # noqa: BLE001  (any failure: keep serving the old one)
                 message = f"{old.dir} changed on disk but was not reloaded: {exc}"
                 if message != self.reload_error:
@@ -184,6 +177,11 @@ def set_threads(n: int) -> None:
     faiss.omp_set_num_threads(n)
 
 
+def search_service(config: ServeConfig, index, model_lock, timings) -> SearchService:
+    """The ``SearchService`` of ``config`` over ``index`` (at start-up and at each reload)."""
+    return SearchService(index, model_lock, config.rerank, config.candidates, config.alpha, timings)
+
+
 def load_state(config: ServeConfig) -> ServiceState:
     """Load the index and every model once (seconds); see the module doc."""
     from video_retrieval.index_store import Index
@@ -193,9 +191,7 @@ def load_state(config: ServeConfig) -> ServiceState:
     index = Index.open(config.index)
     timings = Timings()
     model_lock = threading.Lock()  # the index's encoder: one forward pass at a time
-    search = SearchService(
-        index, model_lock, config.rerank, config.candidates, config.alpha, timings
-    )
+    search = search_service(config, index, model_lock, timings)
     localize = LocalizeService(
         index,
         model_lock,
