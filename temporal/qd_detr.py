@@ -38,9 +38,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
+from video_retrieval.temporal.cheap_dropout import attention
 from video_retrieval.temporal.moment_detr import (
     MLP,
     LinearLayer,
@@ -69,13 +69,16 @@ def anchor_sine_embedding(anchors: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat(parts, -1)
 
 
-def _heads_attention(q, k, v, heads: int, key_pad: torch.Tensor | None, dropout: float):
+def _heads_attention(
+    q, k, v, heads: int, key_pad: torch.Tensor | None, dropout: float, cheap: bool = False
+):
     """Multi-head scaled dot-product attention without input projections: q [B,Lq,Eq],
     k [B,Lk,Eq], v [B,Lk,Ev] -> [B,Lq,Ev]; each head takes its slice of the channels, scaled by
-    ``(Eq / heads) ** -0.5``; ``key_pad`` [B,Lk] True = padding (ignored)."""
+    ``(Eq / heads) ** -0.5``; ``key_pad`` [B,Lk] True = padding (ignored); ``cheap``: the
+    probabilities' dropout mask of ``cheap_dropout``."""
     q, k, v = (rearrange(t, "b l (h e) -> b h l e", h=heads) for t in (q, k, v))
     mask = None if key_pad is None else rearrange(~key_pad, "b l -> b 1 1 l")
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    out = attention(q, k, v, mask, dropout, cheap)
     return rearrange(out, "b h l e -> b l (h e)")
 
 
@@ -116,6 +119,8 @@ class SelfLayer(nn.Module):
 class AnchorDecoderLayer(nn.Module):
     """Conditional cross-attention decoder layer (content and position concatenated per head)."""
 
+    cheap_dropout = False  # set by ``use_cheap_dropout``
+
     def __init__(self, d: int, heads: int, ffn: int, dropout: float, first: bool):
         super().__init__()
         self.heads, self.dropout = heads, dropout
@@ -137,7 +142,7 @@ class AnchorDecoderLayer(nn.Module):
         p = self.dropout if self.training else 0.0
         q = self.sa_qcontent(tgt) + self.sa_qpos(query_pos)
         k = self.sa_kcontent(tgt) + self.sa_kpos(query_pos)
-        sa = _heads_attention(q, k, self.sa_v(tgt), self.heads, None, p)
+        sa = _heads_attention(q, k, self.sa_v(tgt), self.heads, None, p, self.cheap_dropout)
         tgt = self.norm1(tgt + self.drop1(self.sa_out(sa)))
 
         q = self.ca_qcontent(tgt)
@@ -154,7 +159,7 @@ class AnchorDecoderLayer(nn.Module):
         k = rearrange([rearrange(k, "b l (h e) -> b l h e", h=h),
                        rearrange(k_pos, "b l (h e) -> b l h e", h=h)],
                       "two b l h e -> b l (h two e)")  # fmt: skip
-        ca = _heads_attention(q, k, self.ca_v(memory), h, mem_pad, p)
+        ca = _heads_attention(q, k, self.ca_v(memory), h, mem_pad, p, self.cheap_dropout)
         tgt = self.norm2(tgt + self.drop2(self.ca_out(ca)))
         return self.norm3(tgt + self.drop3(self.lin2(self.drop(self.act(self.lin1(tgt))))))
 

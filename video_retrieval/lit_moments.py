@@ -42,6 +42,7 @@ from video_retrieval.moment_features import (
 )
 from video_retrieval.moment_metrics import charades_metrics, didemo_metrics, evaluate
 from video_retrieval.moment_predictor import MOMENT_HEADS, build_head, postprocess
+from video_retrieval.temporal.cheap_dropout import use_cheap_dropout
 from video_retrieval.temporal.moment_loss import MomentCriterion
 from video_retrieval.temporal.moment_matcher import HungarianMatcher
 
@@ -440,6 +441,8 @@ class MomentDETRModule(L.LightningModule):
     ``lr_schedule``: ``step`` (StepLR every ``lr_drop`` epochs, x0.1: Moment-DETR's; with
     ``lr_drop`` past ``max_epochs`` the rate is constant) or ``cosine`` (linear warm-up over
     ``warmup_epochs``, then cosine decay to ``lr * min_lr_ratio`` at ``max_epochs``; per step).
+    ``cheap_dropout``: draw the training dropout masks on CPU from int16 random numbers
+    (``temporal/cheap_dropout.py``; the same model, about a third cheaper a step on CPU).
     """
 
     #: 0 in a config = taken from the data module at setup (a resume does not conflict)
@@ -478,6 +481,7 @@ class MomentDETRModule(L.LightningModule):
         nms_iou: float = -1.0,
         max_pred_windows: int = 10,
         predictions_dir: str | None = None,
+        cheap_dropout: bool = False,
     ):
         super().__init__()
         if head not in MOMENT_HEADS:
@@ -514,6 +518,8 @@ class MomentDETRModule(L.LightningModule):
 
     def _build(self):
         self.model = build_head(self.hparams.head, self.model_kwargs())
+        if self.hparams.get("cheap_dropout"):
+            use_cheap_dropout(self.model)
 
     def setup(self, stage: str | None = None) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
