@@ -60,7 +60,8 @@ def attention(q, k, v, attn_mask: torch.Tensor | None, p: float, cheap: bool) ->
 
 class CheapMultiheadAttention(nn.MultiheadAttention):
     """``nn.MultiheadAttention`` (batch_first, one ``in_proj_weight``) whose training forward
-    drops attention probabilities with ``cheap_dropout``; everything else is torch's forward."""
+    drops attention probabilities with ``cheap_dropout`` (and returns no weights); everything
+    else, and every option this forward does not handle, is torch's forward."""
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, **kwargs):
         if (
@@ -69,6 +70,8 @@ class CheapMultiheadAttention(nn.MultiheadAttention):
             or query.device.type != "cpu"
             or not self.batch_first
             or self.in_proj_weight is None
+            or self.bias_k is not None
+            or self.add_zero_attn
             or kwargs.get("attn_mask") is not None
         ):
             return super().forward(
