@@ -11,10 +11,12 @@ zero-shot baseline on the same clip features.
 ``VR_MOMENT_KEEP=DIR`` keeps the world, the checkpoints and the test predictions under ``DIR``
 (how the bundled head is made). The bar: R1@0.5 >= ``VR_MOMENT_BAR`` (70) with R1@0.7 and mAP
 above the previous recipe's (39.3 and 39.6: Moment-DETR at a constant learning rate) and above
-zero-shot. The default recipe is three steps: 80 epochs of ``configs/moments_synth.yaml``, then a
-warm restart from its last checkpoint with the cosine stretched to 110 epochs
-(``VR_MOMENT_RESUME_EPOCHS``); about 70 minutes on 2 AMD EPYC cores, about 3 hours on 2
-Sapphire Rapids Xeon cores (BENCHMARKS.md). The published Moment-DETR recipe:
+zero-shot. The default recipe is one run of ``configs/moments_synth.yaml``: a single 120-epoch
+cosine with ``cheap_dropout`` (no restart, so a rerun on the same CPU repeats it bit for bit);
+about 2.4 hours on 2 Sapphire Rapids Xeon cores (BENCHMARKS.md). ``VR_MOMENT_EPOCHS`` overrides
+the epochs; ``VR_MOMENT_RESUME_EPOCHS=N`` adds the earlier recipe's warm restart (resume the last
+checkpoint with the cosine stretched to ``N`` epochs; it made the bundled head from 80 epochs
+with ``N=110``, and a resumed run does not repeat bit for bit). The published Moment-DETR recipe:
 ``VR_MOMENT_CONFIG=configs/moments_synth_moment_detr.yaml VR_MOMENT_BAR=60`` (200 epochs, about
 an hour; its bar is zero-shot and 60).
 """
@@ -34,13 +36,9 @@ CONFIG = os.environ.get("VR_MOMENT_CONFIG", "configs/moments_synth.yaml")
 TRAIN_CLIPS = os.environ.get("VR_MOMENT_TRAIN_CLIPS", "0") == "1"
 CLIP_EPOCHS = int(os.environ.get("VR_MOMENT_CLIP_EPOCHS", "3"))
 EPOCHS = os.environ.get("VR_MOMENT_EPOCHS")  # default: the config's max_epochs
-# the recipe's step 3, a warm restart: resume the last checkpoint with the cosine stretched to
-# this many epochs (0 = none; the default recipe: 110, the Moment-DETR one: none)
-RESUME = int(
-    os.environ.get(
-        "VR_MOMENT_RESUME_EPOCHS", "110" if CONFIG.endswith("/moments_synth.yaml") else "0"
-    )
-)
+# a warm restart: resume the last checkpoint with the cosine stretched to this many epochs
+# (0 = none, the default; the bundled head: 80 epochs, then 110)
+RESUME = int(os.environ.get("VR_MOMENT_RESUME_EPOCHS", "0"))
 NUM_VIDEOS = int(os.environ.get("VR_MOMENT_VIDEOS", "546"))
 BAR = float(os.environ.get("VR_MOMENT_BAR", "70"))
 PREVIOUS = {"MR-full-R1@0.7": 39.3, "MR-full-mAP": 39.6}  # Moment-DETR, constant lr, 200 epochs
