@@ -16,7 +16,9 @@ cosine with ``cheap_dropout`` (no restart, so a rerun on the same CPU repeats it
 about 2.4 hours on 2 Sapphire Rapids Xeon cores (BENCHMARKS.md). ``VR_MOMENT_EPOCHS`` overrides
 the epochs; ``VR_MOMENT_RESUME_EPOCHS=N`` adds the earlier recipe's warm restart (resume the last
 checkpoint with the cosine stretched to ``N`` epochs; it made the bundled head from 80 epochs
-with ``N=110``, and a resumed run does not repeat bit for bit). The published Moment-DETR recipe:
+with ``N=110``, and a resumed run does not repeat bit for bit). ``VR_MOMENT_CONTINUE=1`` carries
+on an interrupted run kept under ``VR_MOMENT_KEEP`` from its last checkpoint (saved at each
+validation, every 10 epochs), same schedule. The published Moment-DETR recipe:
 ``VR_MOMENT_CONFIG=configs/moments_synth_moment_detr.yaml VR_MOMENT_BAR=60`` (200 epochs, about
 an hour; its bar is zero-shot and 60).
 """
@@ -39,6 +41,8 @@ EPOCHS = os.environ.get("VR_MOMENT_EPOCHS")  # default: the config's max_epochs
 # a warm restart: resume the last checkpoint with the cosine stretched to this many epochs
 # (0 = none, the default; the bundled head: 80 epochs, then 110)
 RESUME = int(os.environ.get("VR_MOMENT_RESUME_EPOCHS", "0"))
+# carry on an interrupted run of the same schedule from its last checkpoint under VR_MOMENT_KEEP
+CONTINUE = os.environ.get("VR_MOMENT_CONTINUE", "0") == "1"
 NUM_VIDEOS = int(os.environ.get("VR_MOMENT_VIDEOS", "546"))
 BAR = float(os.environ.get("VR_MOMENT_BAR", "70"))
 PREVIOUS = {"MR-full-R1@0.7": 39.3, "MR-full-mAP": 39.6}  # Moment-DETR, constant lr, 200 epochs
@@ -108,7 +112,8 @@ def test_moment_head_reaches_the_bar_on_synthetic_world(tmp_path):
     ]
     if EPOCHS:
         args.append(f"--trainer.max_epochs={EPOCHS}")
-    train_main(args)
+    interrupted = sorted(Path(run / "head").rglob("last.ckpt")) if CONTINUE else []
+    train_main([*args, f"--ckpt_path={interrupted[-1]}"] if interrupted else args)
     if RESUME:
         last = sorted(Path(run / "head").rglob("last.ckpt"))[-1]
         train_main(
