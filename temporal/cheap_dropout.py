@@ -58,6 +58,19 @@ def attention(q, k, v, attn_mask: torch.Tensor | None, p: float, cheap: bool) ->
     return cheap_dropout(logits.softmax(-1), p) @ v
 
 
+def heads_attention(
+    q, k, v, heads: int, key_pad: torch.Tensor | None, dropout: float, cheap: bool = False
+):
+    """Multi-head scaled dot-product attention without input projections: q [B,Lq,Eq],
+    k [B,Lk,Eq], v [B,Lk,Ev] -> [B,Lq,Ev]; each head takes its slice of the channels, scaled by
+    ``(Eq / heads) ** -0.5``; ``key_pad`` [B,Lk] True = padding (ignored); ``cheap``: the
+    probabilities' dropout mask of ``cheap_dropout``."""
+    q, k, v = (rearrange(t, "b l (h e) -> b h l e", h=heads) for t in (q, k, v))
+    mask = None if key_pad is None else rearrange(~key_pad.bool(), "b l -> b 1 1 l")
+    out = attention(q, k, v, mask, dropout, cheap)
+    return rearrange(out, "b h l e -> b l (h e)")
+
+
 class CheapMultiheadAttention(nn.MultiheadAttention):
     """``nn.MultiheadAttention`` (batch_first, one ``in_proj_weight``) whose training forward
     drops attention probabilities with ``cheap_dropout`` (and returns no weights); everything
@@ -80,16 +93,11 @@ class CheapMultiheadAttention(nn.MultiheadAttention):
             )  # fmt: skip
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
-        h = self.num_heads
         q, k, v = (
-            rearrange(F.linear(x, w, b), "b l (h e) -> b h l e", h=h)
-            for x, w, b in ((query, w_q, b_q), (key, w_k, b_k), (value, w_v, b_v))
+            F.linear(x, w, b) for x, w, b in ((query, w_q, b_q), (key, w_k, b_k), (value, w_v, b_v))
         )
-        mask = None
-        if key_padding_mask is not None:
-            mask = rearrange(~key_padding_mask.bool(), "b l -> b 1 1 l")
-        out = attention(q, k, v, mask, self.dropout, cheap=True)
-        return self.out_proj(rearrange(out, "b h l e -> b l (h e)")), None
+        out = heads_attention(q, k, v, self.num_heads, key_padding_mask, self.dropout, cheap=True)
+        return self.out_proj(out), None
 
 
 def use_cheap_dropout(model: nn.Module) -> nn.Module:

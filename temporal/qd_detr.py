@@ -40,7 +40,7 @@ import math
 import torch
 from einops import rearrange, repeat
 from torch import nn
-from video_retrieval.temporal.cheap_dropout import attention
+from video_retrieval.temporal.cheap_dropout import heads_attention
 from video_retrieval.temporal.moment_detr import (
     MLP,
     LinearLayer,
@@ -67,19 +67,6 @@ def anchor_sine_embedding(anchors: torch.Tensor, dim: int) -> torch.Tensor:
         p = anchors[..., c : c + 1].float() * (2 * math.pi) / inv
         parts.append(rearrange([p[..., 0::2].sin(), p[..., 1::2].cos()], "sc ... h -> ... (h sc)"))
     return torch.cat(parts, -1)
-
-
-def _heads_attention(
-    q, k, v, heads: int, key_pad: torch.Tensor | None, dropout: float, cheap: bool = False
-):
-    """Multi-head scaled dot-product attention without input projections: q [B,Lq,Eq],
-    k [B,Lk,Eq], v [B,Lk,Ev] -> [B,Lq,Ev]; each head takes its slice of the channels, scaled by
-    ``(Eq / heads) ** -0.5``; ``key_pad`` [B,Lk] True = padding (ignored); ``cheap``: the
-    probabilities' dropout mask of ``cheap_dropout``."""
-    q, k, v = (rearrange(t, "b l (h e) -> b h l e", h=heads) for t in (q, k, v))
-    mask = None if key_pad is None else rearrange(~key_pad, "b l -> b 1 1 l")
-    out = attention(q, k, v, mask, dropout, cheap)
-    return rearrange(out, "b h l e -> b l (h e)")
 
 
 class T2VLayer(nn.Module):
@@ -142,7 +129,7 @@ class AnchorDecoderLayer(nn.Module):
         p = self.dropout if self.training else 0.0
         q = self.sa_qcontent(tgt) + self.sa_qpos(query_pos)
         k = self.sa_kcontent(tgt) + self.sa_kpos(query_pos)
-        sa = _heads_attention(q, k, self.sa_v(tgt), self.heads, None, p, self.cheap_dropout)
+        sa = heads_attention(q, k, self.sa_v(tgt), self.heads, None, p, self.cheap_dropout)
         tgt = self.norm1(tgt + self.drop1(self.sa_out(sa)))
 
         q = self.ca_qcontent(tgt)
@@ -159,7 +146,7 @@ class AnchorDecoderLayer(nn.Module):
         k = rearrange([rearrange(k, "b l (h e) -> b l h e", h=h),
                        rearrange(k_pos, "b l (h e) -> b l h e", h=h)],
                       "two b l h e -> b l (h two e)")  # fmt: skip
-        ca = _heads_attention(q, k, self.ca_v(memory), h, mem_pad, p, self.cheap_dropout)
+        ca = heads_attention(q, k, self.ca_v(memory), h, mem_pad, p, self.cheap_dropout)
         tgt = self.norm2(tgt + self.drop2(self.ca_out(ca)))
         return self.norm3(tgt + self.drop3(self.lin2(self.drop(self.act(self.lin1(tgt))))))
 
