@@ -12,14 +12,15 @@ zero-shot baseline on the same clip features.
 (how the bundled head is made). The bar: R1@0.5 >= ``VR_MOMENT_BAR`` (70) with R1@0.7 and mAP
 above the previous recipe's (39.3 and 39.6: Moment-DETR at a constant learning rate) and above
 zero-shot. The default recipe is one run of ``configs/moments_synth.yaml``: a single 120-epoch
-cosine with ``cheap_dropout`` and no restart; 2.3-5 hours on 2 Sapphire Rapids Xeon cores of
-a shared host (BENCHMARKS.md). ``VR_MOMENT_EPOCHS`` overrides the epochs; ``VR_MOMENT_RESUME_EPOCHS=N`` adds the earlier recipe's warm restart (resume the last
-checkpoint with the cosine stretched to ``N`` epochs; it made the bundled head from 80 epochs
-with ``N=110``, and a resumed run does not repeat bit for bit). ``VR_MOMENT_CONTINUE=1`` carries
-on an interrupted run kept under ``VR_MOMENT_KEEP`` from its last checkpoint (saved at each
-validation, every 10 epochs), same schedule. The published Moment-DETR recipe:
-``VR_MOMENT_CONFIG=configs/moments_synth_moment_detr.yaml VR_MOMENT_BAR=60`` (200 epochs, about
-an hour; its bar is zero-shot and 60).
+cosine with ``cheap_dropout`` and no restart, which made the bundled head (2 h 20 min in one piece
+on 2 Sapphire Rapids Xeon cores, up to 5 hours on a busy shared host; BENCHMARKS.md).
+``VR_MOMENT_EPOCHS`` overrides the epochs; ``VR_MOMENT_RESUME_EPOCHS=N`` adds the earlier
+recipe's warm restart (resume the last checkpoint with the cosine stretched to ``N`` epochs; the
+earlier bundled head came from 80 epochs with ``N=110``, and a resumed run does not repeat bit
+for bit). ``VR_MOMENT_CONTINUE=1`` carries on an interrupted run kept under ``VR_MOMENT_KEEP``
+from its last checkpoint (saved at each validation, every 10 epochs), same schedule. The
+published Moment-DETR recipe: ``VR_MOMENT_CONFIG=configs/moments_synth_moment_detr.yaml
+VR_MOMENT_BAR=60`` (200 epochs, about an hour; its bar is zero-shot and 60).
 """
 
 import json

@@ -8,7 +8,7 @@ The demo model is ``video_retrieval/assets/demo_retrieval.ckpt`` (vr-tiny CLIP +
 trained from scratch by ``vr train`` on the synthetic world) and, for moments, the clip encoder
 ``video_retrieval/assets/demo_clips.ckpt`` (that model fine-tuned on moment clips,
 ``configs/moments_synth_clips.yaml``) whose pooled clip features the zero-shot localizer scores,
-or a moment head (DETR-style; QD-DETR) ``video_retrieval/assets/demo_moments.ckpt`` when one is bundled. The
+or a QD-DETR moment head ``video_retrieval/assets/demo_moments.ckpt`` when one is bundled. The
 README names the commands that reproduce them.
 """
 
