@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from search_latency import latencies  # benchmarks/ is the script's folder: on sys.path
 
-from video_retrieval.ann import (
+from video_retrieval.index.ann import (
     AnnOptions,
     ann_search,
     build_measured,
@@ -62,9 +62,9 @@ def base_vectors(world: Path, work: Path, n_text: int) -> tuple[np.ndarray, np.n
         z = np.load(cache)
         return z["videos"], z["texts"]
     from video_retrieval.demo import DEMO_RETRIEVAL
-    from video_retrieval.index_store import Index
-    from video_retrieval.rerank import uniform_indices
-    from video_retrieval.search import encode_queries
+    from video_retrieval.index.rerank import uniform_indices
+    from video_retrieval.index.search import encode_queries
+    from video_retrieval.index.store import Index
 
     if not (world / "videos").is_dir():
         import subprocess

@@ -30,9 +30,9 @@ from video_retrieval.encoders import create_encoder
 from video_retrieval.temporal import build_aggregator
 from video_retrieval.temporal.features import TextFeatures, VideoFeatures
 
-from video_retrieval.decode import load_frames
-from video_retrieval.feature_cache import CacheSettings, FeatureCache, build_cache
-from video_retrieval.feature_cache_data import items_from_captions_jsonl, pair_loader
+from video_retrieval.media.decode import load_frames
+from video_retrieval.train.cache_build import CacheSettings, FeatureCache, build_cache
+from video_retrieval.train.cache_data import items_from_captions_jsonl, pair_loader
 
 
 def infonce(sim: torch.Tensor) -> torch.Tensor:

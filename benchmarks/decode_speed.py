@@ -17,9 +17,9 @@ import statistics
 import tempfile
 import time
 
-from video_retrieval.decode import load_frames, probe_video
-from video_retrieval.decode_pyav import clear_scan_cache
-from video_retrieval.videowrite import write_test_pattern
+from video_retrieval.media.decode import load_frames, probe_video
+from video_retrieval.media.pyav_backend import clear_scan_cache
+from video_retrieval.media.write import write_test_pattern
 
 
 def make_video(path: str, seconds: int = 60, keyint: int | None = None) -> str:

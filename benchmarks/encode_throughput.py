@@ -1,7 +1,7 @@
 """Frame-encoding throughput: decode only, preprocess only, encode only, and the whole path.
 
 Writes (once, cached in the temp dir) a 60 s 1280x720 25 fps H.264 test video with the bundled
-ffmpeg (``testsrc2``), samples it at 1 fps (60 frames) with ``video_retrieval.decode.load_frames``,
+ffmpeg (``testsrc2``), samples it at 1 fps (60 frames) with ``video_retrieval.media.decode.load_frames``,
 and times, in frames/s:
 
   decode      load_frames(path, fps=1)                       -> uint8 [60,720,1280,3]
@@ -30,8 +30,8 @@ import torch
 from video_retrieval.encoders import create_encoder
 from video_retrieval.encoders.precision import cpu_has_fast_bf16
 
-from video_retrieval.decode import load_frames
-from video_retrieval.videowrite import write_test_pattern
+from video_retrieval.media.decode import load_frames
+from video_retrieval.media.write import write_test_pattern
 
 
 def make_video(path: str, seconds: int = 60) -> str:

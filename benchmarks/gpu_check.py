@@ -83,7 +83,7 @@ def bench_encode(models, device, batch, iters) -> list[dict]:
 
 # -- index ----------------------------------------------------------------------------------------
 def make_videos(folder: Path, n: int, seconds: float, size: tuple[int, int]) -> list[Path]:
-    from video_retrieval.videowrite import write_test_pattern
+    from video_retrieval.media.write import write_test_pattern
 
     folder.mkdir(parents=True, exist_ok=True)
     out = []
@@ -96,7 +96,7 @@ def make_videos(folder: Path, n: int, seconds: float, size: tuple[int, int]) -> 
 
 
 def bench_index(work: Path, device, model, videos, seconds, size, workers) -> dict:
-    from video_retrieval.indexer import IndexConfig, run_indexing
+    from video_retrieval.index.build import IndexConfig, run_indexing
 
     vids = make_videos(work / "videos", videos, seconds, size)
     d = work / "index"
@@ -159,7 +159,7 @@ def bench_train(work: Path, config: str, steps: tuple[int, int], videos: int, ex
 def bench_search(sizes, dim, queries, gpu_faiss: bool) -> list[dict]:
     import faiss
 
-    from video_retrieval.ann import ann_search, build_ann
+    from video_retrieval.index.ann import ann_search, build_ann
 
     faiss.omp_set_num_threads(1)
     rng = np.random.default_rng(0)

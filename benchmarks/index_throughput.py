@@ -26,7 +26,7 @@ import torch
 
 
 def make_videos(d: Path, n: int, seconds: float, fps: int = 25):
-    from video_retrieval.videowrite import write_video
+    from video_retrieval.media.write import write_video
 
     rng = np.random.default_rng(0)
     t = int(seconds * fps)
@@ -52,9 +52,9 @@ def main() -> None:
 
     from video_retrieval.encoders import create_encoder
 
-    from video_retrieval.decode import load_frames
-    from video_retrieval.index_pipeline import BatchingEncoder
-    from video_retrieval.indexer import IndexConfig, run_indexing
+    from video_retrieval.index.build import IndexConfig, run_indexing
+    from video_retrieval.index.pipeline import BatchingEncoder
+    from video_retrieval.media.decode import load_frames
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)")  # fmt: skip

@@ -26,7 +26,7 @@ SOURCES = {"mpeg4_avi": ("mpeg4", "avi"), "hevc_mp4": ("hevc", "mp4")}
 
 
 def make_source(work: Path, name: str, seconds: float) -> Path:
-    from video_retrieval.videowrite import write_test_pattern
+    from video_retrieval.media.write import write_test_pattern
 
     codec, ext = SOURCES[name]
     path = work / f"{name}_{int(seconds)}s_720p.{ext}"
@@ -54,7 +54,7 @@ def streamed_window(
     2 s as in the proxy."""
     import ffmpeg
 
-    from video_retrieval.videowrite import ffmpeg_exe
+    from video_retrieval.media.write import ffmpeg_exe
 
     graph = ffmpeg.input(str(src), ss=start).output(
         "pipe:", t=window, format="mp4", movflags="frag_keyframe+empty_moov+default_base_moof",
@@ -77,7 +77,7 @@ def through_the_app(src: Path, work: Path) -> tuple[float, float]:
     from fastapi.testclient import TestClient
 
     from video_retrieval.demo import DEMO_RETRIEVAL
-    from video_retrieval.index_store import Index
+    from video_retrieval.index.store import Index
     from video_retrieval.web import ServeConfig, create_app
 
     idx_dir = work / f"index_{src.stem}"

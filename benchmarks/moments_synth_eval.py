@@ -40,7 +40,7 @@ def by_event(preds: list[dict], gts: list[dict], world: dict) -> dict:
 
 
 def predictor_rows(ckpt: str, world_dir: str, rows: list[dict]) -> list[dict]:
-    from video_retrieval.moment_predictor import MomentPredictor
+    from video_retrieval.moments.predictor import MomentPredictor
 
     pred = MomentPredictor.from_checkpoint(ckpt)
     per_video = collections.defaultdict(list)
@@ -69,7 +69,7 @@ def main() -> None:
 
     import torch
 
-    from video_retrieval.moment_metrics import evaluate
+    from video_retrieval.metrics.moments import evaluate
 
     torch.set_num_threads(args.threads)
     world = json.load(open(f"{args.world}/world.json"))
@@ -81,7 +81,7 @@ def main() -> None:
         out["test_by_event"] = by_event(preds, rows, world)
         print(json.dumps(out, indent=1))
         return
-    from video_retrieval.lit_moments import MomentDataModule, load_module, predict_split
+    from video_retrieval.train.moment_module import MomentDataModule, load_module, predict_split
 
     module = load_module(args.ckpt)
     meta = module.meta_extra

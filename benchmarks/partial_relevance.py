@@ -52,7 +52,7 @@ def ensure_world(world: Path) -> None:
 
 
 def split_videos(world: Path, split: str) -> list[str]:
-    from video_retrieval.cli_eval import read_captions
+    from video_retrieval.cli.eval import read_captions
 
     seen: dict[str, None] = {}
     for video, _ in read_captions(world / "captions.jsonl", split):
@@ -63,7 +63,7 @@ def split_videos(world: Path, split: str) -> list[str]:
 def extract_towers(ckpt: Path, out: Path) -> Path:
     """The CLIP towers of a ``vr train`` checkpoint as a ``save_encoder`` file: indexing with it
     pools frames by mean, i.e. the same trained CLIP without its temporal aggregator."""
-    from video_retrieval.model_io import load_retrieval_model
+    from video_retrieval.models.checkpoints import load_retrieval_model
 
     if not out.is_file():
         enc, _, _ = load_retrieval_model(str(ckpt))
@@ -115,9 +115,9 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from video_retrieval.cli_eval import evaluate_retrieval, read_caption_lines
-    from video_retrieval.model_io import load_retrieval_model
-    from video_retrieval.search import resolve_rerank
+    from video_retrieval.cli.eval import evaluate_retrieval, read_caption_lines
+    from video_retrieval.index.search import resolve_rerank
+    from video_retrieval.models.checkpoints import load_retrieval_model
 
     world, work = Path(args.world), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

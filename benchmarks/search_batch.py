@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from video_retrieval.index_store import Index
-from video_retrieval.rerank import uniform_indices
-from video_retrieval.search import encode_queries, get_reranker
+from video_retrieval.index.rerank import uniform_indices
+from video_retrieval.index.search import encode_queries, get_reranker
+from video_retrieval.index.store import Index
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from video_retrieval.ann import ann_search, build_ann
-from video_retrieval.rerank import CLIPRerank
+from video_retrieval.index.ann import ann_search, build_ann
+from video_retrieval.index.rerank import CLIPRerank
 
 
 def unit(rng, n, d, chunk=100_000):

@@ -48,7 +48,7 @@ def main() -> None:
     from video_retrieval.datasets.synth_retrieval import generate_retrieval
 
     from video_retrieval.demo import DEMO_RETRIEVAL
-    from video_retrieval.index_store import Index
+    from video_retrieval.index.store import Index
     from video_retrieval.web import ServeConfig, load_state
 
     torch.set_num_threads(args.threads)

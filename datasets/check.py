@@ -245,7 +245,7 @@ READERS = {
 
 def decode_problem(path: str) -> str | None:
     """None when the project's decoder reads the file, else the reason (one line)."""
-    from video_retrieval.decode import load_frames, probe_video
+    from video_retrieval.media.decode import load_frames, probe_video
 
     try:
         info = probe_video(path)

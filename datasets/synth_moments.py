@@ -49,6 +49,8 @@ from video_retrieval.datasets.synth_render import (
     track_to_json,
 )
 
+from video_retrieval.atomic import atomic_write_text
+
 WORLD_VERSION = 1
 CLIP_LEN = 2
 CLIP_CONTEXT = 1.0  # seconds each side of a clip in clips.jsonl (moment clip-encoder training)
@@ -379,7 +381,7 @@ def plan_moments(seed: int, **params) -> dict:
 
 
 def _encode(path: Path, spec: dict, codec: str) -> None:
-    from video_retrieval.videowrite import write_video
+    from video_retrieval.media.write import write_video
 
     write_video(
         path,
@@ -459,12 +461,6 @@ def moment_clip_pairs(world: dict, seed: int = 0) -> list[dict]:
     return pairs
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def generate_moments(
     out: str | os.PathLike, seed: int = 0, workers: int = 2, codec: str = "h264", **params
 ) -> dict:
@@ -482,11 +478,11 @@ def generate_moments(
             _encode(path, spec, codec)
     clips = []
     for split, rows in world["queries"].items():
-        _write_text(out / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(out / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         clips += moment_clip_captions(rows, CLIP_LEN, CLIP_CONTEXT, split=split)
-    _write_text(out / "clips.jsonl", "".join(json.dumps(c) + "\n" for c in clips))
-    _write_text(out / "clip_pairs.json", json.dumps(moment_clip_pairs(world, seed)) + "\n")
-    _write_text(out / "world.json", json.dumps(world) + "\n")
+    atomic_write_text(out / "clips.jsonl", "".join(json.dumps(c) + "\n" for c in clips))
+    atomic_write_text(out / "clip_pairs.json", json.dumps(moment_clip_pairs(world, seed)) + "\n")
+    atomic_write_text(out / "world.json", json.dumps(world) + "\n")
     counts = {s: 0 for s in ("train", "val", "test")}
     for spec in world["videos"].values():
         counts[spec["split"]] += 1

@@ -53,6 +53,8 @@ from video_retrieval.datasets.synth_render import (
     track_to_json,
 )
 
+from video_retrieval.atomic import atomic_write_text
+
 WORLD_VERSION = 1
 DEFAULTS = {
     "num_train": 1200,
@@ -302,7 +304,7 @@ def _combos_of(spec: dict) -> set[tuple[str, str]]:
 
 
 def _encode(path: Path, spec: dict, codec: str) -> None:
-    from video_retrieval.videowrite import write_video
+    from video_retrieval.media.write import write_video
 
     frames = render_frames(spec)
     write_video(
@@ -321,12 +323,6 @@ def _csv_text(header: list[str], rows: list[list]) -> str:
     w.writerow(header)
     w.writerows(rows)
     return buf.getvalue()
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def plan_retrieval(seed: int, num_partial: int = 0, partial: dict | None = None, **params) -> dict:
@@ -543,20 +539,20 @@ def generate_retrieval(
                 rows.append([f"ret{len(rows)}", f"msr{key}", vid, cap])
             sen_id += 1
 
-    _write_text(
+    atomic_write_text(
         out / "MSRVTT_data.json", json.dumps({"videos": msr_videos, "sentences": sentences}) + "\n"
     )
     train_ids = [[vid] for vid, s in videos.items() if s["split"] == "train"]
-    _write_text(out / "train.csv", _csv_text(["video_id"], train_ids))
+    atomic_write_text(out / "train.csv", _csv_text(["video_id"], train_ids))
     header = ["key", "vid_key", "video_id", "sentence"]
-    _write_text(out / "test.csv", _csv_text(header, split_rows["test"]))
-    _write_text(out / "test_compositional.csv", _csv_text(header, split_rows["test_compositional"]))
+    atomic_write_text(out / "test.csv", _csv_text(header, split_rows["test"]))
+    atomic_write_text(out / "test_compositional.csv", _csv_text(header, split_rows["test_compositional"]))
     if "partial" in world:
-        _write_text(out / "test_partial.csv", _csv_text(header, split_rows["test_partial"]))
-    _write_text(out / "temporal_pairs.json", json.dumps(world["temporal_pairs"], indent=1) + "\n")
-    _write_text(out / "train_pairs.json", json.dumps(world["train_pairs"], indent=1) + "\n")
-    _write_text(out / "captions.jsonl", "\n".join(cap_lines) + "\n")
-    _write_text(out / "world.json", json.dumps(world) + "\n")
+        atomic_write_text(out / "test_partial.csv", _csv_text(header, split_rows["test_partial"]))
+    atomic_write_text(out / "temporal_pairs.json", json.dumps(world["temporal_pairs"], indent=1) + "\n")
+    atomic_write_text(out / "train_pairs.json", json.dumps(world["train_pairs"], indent=1) + "\n")
+    atomic_write_text(out / "captions.jsonl", "\n".join(cap_lines) + "\n")
+    atomic_write_text(out / "world.json", json.dumps(world) + "\n")
 
     splits = ("train", "test", "test_compositional") + (
         ("test_partial",) if "partial" in world else ()

@@ -39,8 +39,9 @@ from video_retrieval.encoders.registry import (
 )
 from video_retrieval.temporal.features import TextFeatures
 
+from video_retrieval.atomic import atomic_path
 from video_retrieval.errors import UserError
-from video_retrieval.model_weights import looks_like_path
+from video_retrieval.models.weights import looks_like_path
 
 DEFAULT_MODEL = "vr-tiny"
 ENCODER_FILE_FORMAT = "video_retrieval.encoder/1"
@@ -189,11 +190,9 @@ class ClipEncoder(nn.Module):
             state[name] = t.contiguous().clone()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(
-            state, str(tmp), metadata={"format": ENCODER_FILE_FORMAT, "spec": json.dumps(self.spec)}
-        )
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            meta = {"format": ENCODER_FILE_FORMAT, "spec": json.dumps(self.spec)}
+            save_file(state, str(tmp), metadata=meta)
         return path
 
     # ------------------------------------------------------------------ backend hooks

@@ -26,7 +26,7 @@ def build_serve_index(root: Path, num_videos: int = 8, seed: int = 11) -> dict:
     from video_retrieval.datasets.synth_retrieval import generate_retrieval
 
     from video_retrieval.demo import DEMO_RETRIEVAL
-    from video_retrieval.index_store import Index
+    from video_retrieval.index.store import Index
 
     coll = root / "collection"
     generate_retrieval(

@@ -1,5 +1,5 @@
 """Test videos whose frames carry their own index in their colour, written with the bundled ffmpeg
-(every run through ffmpeg-python: ``video_retrieval.videowrite.run``).
+(every run through ffmpeg-python: ``video_retrieval.media.write.run``).
 
 Frame ``i`` is a flat colour with R = (i % 32) * 8 and G = (i // 32) * 8 (B = 128), so the index
 survives lossy compression (errors stay far below the 8-level step) and ``frame_ids`` reads it back.
@@ -12,7 +12,7 @@ from pathlib import Path
 import ffmpeg as ffmpeg_python
 import numpy as np
 
-from video_retrieval.videowrite import run, write_video
+from video_retrieval.media.write import run, write_video
 
 # ffmpeg options that take no value (everything else is an "-option value" pair)
 _FLAGS = {"shortest", "an", "vn", "sn", "dn", "copyts", "re"}

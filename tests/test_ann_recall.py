@@ -13,7 +13,9 @@ import faiss
 import numpy as np
 import pytest
 
-from video_retrieval.ann import (
+from video_retrieval.cli import main
+from video_retrieval.errors import UserError
+from video_retrieval.index.ann import (
     AnnOptions,
     RecallSample,
     ann_search,
@@ -29,10 +31,8 @@ from video_retrieval.ann import (
     rerank_ladder,
     set_search_params,
 )
-from video_retrieval.cli import main
-from video_retrieval.errors import UserError
-from video_retrieval.index_store import Index
-from video_retrieval.videowrite import write_video
+from video_retrieval.index.store import Index
+from video_retrieval.media.write import write_video
 
 TINY = ["--model", "vr-tiny", "--random-weights"]
 

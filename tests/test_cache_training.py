@@ -11,10 +11,10 @@ import torch
 from video_retrieval.encoders import create_encoder
 
 from video_retrieval.errors import UserError
-from video_retrieval.feature_cache import CacheSettings, build_cache
-from video_retrieval.feature_cache_data import CachedRetrievalDataModule, items_from_dataset
-from video_retrieval.lit_retrieval import RetrievalModule
-from video_retrieval.retrieval_data import RetrievalDataModule
+from video_retrieval.train.cache_build import CacheSettings, build_cache
+from video_retrieval.train.cache_data import CachedRetrievalDataModule, items_from_dataset
+from video_retrieval.train.retrieval_data import RetrievalDataModule
+from video_retrieval.train.retrieval_module import RetrievalModule
 
 FRAMES, SIZE, WORDS = 4, 32, 16
 

@@ -118,7 +118,7 @@ def test_switched_head_trains_like_the_model_without_dropout():
 
 
 def test_module_option_switches_the_built_head():
-    from video_retrieval.lit_moments import MomentDETRModule
+    from video_retrieval.train.moment_module import MomentDETRModule
 
     module = MomentDETRModule(head="qd_detr", v_feat_dim=12, t_feat_dim=10, hidden_dim=16,
                               nheads=4, cheap_dropout=True)  # fmt: skip

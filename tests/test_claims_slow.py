@@ -85,7 +85,7 @@ def _test_on(config: str, world: Path, run: Path, ckpt: Path, test_file: str) ->
 
 
 def _split(world: Path, split: str):
-    from video_retrieval.cli_eval import read_caption_lines
+    from video_retrieval.cli.eval import read_caption_lines
 
     caps = read_caption_lines(world / "captions.jsonl", split)
     videos = list(dict.fromkeys(v for v, _c, _n in caps))
@@ -95,8 +95,8 @@ def _split(world: Path, split: str):
 def _evaluate(world, work, name, checkpoint, rows, split="test_partial", **sampling) -> dict:
     """R@1 of each (label, rerank, rerank_model) over ``split`` indexed with ``checkpoint``."""
     from video_retrieval import Index
-    from video_retrieval.cli_eval import evaluate_retrieval
-    from video_retrieval.search import resolve_rerank
+    from video_retrieval.cli.eval import evaluate_retrieval
+    from video_retrieval.index.search import resolve_rerank
 
     videos, caps = _split(world, split)
     extra = {"model": "vr-tiny"} if str(checkpoint).endswith(".safetensors") else {}
@@ -111,7 +111,7 @@ def _evaluate(world, work, name, checkpoint, rows, split="test_partial", **sampl
 
 
 def test_partial_relevance_with_the_committed_models(world, tmp_path):
-    from video_retrieval.model_io import load_retrieval_model
+    from video_retrieval.models.checkpoints import load_retrieval_model
 
     towers = tmp_path / "demo_towers.safetensors"
     load_retrieval_model(DEMO)[0].save_encoder(towers)

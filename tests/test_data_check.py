@@ -13,7 +13,7 @@ from video_retrieval.datasets.check import check_dataset
 
 from video_retrieval.cli import main
 from video_retrieval.errors import UserError
-from video_retrieval.videowrite import write_video
+from video_retrieval.media.write import write_video
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = Path("/work/shared/fixtures/real")
@@ -213,7 +213,7 @@ def test_retrieval_training_refuses_missing_videos_before_the_first_step(world, 
 
 
 def test_allow_missing_leaves_them_out_and_logs_the_count(world, tmp_path, caplog):
-    from video_retrieval.retrieval_data import RetrievalDataModule
+    from video_retrieval.train.retrieval_data import RetrievalDataModule
 
     w = tmp_path / "world"
     shutil.copytree(world, w)
@@ -237,7 +237,7 @@ def test_allow_missing_leaves_them_out_and_logs_the_count(world, tmp_path, caplo
 
 
 def test_moment_training_refuses_missing_videos(tmp_path, clip):
-    from video_retrieval.lit_moments import MomentDataModule
+    from video_retrieval.train.moment_module import MomentDataModule
 
     rows = [{"qid": i, "query": f"q{i}", "vid": f"v{i % 3}", "duration": 2.0,
              "relevant_windows": [[0, 1]]} for i in range(6)]  # fmt: skip

@@ -13,7 +13,8 @@ from video_retrieval.datasets.didemo import load_didemo
 from video_retrieval.datasets.msrvtt import load_msrvtt, load_temporal_pairs
 
 from video_retrieval.errors import UserError
-from video_retrieval.retrieval_data import (
+from video_retrieval.media.write import write_video
+from video_retrieval.train.retrieval_data import (
     FrameReader,
     RetrievalDataModule,
     RetrievalEvalDataset,
@@ -21,7 +22,6 @@ from video_retrieval.retrieval_data import (
     center_crop_square,
     collate_retrieval,
 )
-from video_retrieval.videowrite import write_video
 
 REAL = Path("/work/shared/fixtures/real")
 if not REAL.is_dir():  # the fixtures may also be vendored next to the tests
@@ -179,7 +179,7 @@ def test_failed_videos_are_skipped_not_zero(tmp_path, caplog):
 
 def test_frame_cache_decodes_once(tmp_path, monkeypatch):
     root, *_ = _real_msrvtt(tmp_path, n_train=2, n_test=1)
-    import video_retrieval.decode as decode
+    import video_retrieval.media.decode as decode
 
     calls = []
     real = decode.load_frames

@@ -23,7 +23,8 @@ from _video_util import (
     write_vfr_video,
 )
 
-from video_retrieval.decode import (
+from video_retrieval.errors import UserError, VideoDecodeError
+from video_retrieval.media.decode import (
     Frames,
     SamplingError,
     load_frames,
@@ -31,9 +32,8 @@ from video_retrieval.decode import (
     resize_frames,
     sample_indices,
 )
-from video_retrieval.decode_pyav import decode_pts, scan_video
-from video_retrieval.errors import UserError, VideoDecodeError
-from video_retrieval.videowrite import write_video
+from video_retrieval.media.pyav_backend import decode_pts, scan_video
+from video_retrieval.media.write import write_video
 
 BACKENDS = ["decord", "pyav"]
 CODECS = {  # name -> (codec, extension)

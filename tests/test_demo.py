@@ -9,7 +9,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_committed_demo_models_are_small_and_loadable():
-    from video_retrieval.model_io import load_retrieval_model
+    from video_retrieval.models.checkpoints import load_retrieval_model
 
     assert DEMO_RETRIEVAL.is_file()
     assert DEMO_RETRIEVAL.stat().st_size < 12 * 2**20  # a few MB, committed to git

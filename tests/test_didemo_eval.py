@@ -10,7 +10,7 @@ import pytest
 from video_retrieval.datasets.moments import load_didemo_moments
 
 from video_retrieval.cli import main
-from video_retrieval.moment_metrics import (
+from video_retrieval.metrics.moments import (
     DIDEMO_MOMENTS,
     charades_metrics,
     didemo_metrics,
@@ -197,8 +197,8 @@ def test_moment_detr_validation_reports_didemo_metrics(tmp_path):
     equal to ``vr eval moments`` on the same predictions."""
     import lightning as L
 
-    from video_retrieval.lit_moments import MomentDataModule, MomentDETRModule
-    from video_retrieval.videowrite import write_video
+    from video_retrieval.media.write import write_video
+    from video_retrieval.train.moment_module import MomentDataModule, MomentDETRModule
 
     records = json.loads((REAL / "didemo_val_head40.json").read_text())[:6]
     root = tmp_path / "didemo"
@@ -246,7 +246,7 @@ def test_moment_detr_validation_reports_didemo_metrics(tmp_path):
 def test_moments_didemo_recipe_monitors_the_official_r1(tmp_path):
     """``vr train fit --config configs/moments_didemo.yaml`` end to end on stand-in videos (a tiny
     encoder and head): its checkpoint callback monitors ``val/DiDeMo-R@1``, which must exist."""
-    from video_retrieval.videowrite import write_video
+    from video_retrieval.media.write import write_video
 
     repo = Path(__file__).resolve().parents[1]
     records = json.loads((REAL / "didemo_val_head40.json").read_text())[6:10]
@@ -281,7 +281,7 @@ def test_moments_didemo_recipe_monitors_the_official_r1(tmp_path):
 
 
 def test_moment_frequency_prior_by_hand(tmp_path, capsys):
-    from video_retrieval.moment_metrics import didemo_prior_ranking
+    from video_retrieval.metrics.moments import didemo_prior_ranking
 
     train = tmp_path / "didemo_train.json"
     train.write_text(json.dumps([_record(1, [[1, 1], [1, 1], [1, 1], [0, 0]]),

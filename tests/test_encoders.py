@@ -354,7 +354,7 @@ def test_hf_backend_missing_model_is_user_error(tmp_path, monkeypatch):
 def _index_then_search(tmp_path, capsys, model_args: list[str]) -> list[dict]:
     """``vr index`` one 2 s video of a red square with ``model_args``, then ``vr search`` it."""
     from video_retrieval.cli import main
-    from video_retrieval.videowrite import write_video
+    from video_retrieval.media.write import write_video
 
     x = np.full((10, 64, 64, 3), 30, np.uint8)
     x[:, 20:44, 20:44] = (220, 40, 40)

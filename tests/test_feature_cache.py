@@ -15,9 +15,10 @@ import pytest
 import torch
 from video_retrieval.encoders import create_encoder
 
-from video_retrieval.decode import load_frames
 from video_retrieval.errors import UserError
-from video_retrieval.feature_cache import (
+from video_retrieval.media.decode import load_frames
+from video_retrieval.media.write import write_video
+from video_retrieval.train.cache_build import (
     ARRAY_FILES,
     CacheSettings,
     CaptionItem,
@@ -27,7 +28,7 @@ from video_retrieval.feature_cache import (
     build_cache,
     select_topk_patches,
 )
-from video_retrieval.feature_cache_data import (
+from video_retrieval.train.cache_data import (
     CachedCaptionDataset,
     CachedPairDataset,
     caption_loader,
@@ -36,7 +37,6 @@ from video_retrieval.feature_cache_data import (
     pair_loader,
     videos_from_list_or_dir,
 )
-from video_retrieval.videowrite import write_video
 
 T = 6
 SETTINGS = dict(num_frames=T, patches="all", max_words=16)
@@ -490,7 +490,7 @@ def test_cli_cache_builds_and_resumes(world, tmp_path, capsys):
 
 
 def test_video_captions_dataset_and_datamodule(full_cache, encoder):
-    from video_retrieval.feature_cache_data import (
+    from video_retrieval.train.cache_data import (
         CachedRetrievalDataModule,
         CachedVideoCaptionsDataset,
     )

@@ -61,8 +61,8 @@ def test_cuda_encoder_matches_cpu_within_autocast_tolerance():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_index_equals_cpu_index(tmp_path):
-    from video_retrieval.index_store import Index
-    from video_retrieval.videowrite import write_test_pattern
+    from video_retrieval.index.store import Index
+    from video_retrieval.media.write import write_test_pattern
 
     v = write_test_pattern(tmp_path / "v" / "a.mp4", seconds=3.0, width=160, height=120)
     kw = dict(model="vr-tiny", random_weights=True, fps=1.0, progress=False, precision="fp32")

@@ -17,9 +17,9 @@ import pytest
 from _video_util import write_audio_only
 
 from video_retrieval.errors import UserError
-from video_retrieval.index_files import read_events
-from video_retrieval.index_store import Index
-from video_retrieval.videowrite import write_video
+from video_retrieval.index.files import read_events
+from video_retrieval.index.store import Index
+from video_retrieval.media.write import write_video
 
 VR = [sys.executable, "-m", "video_retrieval.cli"]
 TINY = ["--model", "vr-tiny", "--random-weights"]  # tests only: random weights, said loudly
@@ -174,7 +174,7 @@ def test_incremental_add_changed_and_prune(vids, tmp_path):
 
 
 def test_update_killed_inside_finalize_is_never_read_half_written(vids, tmp_path, monkeypatch):
-    import video_retrieval.ann as ann_mod
+    import video_retrieval.index.ann as ann_mod
 
     src = tmp_path / "src"
     shutil.copytree(vids, src)

@@ -9,8 +9,8 @@ import pytest
 
 from video_retrieval.cli import main
 from video_retrieval.errors import UserError
-from video_retrieval.localization import localize
-from video_retrieval.videowrite import write_video
+from video_retrieval.media.write import write_video
+from video_retrieval.moments.localize import localize
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +40,9 @@ def test_zero_shot_moments(video, capsys):
 def test_zero_shot_with_a_clip_encoder(video, capsys):
     import torch
 
-    from video_retrieval.lit_moments import demo_retrieval_checkpoint
-    from video_retrieval.model_io import load_retrieval_model
-    from video_retrieval.moment_features import clip_features
+    from video_retrieval.models.checkpoints import load_retrieval_model
+    from video_retrieval.moments.features import clip_features
+    from video_retrieval.train.moment_module import demo_retrieval_checkpoint
 
     ckpt = demo_retrieval_checkpoint()
     if ckpt is None:
@@ -114,7 +114,7 @@ def _texts(fig):
 
 
 def test_plot_names_the_curve_shows_ground_truth_lanes_and_legend():
-    from video_retrieval.localization import moment_figure
+    from video_retrieval.moments.localize import moment_figure
 
     fig = moment_figure(_result(), ground_truth=[[12, 20], [38, 40]])
     curve, lanes = fig.axes[0], fig.axes[1]
@@ -149,7 +149,7 @@ def long_video(tmp_path_factory):
 
 @pytest.mark.parametrize("n", [3, 10])
 def test_plot_labels_do_not_collide(long_video, n):
-    from video_retrieval.localization import moment_figure
+    from video_retrieval.moments.localize import moment_figure
 
     # overlapping and identical windows, a long query, ground truth and thumbnails
     fig = moment_figure(_result(n=n, video=str(long_video)), ground_truth=[[12, 20], [38, 40]])
@@ -164,7 +164,7 @@ def test_plot_labels_do_not_collide(long_video, n):
 
 
 def test_top_hit_by_hand():
-    from video_retrieval.localization import top_hit, window_iou
+    from video_retrieval.moments.localize import top_hit, window_iou
 
     assert window_iou((12, 18), (12, 20)) == pytest.approx(0.75)
     assert window_iou((0, 2), (2, 4)) == 0.0

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from video_retrieval.cli import main
-from video_retrieval.decode import load_frames
-from video_retrieval.localization import localize
-from video_retrieval.moment_predictor import MomentPredictor, merge_windows
-from video_retrieval.videowrite import write_video
+from video_retrieval.media.decode import load_frames
+from video_retrieval.media.write import write_video
+from video_retrieval.moments.localize import localize
+from video_retrieval.moments.predictor import MomentPredictor, merge_windows
 
 ASSETS = Path(__file__).resolve().parents[1] / "video_retrieval" / "assets"
 HEAD = ASSETS / "demo_moments.ckpt"

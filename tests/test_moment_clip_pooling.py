@@ -9,9 +9,9 @@ import torch
 from video_retrieval.datasets.moments import moment_clip_captions
 
 from video_retrieval.errors import UserError
-from video_retrieval.lit_moments import demo_retrieval_checkpoint
-from video_retrieval.moment_features import FeatureCache, clip_features, clip_windows
-from video_retrieval.videowrite import write_video
+from video_retrieval.media.write import write_video
+from video_retrieval.moments.features import FeatureCache, clip_features, clip_windows
+from video_retrieval.train.moment_module import demo_retrieval_checkpoint
 
 torch.set_num_threads(1)
 DEMO = demo_retrieval_checkpoint()
@@ -49,7 +49,7 @@ def test_aggregator_pooling_equals_direct_embedding(video):
     from video_retrieval.temporal import build_aggregator
     from video_retrieval.temporal.features import VideoFeatures
 
-    from video_retrieval.decode import load_frames
+    from video_retrieval.media.decode import load_frames
 
     torch.manual_seed(0)
     enc = create_encoder("vr-tiny", precision="fp32").eval()
@@ -126,8 +126,8 @@ def test_moment_clip_captions_lines():
 
 @pytest.mark.skipif(DEMO is None, reason="no bundled demo retrieval model")
 def test_init_from_loads_the_checkpoint_weights():
-    from video_retrieval.lit_retrieval import RetrievalModule
-    from video_retrieval.model_io import load_retrieval_model
+    from video_retrieval.models.checkpoints import load_retrieval_model
+    from video_retrieval.train.retrieval_module import RetrievalModule
 
     enc, agg, _ = load_retrieval_model(DEMO)
     m = RetrievalModule(model="vr-tiny", aggregator="seq_transformer", num_frames=8, init_from=DEMO)
@@ -146,8 +146,12 @@ def test_init_from_loads_the_checkpoint_weights():
 def test_head_on_pooled_clips_round_trips_through_the_predictor(video, tmp_path):
     import lightning as L
 
-    from video_retrieval.lit_moments import MomentDataModule, MomentDETRModule, predict_split
-    from video_retrieval.moment_predictor import MomentPredictor
+    from video_retrieval.moments.predictor import MomentPredictor
+    from video_retrieval.train.moment_module import (
+        MomentDataModule,
+        MomentDETRModule,
+        predict_split,
+    )
 
     rows = [
         {
@@ -198,7 +202,7 @@ def test_head_on_pooled_clips_round_trips_through_the_predictor(video, tmp_path)
     # the inference part alone, re-pointed at a copy of the encoder next to it (the demo assets)
     import shutil
 
-    from video_retrieval.model_io import slim_moment_checkpoint
+    from video_retrieval.models.checkpoints import slim_moment_checkpoint
 
     assets = tmp_path / "assets"
     assets.mkdir()
@@ -219,7 +223,7 @@ def test_head_on_pooled_clips_round_trips_through_the_predictor(video, tmp_path)
 def test_query_dependent_aggregators_cannot_pool_clips():
     from video_retrieval.temporal import build_aggregator
 
-    from video_retrieval.moment_features import check_pooling_aggregator
+    from video_retrieval.moments.features import check_pooling_aggregator
 
     check_pooling_aggregator(build_aggregator("seq_lstm", 32, max_frames=8), "x.ckpt")
     with pytest.raises(UserError, match="x.ckpt: its aggregator query_scored is query-dependent"):

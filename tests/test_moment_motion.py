@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from video_retrieval.errors import UserError
-from video_retrieval.lit_moments import MomentDataModule
-from video_retrieval.moment_features import MotionCache, motion_features
-from video_retrieval.videowrite import write_video
+from video_retrieval.media.write import write_video
+from video_retrieval.moments.features import MotionCache, motion_features
+from video_retrieval.train.moment_module import MomentDataModule
 
 
 @pytest.fixture(scope="module")

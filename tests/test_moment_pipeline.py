@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from video_retrieval.errors import UserError
-from video_retrieval.moment_features import FeatureCache, clip_features
-from video_retrieval.videowrite import write_video
+from video_retrieval.media.write import write_video
+from video_retrieval.moments.features import FeatureCache, clip_features
 
 torch.set_num_threads(1)  # 2 shared cores: oversubscribed intra-op threads are far slower
 
@@ -78,8 +78,12 @@ def test_clip_features_shapes_and_cache(world, encoder, tmp_path):
 def test_fit_checkpoint_and_predictor(world, tmp_path):
     import lightning as L
 
-    from video_retrieval.lit_moments import MomentDataModule, MomentDETRModule, predict_split
-    from video_retrieval.moment_predictor import MomentPredictor
+    from video_retrieval.moments.predictor import MomentPredictor
+    from video_retrieval.train.moment_module import (
+        MomentDataModule,
+        MomentDETRModule,
+        predict_split,
+    )
 
     L.seed_everything(0)
     dm = MomentDataModule(
@@ -149,13 +153,13 @@ def test_qd_detr_head_cosine_schedule_checkpoint_and_predictor(world, tmp_path):
     import lightning as L
     from video_retrieval.temporal.qd_detr import QDDETR
 
-    from video_retrieval.lit_moments import (
+    from video_retrieval.moments.predictor import MomentPredictor
+    from video_retrieval.train.moment_module import (
         MomentDataModule,
         MomentDETRModule,
         load_module,
         predict_split,
     )
-    from video_retrieval.moment_predictor import MomentPredictor
 
     L.seed_everything(0)
     dm = MomentDataModule(
@@ -196,7 +200,7 @@ def test_qd_detr_head_cosine_schedule_checkpoint_and_predictor(world, tmp_path):
     assert rows[1]["pred_relevant_windows"][0][:2] == pytest.approx(out["moments"][0][:2])
     assert rows[1]["pred_saliency_scores"] == pytest.approx(out["saliency"], abs=1e-4)
     # the inference part alone (model_io slim-moments) keeps the head's kind and predictions
-    from video_retrieval.model_io import main as model_io_main
+    from video_retrieval.models.checkpoints import main as model_io_main
 
     assert model_io_main(["slim-moments", str(ckpt), str(tmp_path / "slim.ckpt")]) == 0
     slim = MomentPredictor.from_checkpoint(tmp_path / "slim.ckpt")
@@ -206,7 +210,7 @@ def test_qd_detr_head_cosine_schedule_checkpoint_and_predictor(world, tmp_path):
 
 
 def test_cosine_lr_factor_by_hand():
-    from video_retrieval.lit_moments import cosine_lr_factor
+    from video_retrieval.train.moment_module import cosine_lr_factor
 
     # 10 steps, 2 of warm-up: 0.5, 1, then a half cosine over the 8 remaining steps to 0.2
     assert cosine_lr_factor(0, 10, 2, 0.2) == pytest.approx(0.5)
@@ -218,7 +222,7 @@ def test_cosine_lr_factor_by_hand():
 
 
 def test_unknown_head_or_schedule_is_one_line():
-    from video_retrieval.lit_moments import MomentDETRModule
+    from video_retrieval.train.moment_module import MomentDETRModule
 
     with pytest.raises(UserError, match="head must be one of"):
         MomentDETRModule(head="cg_detr")
@@ -230,18 +234,18 @@ def test_unknown_head_or_schedule_is_one_line():
     "name", ["synth", "synth_moment_detr", "qvhighlights", "charades", "didemo"]
 )
 def test_moment_configs_parse(name, capsys):
-    from video_retrieval.cli_train import main
+    from video_retrieval.cli.train import main
 
     with pytest.raises(SystemExit) as e:
         main(["fit", "--config", f"configs/moments_{name}.yaml", "--print_config"])
     assert e.value.code in (0, None)
     out = capsys.readouterr().out
-    assert "video_retrieval.lit_moments.MomentDETRModule" in out
+    assert "video_retrieval.train.moment_module.MomentDETRModule" in out
     assert "gradient_clip_val: 0.1" in out
 
 
 def test_center_normalisation_keeps_only_temporal_change():
-    from video_retrieval.moment_features import normalize_clip_features
+    from video_retrieval.moments.features import normalize_clip_features
 
     base = np.ones((4, 3), np.float32)
     base[2, 0] += 0.01  # clip 2 differs slightly
@@ -254,7 +258,7 @@ def test_center_normalisation_keeps_only_temporal_change():
 
 
 def test_temporal_difference_stream_by_hand():
-    from video_retrieval.moment_features import add_temporal_differences
+    from video_retrieval.moments.features import add_temporal_differences
 
     f = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 3.0]], np.float32)
     out = add_temporal_differences(f)
@@ -270,8 +274,12 @@ def test_temporal_difference_stream_by_hand():
 def test_motion_stream_trains_checkpoints_and_predicts(world, tmp_path):
     import lightning as L
 
-    from video_retrieval.lit_moments import MomentDataModule, MomentDETRModule, predict_split
-    from video_retrieval.moment_predictor import MomentPredictor
+    from video_retrieval.moments.predictor import MomentPredictor
+    from video_retrieval.train.moment_module import (
+        MomentDataModule,
+        MomentDETRModule,
+        predict_split,
+    )
 
     L.seed_everything(0)
     kw = dict(
@@ -311,10 +319,10 @@ def test_motion_stream_trains_checkpoints_and_predicts(world, tmp_path):
 def test_resume_guard_takes_zero_feature_dims_as_inferred():
     """A moment config says v_feat_dim: 0 (= from the data); its checkpoint holds the dims set
     at setup. Resuming it is the same model; asking for other dims or another head is not."""
-    from video_retrieval.cli_train import _inferred_hparams, config_conflicts
+    from video_retrieval.cli.train import _inferred_hparams, config_conflicts
 
     class Model:  # the config's model entry as LightningCLI parses it
-        class_path = "video_retrieval.lit_moments.MomentDETRModule"
+        class_path = "video_retrieval.train.moment_module.MomentDETRModule"
 
     inferred = _inferred_hparams(Model)
     assert inferred == ("v_feat_dim", "t_feat_dim")

@@ -1,6 +1,6 @@
 import numpy as np
 
-from video_retrieval.moment_zeroshot import clip_similarities, zero_shot_windows
+from video_retrieval.moments.zero_shot import clip_similarities, zero_shot_windows
 
 
 def test_zero_shot_finds_the_bump():

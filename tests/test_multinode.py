@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from video_retrieval.cli import main
-from video_retrieval.index_files import read_events, writer_active
-from video_retrieval.index_store import Index
-from video_retrieval.videowrite import write_video
+from video_retrieval.index.files import read_events, writer_active
+from video_retrieval.index.store import Index
+from video_retrieval.media.write import write_video
 
 VR = [sys.executable, "-m", "video_retrieval.cli"]
 TINY = ["--model", "vr-tiny", "--random-weights"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from video_retrieval.errors import UserError
-from video_retrieval.pair_sampler import PairBatchSampler, paired_order
+from video_retrieval.train.pair_sampler import PairBatchSampler, paired_order
 
 
 def _blocks(order, batch):
@@ -76,7 +76,7 @@ def test_ddp_ranks_split_each_global_batch():
 def test_datamodule_pair_batches_on_synthetic_world(tmp_path):
     from video_retrieval.datasets.synth_retrieval import generate_retrieval
 
-    from video_retrieval.retrieval_data import RetrievalDataModule
+    from video_retrieval.train.retrieval_data import RetrievalDataModule
 
     world = tmp_path / "w"
     generate_retrieval(world, seed=1, num_train=16, num_test=8, num_compositional=0, workers=1)

@@ -17,8 +17,8 @@ from video_retrieval.datasets.synth_render import COLOURS, MOVE_DELTA
 from video_retrieval.datasets.synth_retrieval import generate_retrieval
 
 from video_retrieval.cli import main
-from video_retrieval.decode import load_frames
 from video_retrieval.errors import UserError
+from video_retrieval.media.decode import load_frames
 
 ASSETS = Path(__file__).resolve().parents[1] / "video_retrieval" / "assets"
 DEMO = ASSETS / "demo_retrieval.ckpt"
@@ -177,7 +177,7 @@ def test_order_free_aggregators_rerank_over_every_frame():
     from video_retrieval.temporal import build_aggregator
     from video_retrieval.temporal.features import TextFeatures, VideoFeatures
 
-    from video_retrieval.rerank import AggregatorRerank, QueryFeatures, frame_limit
+    from video_retrieval.index.rerank import AggregatorRerank, QueryFeatures, frame_limit
 
     qs = build_aggregator("query_scored", 16, max_frames=8)
     seq = build_aggregator("seq_transformer", 16, max_frames=8)
@@ -201,7 +201,7 @@ def test_order_free_aggregators_rerank_over_every_frame():
 
 @pytest.fixture(scope="module")
 def pindex(pworld, tmp_path_factory):
-    from video_retrieval.index_store import Index
+    from video_retrieval.index.store import Index
 
     out, _, _, world = pworld
     vids = [out / "videos" / f"{v}.mp4" for v in list(_partial(world))[:3]]
@@ -210,8 +210,8 @@ def pindex(pworld, tmp_path_factory):
 
 @needs_demo
 def test_rerank_model_equal_to_the_index_model_reproduces_the_index(pindex):
-    from video_retrieval.rerank import CLIPRerank, FrameModel
-    from video_retrieval.search import encode_query, rerank_scores
+    from video_retrieval.index.rerank import CLIPRerank, FrameModel
+    from video_retrieval.index.search import encode_query, rerank_scores
 
     fm = FrameModel(DEMO, cache_videos=2)
     for r in range(len(pindex)):
@@ -252,7 +252,7 @@ def test_rerank_model_through_search_and_eval(pindex, pworld, capsys):
 
 
 def test_rerank_model_refusals(tmp_path):
-    from video_retrieval.rerank import build_reranker
+    from video_retrieval.index.rerank import build_reranker
 
     with pytest.raises(UserError, match="no such file"):
         build_reranker("cliprerank", 128, rerank_model=str(tmp_path / "missing.ckpt"))
@@ -267,8 +267,8 @@ def test_rerank_model_refusals(tmp_path):
 # -- init_from_parts ------------------------------------------------------------------------
 @needs_demo
 def test_init_from_parts_encoder_starts_another_aggregator_from_the_towers():
-    from video_retrieval.lit_retrieval import RetrievalModule
-    from video_retrieval.model_io import load_retrieval_model
+    from video_retrieval.models.checkpoints import load_retrieval_model
+    from video_retrieval.train.retrieval_module import RetrievalModule
 
     enc, _, _ = load_retrieval_model(DEMO)
     torch.manual_seed(0)
@@ -291,8 +291,13 @@ def test_init_from_parts_encoder_starts_another_aggregator_from_the_towers():
 
 @needs_demo
 def test_default_reranker_follows_video_length(pindex, pworld, tmp_path):
-    from video_retrieval.index_store import Index
-    from video_retrieval.search import LONG_VIDEO_S, default_rerank, median_duration, resolve_rerank
+    from video_retrieval.index.search import (
+        LONG_VIDEO_S,
+        default_rerank,
+        median_duration,
+        resolve_rerank,
+    )
+    from video_retrieval.index.store import Index
 
     assert median_duration(pindex) >= LONG_VIDEO_S  # the partial split: 30-120 s
     assert default_rerank(pindex) == "query_scored" == resolve_rerank(pindex, "auto")

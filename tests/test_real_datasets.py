@@ -213,7 +213,7 @@ def test_msrvtt_recipes_expand_sentences_with_the_step_count_in_the_header(cfg):
 
 
 def test_training_docstring_no_longer_calls_one_caption_sampling_the_clip4clip_default():
-    import video_retrieval.retrieval_data as rd
+    import video_retrieval.train.retrieval_data as rd
 
     assert "CLIP4Clip default" not in rd.__doc__
     assert "--expand_msrvtt_sentences" in rd.__doc__
@@ -223,7 +223,7 @@ def test_training_docstring_no_longer_calls_one_caption_sampling_the_clip4clip_d
 
 
 def test_dsl_v2t_normalises_the_transposed_matrix_by_hand():
-    from video_retrieval.retrieval_metrics import dsl_metrics, dual_softmax, retrieval_metrics
+    from video_retrieval.metrics.retrieval import dsl_metrics, dual_softmax, retrieval_metrics
 
     # texts x videos, text i describes video i
     s = np.array([[1.0, 0.0], [1.0, 1.0]])
@@ -280,7 +280,7 @@ def qvh(tmp_path):
 def test_official_features_are_read_as_moment_detr_reads_them(qvh):
     from video_retrieval.datasets.qvh_features import OfficialFeatures
 
-    from video_retrieval.lit_moments import MomentDataModule
+    from video_retrieval.train.moment_module import MomentDataModule
 
     root, rows, lengths = qvh
     f = OfficialFeatures(root / "features", ["slowfast", "clip"], max_v_l=75, max_q_l=32)
@@ -311,7 +311,7 @@ def test_official_features_are_read_as_moment_detr_reads_them(qvh):
 
 
 def test_missing_feature_files_stop_setup_unless_allowed(qvh, caplog):
-    from video_retrieval.lit_moments import MomentDataModule
+    from video_retrieval.train.moment_module import MomentDataModule
 
     root, rows, _ = qvh
     (root / "features" / "clip_features" / f"{rows[1]['vid']}.npz").unlink()
@@ -331,7 +331,7 @@ def test_missing_feature_files_stop_setup_unless_allowed(qvh, caplog):
 
 def test_qvhighlights_recipe_trains_and_validates_on_the_features(qvh, capsys):
     """The recipe with --data.init_args.features_dir: fit + validation metrics (tiny model)."""
-    from video_retrieval.cli_train import main as train_main
+    from video_retrieval.cli.train import main as train_main
 
     root, _, _ = qvh
     args = [

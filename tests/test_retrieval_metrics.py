@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from video_retrieval.retrieval_metrics import (
+from video_retrieval.metrics.retrieval import (
     dual_softmax,
     flatten_metrics,
     ranks_of_targets,

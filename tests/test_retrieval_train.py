@@ -12,10 +12,10 @@ import pytest
 import torch
 from video_retrieval.temporal import AGGREGATORS
 
-from video_retrieval.cli_train import main as train_main
-from video_retrieval.lit_retrieval import RetrievalModule, symmetric_infonce, warmup_cosine
-from video_retrieval.model_io import load_retrieval_model, slim_checkpoint
-from video_retrieval.retrieval_metrics import video_to_text_matrix
+from video_retrieval.cli.train import main as train_main
+from video_retrieval.metrics.retrieval import video_to_text_matrix
+from video_retrieval.models.checkpoints import load_retrieval_model, slim_checkpoint
+from video_retrieval.train.retrieval_module import RetrievalModule, symmetric_infonce, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 AGGS = ["mean", "query_scored", "seq_lstm", "seq_transformer", "tight_transformer", "ucofia"]
@@ -354,7 +354,7 @@ def test_frozen_cache_recipe_parses(capsys):
     cfg = REPO / "configs" / "msrvtt_ucofia_frozen.yaml"
     assert _cli(["fit", "--config", str(cfg), "--print_config"]) == 0
     out = capsys.readouterr().out
-    assert "video_retrieval.feature_cache_data.CachedRetrievalDataModule" in out
+    assert "video_retrieval.train.cache_data.CachedRetrievalDataModule" in out
     assert "freeze_backbone: true" in out and "aggregator: ucofia" in out
 
 

@@ -9,12 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from video_retrieval.ann import ann_search, build_ann, choose_kind, index_kind, load_ann, save_ann
 from video_retrieval.cli import main
 from video_retrieval.errors import UserError
-from video_retrieval.index_store import Index
-from video_retrieval.rerank import CLIPRerank, best_moment, build_reranker, frame_similarities
-from video_retrieval.videowrite import write_video
+from video_retrieval.index.ann import (
+    ann_search,
+    build_ann,
+    choose_kind,
+    index_kind,
+    load_ann,
+    save_ann,
+)
+from video_retrieval.index.rerank import CLIPRerank, best_moment, build_reranker, frame_similarities
+from video_retrieval.index.store import Index
+from video_retrieval.media.write import write_video
 
 
 def test_cliprerank_formula_on_a_hand_made_case():
@@ -105,7 +112,7 @@ def index_dir(tmp_path_factory) -> Path:
 def test_search_scores_follow_the_two_stages(index_dir):
     idx = Index.open(index_dir / "idx")
     encoder, pool = idx.models()
-    from video_retrieval.search import encode_query
+    from video_retrieval.index.search import encode_query
 
     q = encode_query(encoder, pool, "a red box").embedding
     base = np.asarray(idx.pooled) @ q
@@ -130,9 +137,9 @@ def test_ucofia_checkpoint_reranks_from_stored_patch_tokens(index_dir, tmp_path)
     import torch
     from video_retrieval.temporal.features import VideoFeatures
 
-    from video_retrieval.lit_retrieval import RetrievalModule
-    from video_retrieval.model_io import load_retrieval_model
-    from video_retrieval.search import encode_query
+    from video_retrieval.index.search import encode_query
+    from video_retrieval.models.checkpoints import load_retrieval_model
+    from video_retrieval.train.retrieval_module import RetrievalModule
 
     torch.manual_seed(0)
     m = RetrievalModule(model="vr-tiny", aggregator="ucofia", num_frames=4, max_words=32)

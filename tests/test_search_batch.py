@@ -12,9 +12,9 @@ import pytest
 
 from video_retrieval.cli import main
 from video_retrieval.errors import UserError
-from video_retrieval.index_store import Index
-from video_retrieval.search import search_batch
-from video_retrieval.videowrite import write_video
+from video_retrieval.index.search import search_batch
+from video_retrieval.index.store import Index
+from video_retrieval.media.write import write_video
 
 TINY = ["--model", "vr-tiny", "--random-weights"]
 QUERIES = ["a red box", "a box moving left", "a green square grows", "blue", "a yellow box"]

@@ -22,7 +22,7 @@ def world(tmp_path_factory):
 
 def build(paths, index_dir):
     from video_retrieval.demo import DEMO_RETRIEVAL
-    from video_retrieval.index_store import Index
+    from video_retrieval.index.store import Index
 
     return Index.build(
         [str(p) for p in paths], index_dir, checkpoint=str(DEMO_RETRIEVAL), num_frames=8,
@@ -81,7 +81,8 @@ def test_reload_serves_the_new_generation_with_the_same_models(world, tmp_path):
 
 
 def test_watcher_reloads_and_a_rebuild_with_other_settings_is_refused(world, tmp_path):
-    from video_retrieval import index_files as store
+    from video_retrieval.atomic import atomic_write_json
+    from video_retrieval.index import files as store
 
     videos = sorted((world["index"].parent / "collection" / "videos").iterdir())
     index_dir = tmp_path / "index"
@@ -97,7 +98,7 @@ def test_watcher_reloads_and_a_rebuild_with_other_settings_is_refused(world, tmp
         manifest = store.read_manifest(index_dir)  # as if rebuilt with 16 frames per video
         manifest["fingerprint"]["sampling"] = {**manifest["fingerprint"]["sampling"], "x": 1}
         manifest["generation"] += 1
-        store.atomic_write_json(index_dir / store.MANIFEST, manifest)
+        atomic_write_json(index_dir / store.MANIFEST, manifest)
         r = c.post("/api/reload").json()
         assert r["reloaded"] is False and r["videos"] == 4
         assert "sampling changed" in r["reload_error"] and "restart vr serve" in r["reload_error"]

@@ -14,7 +14,7 @@ from video_retrieval.datasets.synth_moments import generate_moments
 from video_retrieval.datasets.synth_render import COLOURS, GROW_FACTOR, MOVE_DELTA, render_frames
 from video_retrieval.datasets.synth_retrieval import generate_retrieval
 
-from video_retrieval.decode import load_frames
+from video_retrieval.media.decode import load_frames
 
 FIXTURE = Path("/work/shared/fixtures/real/qvhighlights_val_head40.jsonl")
 SMALL = dict(

@@ -225,7 +225,7 @@ def gelu_run(tmp_path_factory):
     """A seq_transformer run initialised from a local GELU CLIP file (vr-micro, random)."""
     from video_retrieval.encoders import create_encoder
 
-    from video_retrieval.lit_retrieval import RetrievalModule
+    from video_retrieval.train.retrieval_module import RetrievalModule
 
     tmp = tmp_path_factory.mktemp("act")
     torch.manual_seed(1)
@@ -253,8 +253,8 @@ def test_run_from_a_gelu_tower_records_its_activation(gelu_run):
 def test_checkpoint_reloads_with_the_recorded_activation(gelu_run):
     from video_retrieval.temporal.features import VideoFeatures
 
-    from video_retrieval.lit_retrieval import RetrievalModule
-    from video_retrieval.model_io import load_retrieval_model
+    from video_retrieval.models.checkpoints import load_retrieval_model
+    from video_retrieval.train.retrieval_module import RetrievalModule
 
     tmp, m = gelu_run
     path = _save_like_vr_train(m, tmp / "new.ckpt")
@@ -270,8 +270,8 @@ def test_checkpoint_reloads_with_the_recorded_activation(gelu_run):
 
 def test_checkpoint_without_the_record_loads_as_quick_gelu(gelu_run):
     """Trained before the record: its blocks ran QuickGELU, even over a GELU tower."""
-    from video_retrieval.lit_retrieval import RetrievalModule
-    from video_retrieval.model_io import load_retrieval_model
+    from video_retrieval.models.checkpoints import load_retrieval_model
+    from video_retrieval.train.retrieval_module import RetrievalModule
 
     tmp, m = gelu_run
     path = _save_like_vr_train(m, tmp / "old.ckpt", drop_activation=True)
@@ -297,8 +297,8 @@ def test_checkpoint_without_the_record_loads_as_quick_gelu(gelu_run):
 
 
 def test_bundled_demo_checkpoint_still_loads_as_quick_gelu():
-    from video_retrieval.lit_moments import demo_retrieval_checkpoint
-    from video_retrieval.model_io import load_retrieval_model
+    from video_retrieval.models.checkpoints import load_retrieval_model
+    from video_retrieval.train.moment_module import demo_retrieval_checkpoint
 
     demo = demo_retrieval_checkpoint()
     if demo is None:

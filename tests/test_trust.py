@@ -19,8 +19,8 @@ import pytest
 
 from video_retrieval.cli import main
 from video_retrieval.demo import DEMO_RETRIEVAL
-from video_retrieval.index_store import Index
-from video_retrieval.videowrite import ffmpeg_exe, write_video
+from video_retrieval.index.store import Index
+from video_retrieval.media.write import ffmpeg_exe, write_video
 
 VR = [sys.executable, "-m", "video_retrieval.cli"]
 TINY = ["--model", "vr-tiny", "--random-weights"]
@@ -207,7 +207,7 @@ def test_two_concurrent_writers_with_different_inputs(vids, tmp_path):
 
 
 def test_a_writer_that_does_not_wait_says_who_holds_the_lock(vids, tmp_path, capsys):
-    from video_retrieval.index_files import IndexLock
+    from video_retrieval.index.files import IndexLock
 
     d = tiny_index(vids, tmp_path / "i")
     capsys.readouterr()
@@ -273,17 +273,18 @@ def test_damaged_index_is_one_line_and_repairs(what, vids, tmp_path, capsys):
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
 def test_full_or_read_only_disk_during_indexing(code, vids, tmp_path, capsys, monkeypatch):
-    import video_retrieval.index_files as files
+    import video_retrieval.atomic as atomic
 
     d = tiny_index(vids, tmp_path / "i", "--shard-size", "1")
     before = [v["path"] for v in Index.open(d).videos]
     extra = tmp_path / "more"
     box_video(extra / "w.mp4", 7)
-    real = files._write_tmp
+    real = atomic.atomic_write
 
     def failing(path, write):
+        path = Path(path)
         if path.parent.name == "shards":  # the disk fills up while a shard is written
-            tmp = files._tmp_name(path)
+            tmp = atomic.tmp_path(path)
             tmp.write_bytes(b"partial")
             try:
                 raise OSError(code, os.strerror(code), str(tmp))
@@ -291,7 +292,7 @@ def test_full_or_read_only_disk_during_indexing(code, vids, tmp_path, capsys, mo
                 tmp.unlink()
         return real(path, write)
 
-    monkeypatch.setattr(files, "_write_tmp", failing)
+    monkeypatch.setattr(atomic, "atomic_write", failing)
     capsys.readouterr()
     rc, _, err = run_cli(capsys, "index", extra, "--index", d, "--workers", "0")
     assert rc == 2

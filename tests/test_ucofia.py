@@ -339,7 +339,7 @@ def test_ucofia_init_from_clip_and_no_patch_projection_variant():
 def test_module_sinkhorn_matrix_both_directions_blockwise():
     """The evaluation path (``RetrievalModule.sinkhorn_matrix``, computed in blocks) equals the
     per-level prior added by hand and averaged over the three levels."""
-    from video_retrieval.lit_retrieval import RetrievalModule
+    from video_retrieval.train.retrieval_module import RetrievalModule
 
     m = RetrievalModule(model="vr-micro", aggregator="ucofia", num_frames=T + 2, max_words=L + 3)
     m.aggregator = build()  # width D features (the module's own width is the encoder's)

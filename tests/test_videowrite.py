@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from _video_util import frame_ids, index_frames
 
-from video_retrieval.decode import load_frames, probe_video
 from video_retrieval.errors import UserError
-from video_retrieval.videowrite import (
+from video_retrieval.media.decode import load_frames, probe_video
+from video_retrieval.media.write import (
     CODECS,
     FFmpegError,
     last_stderr_line,

@@ -12,14 +12,14 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_frames": "video_retrieval.decode",
-    "probe_video": "video_retrieval.decode",
-    "Frames": "video_retrieval.decode",
+    "load_frames": "video_retrieval.media.decode",
+    "probe_video": "video_retrieval.media.decode",
+    "Frames": "video_retrieval.media.decode",
     "VideoDecodeError": "video_retrieval.errors",
     "UserError": "video_retrieval.errors",
-    "write_video": "video_retrieval.videowrite",
-    "Index": "video_retrieval.index_store",
-    "localize": "video_retrieval.localization",
+    "write_video": "video_retrieval.media.write",
+    "Index": "video_retrieval.index.store",
+    "localize": "video_retrieval.moments.localize",
 }
 
 __all__ = ["__version__", *_LAZY]

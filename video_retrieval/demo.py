@@ -88,7 +88,7 @@ def run_searches(index, captions: list[tuple[str, str]], n: int, k: int) -> list
 
 def localizer_name(result: dict) -> str:
     """How a localization result was made, in words (the head's name or the zero-shot kind)."""
-    from video_retrieval.localization import HEAD_NAMES
+    from video_retrieval.moments.localize import HEAD_NAMES
 
     if result.get("method") == "moment_detr":
         return f"{HEAD_NAMES.get(result.get('head', 'moment_detr'), 'DETR')} head"
@@ -108,7 +108,7 @@ def moment_predictions(
     (over pooled clip windows of ``clip_encoder`` when given, else ``encoder``'s frames)."""
     preds = []
     if checkpoint is not None:
-        from video_retrieval.moment_predictor import MomentPredictor
+        from video_retrieval.moments.predictor import MomentPredictor
 
         predictor = MomentPredictor.from_checkpoint(checkpoint)
         cache: dict[str, dict] = {}
@@ -125,7 +125,7 @@ def moment_predictions(
                 }
             )
         return preds
-    from video_retrieval.localization import ZeroShotLocalizer
+    from video_retrieval.moments.localize import ZeroShotLocalizer
 
     zs = ZeroShotLocalizer.build(clip_encoder=clip_encoder, encoder=encoder)
     for q in sorted(queries, key=lambda q: q["vid"]):  # each video encoded once
@@ -152,10 +152,10 @@ def run_demo(
     clip_checkpoint: str | Path | None = None,
 ) -> dict:
     """Run the walk-through; returns (and writes to ``out/summary.json``) what it measured."""
-    from video_retrieval.cli_eval import evaluate_retrieval, read_captions
-    from video_retrieval.index_store import Index
-    from video_retrieval.localization import curve_label, localize, top_hit
-    from video_retrieval.moment_metrics import evaluate
+    from video_retrieval.cli.eval import evaluate_retrieval, read_captions
+    from video_retrieval.index.store import Index
+    from video_retrieval.metrics.moments import evaluate
+    from video_retrieval.moments.localize import curve_label, localize, top_hit
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -186,7 +186,7 @@ def run_demo(
         f"      indexed {len(index)} videos ({summ.get('frames', '?')} frames), index at {out / 'index'}"
     )
 
-    from video_retrieval.search import resolve_rerank
+    from video_retrieval.index.search import resolve_rerank
 
     default = resolve_rerank(index, "auto")
     _say(f"\n[3/5] Searching (stage 1: FAISS over pooled seqTransf vectors; stage 2: {default}, "

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from video_retrieval import __version__
 from video_retrieval.errors import UserError, VideoDecodeError
-from video_retrieval.videowrite import FFmpegError
+from video_retrieval.media.write import FFmpegError
 from video_retrieval.web.config import LOOPBACK_HOSTS, ServeConfig
 from video_retrieval.web.deps import AccessLog, HostGuard, TokenGuard
 from video_retrieval.web.routers import localize, media, meta, page, search

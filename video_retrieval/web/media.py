@@ -21,7 +21,7 @@ Proxies (``ProxyCache``)
 
 Thumbnails (``ThumbnailCache``)
     A JPEG of the frame presented at ``t`` (quantised to 0.1 s), decoded with the project's
-    decoder (``video_retrieval.decode.load_frames``), short side at most 180 px.
+    decoder (``video_retrieval.media.decode.load_frames``), short side at most 180 px.
 
 Both caches live beside the index (``<index>/serve_cache/{media,thumbs}``), are bounded in bytes,
 drop the least recently used files first, and key every file by the source's path, size and
@@ -41,6 +41,7 @@ from pathlib import Path
 
 import av
 
+from video_retrieval.atomic import atomic_path
 from video_retrieval.errors import UserError
 
 log = logging.getLogger("video_retrieval.web")
@@ -168,12 +169,8 @@ class DiskCache:
             return fut.result()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            tmp = self.root / f".{name}.tmp{os.getpid()}-{threading.get_ident()}{path.suffix}"
-            try:
+            with atomic_path(path) as tmp:
                 make(tmp)
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
             self._evict(keep=path)
             fut.set_result(path)
             return path
@@ -226,7 +223,7 @@ def transcode_proxy(
     only when the source has some."""
     import ffmpeg
 
-    from video_retrieval.videowrite import run
+    from video_retrieval.media.write import run
 
     info = info or media_info(src)
     inp = ffmpeg.input(str(src))
@@ -272,7 +269,7 @@ def thumbnail_jpeg(src, t: float, duration: float, short_side: int = THUMB_SHORT
     """JPEG bytes of the frame presented at ``t`` seconds (short side at most ``short_side``)."""
     from PIL import Image
 
-    from video_retrieval.decode import load_frames, probe_video
+    from video_retrieval.media.decode import load_frames, probe_video
 
     info = probe_video(src, exact=False)
     size = short_side if min(info.width, info.height) > short_side else None

@@ -85,7 +85,7 @@ class Timings:
 
 class SearchService:
     """Two-stage search with the models loaded once: the steps of
-    ``video_retrieval.search.search_index`` (``encode_query``, ``stage_one``, ``rank_candidates``),
+    ``video_retrieval.index.search.search_index`` (``encode_query``, ``stage_one``, ``rank_candidates``),
     with the text encoder (and a reranker that is a model) behind the model lock and the ANN and
     CLIPRerank arithmetic outside it, so concurrent searches overlap where they can."""
 
@@ -98,7 +98,7 @@ class SearchService:
         alpha: float = 0.4,
         timings: Timings | None = None,
     ):
-        from video_retrieval.search import get_reranker, resolve_rerank
+        from video_retrieval.index.search import get_reranker, resolve_rerank
 
         self.index = index
         self.generation = index.manifest.get("generation")
@@ -119,8 +119,8 @@ class SearchService:
             self._built = {name: get_reranker(index, name, self.alpha) for name in self.rerankers}
 
     def search(self, query: str, k: int = 10, rerank: str | None = None) -> dict:
-        from video_retrieval.rerank import CLIPRerank
-        from video_retrieval.search import encode_query, rank_candidates, stage_one
+        from video_retrieval.index.rerank import CLIPRerank
+        from video_retrieval.index.search import encode_query, rank_candidates, stage_one
 
         query = check_text(query)
         if not 1 <= int(k) <= MAX_K:
@@ -165,7 +165,7 @@ def http_hit(row: dict, vid: int) -> dict:
 def index_clip_features(frames: np.ndarray, ts: np.ndarray, duration: float, clip_len: float):
     """Stored frame embeddings [T,D] at times ``ts`` -> L2-normalised clip features [N,D], each
     the mean of its clip's normalised frames (the nearest frame when a clip has none)."""
-    from video_retrieval.moment_features import clip_windows, num_clips_for
+    from video_retrieval.moments.features import clip_windows, num_clips_for
 
     order = np.argsort(ts, kind="stable")
     emb = np.asarray(frames, dtype=np.float64)[order]
@@ -220,11 +220,11 @@ class LocalizeService:
         self._cached_videos = max(1, int(cached_videos))
         self.encoded = 0  # videos encoded for the head (cache misses)
         if checkpoint is not None:
-            from video_retrieval.moment_predictor import MomentPredictor
+            from video_retrieval.moments.predictor import MomentPredictor
 
             self.predictor = MomentPredictor.from_checkpoint(checkpoint)
         self.method = "moment_detr" if self.predictor is not None else "zero_shot_index"
-        from video_retrieval import moment_zeroshot  # noqa: F401  (import cost paid at start-up)
+        from video_retrieval.moments import zero_shot  # noqa: F401  (import cost paid at start-up)
 
     def video(self, vid) -> tuple[int, dict]:
         """Row and videos.json entry of an index id (int or its decimal string)."""
@@ -251,7 +251,7 @@ class LocalizeService:
         return {"id": row, **out, "took_ms": round(took, 3)}
 
     def _zero_shot(self, row: int, entry: dict, query: str, top: int) -> dict:
-        from video_retrieval.moment_zeroshot import zero_shot_query
+        from video_retrieval.moments.zero_shot import zero_shot_query
 
         frames, ts = self.index.frames(row)
         duration = float(entry.get("duration", 0.0))

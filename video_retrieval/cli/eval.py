@@ -1,0 +1,281 @@
+"""``vr eval retrieval --index DIR --captions FILE`` and ``vr eval moments --pred FILE --gt FILE``.
+
+Retrieval: every caption of ``captions.jsonl`` (``{"video": path, "caption": str}``, video paths
+relative to the file's folder) whose video is in the index is a text-to-video query against the
+whole index; R@1/5/10 (percent), MdR and MnR from ``retrieval_metrics``. With ``--rerank`` the top
+``--candidates`` of each query (exact base cosine) are rescored and ranked above the rest, as
+``vr search`` does. A line whose ``video`` is not a non-empty string or whose ``caption`` is not a
+string is refused naming the line; an empty caption is counted as ``invalid`` (and named in a
+warning), a video missing from the index as ``skipped``.
+
+Moments: ``--protocol auto`` (default) scores DiDeMo ground truth (the LocalizingMoments JSON list)
+with the official 21-moment protocol, Charades-STA ``##`` lines with R@1/R@5 at IoU 0.3/0.5/0.7 and
+mIoU, QVHighlights JSON lines with the official QVHighlights evaluator
+(``video_retrieval.metrics.moments``). Inputs are validated (``datasets.moment_preds``); warnings go
+to stderr and into the JSON; the JSON never holds NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from video_retrieval.errors import UserError
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="what", metavar="{retrieval,moments}")
+    r = sub.add_parser("retrieval", help="t2v R@K / MdR / MnR of an index against captions.jsonl")
+    r.add_argument("--index", required=True, metavar="DIR")
+    r.add_argument(
+        "--captions", required=True, metavar="FILE", help='captions.jsonl ({"video", "caption"})'
+    )
+    r.add_argument(
+        "--rerank",
+        default="auto",
+        help="auto | none | cliprerank | aggregator name | checkpoint (default auto, as vr search: "
+        "query_scored for long videos, none otherwise, cliprerank with --rerank-model)",
+    )
+    r.add_argument(
+        "--rerank-model",
+        default=None,
+        metavar="CKPT",
+        help="CLIPRerank's frame-level CLIP, independent of the index's model (vr train checkpoint)",
+    )
+    r.add_argument("--candidates", type=int, default=100)
+    r.add_argument("--alpha", type=float, default=0.4)
+    r.add_argument("--split", default=None, help="only captions whose 'split' equals this")
+    r.add_argument("--json", action="store_true")
+    m = sub.add_parser(
+        "moments", help="moment metrics (QVHighlights, DiDeMo, Charades-STA) of predictions"
+    )
+    m.add_argument(
+        "--pred",
+        default=None,
+        metavar="FILE",
+        help='predictions, one JSON per line: {"qid", "pred_relevant_windows": [[s, e, score]...]}',
+    )
+    m.add_argument(
+        "--prior",
+        default=None,
+        metavar="TRAIN.json",
+        help="DiDeMo: instead of --pred, score the moment-frequency prior counted from this "
+        "training file (every query gets the 21 moments by training frequency; no video, no text)",
+    )
+    m.add_argument(
+        "--gt",
+        required=True,
+        metavar="FILE",
+        help="ground truth: QVHighlights jsonl, DiDeMo {val,test}_data.json or charades_sta_*.txt",
+    )
+    m.add_argument(
+        "--protocol",
+        default="auto",
+        choices=["auto", "qvhighlights", "didemo", "charades"],
+        help="metrics to compute (auto: from the ground-truth format)",
+    )
+    m.add_argument(
+        "--durations",
+        metavar="CSV",
+        default=None,
+        help="Charades_v1_{train,test}.csv: clip ground truth and predictions to the durations",
+    )
+    m.add_argument("--json", action="store_true", help="(the default output) the metrics as JSON")
+    m.add_argument("--table", action="store_true", help="one 'name value' line per metric instead")
+
+
+def read_captions(path, split=None) -> list[tuple[str, str]]:
+    """(absolute video path, caption) of the validated lines (``read_caption_lines``)."""
+    return [(v, c) for v, c, _n in read_caption_lines(path, split)]
+
+
+def read_caption_lines(path, split=None) -> list[tuple[str, str, int]]:
+    """(absolute video path, caption, line number) of validated ``captions.jsonl`` lines (``UserError`` naming the line for invalid JSON, a line
+    that is not an object, a missing/null/non-string/empty ``video``, a missing or non-string
+    ``caption``). Empty captions are kept (``evaluate_retrieval`` counts them as invalid)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"no such captions file: {path}")
+    out = []
+    lines = 0
+    with open(p, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            lines += 1
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f'{path}:{n}: expected a {{"video", "caption"}} JSON object')
+            for key in ("video", "caption"):
+                if key not in row:
+                    raise UserError(f"{path}:{n}: missing field {key!r}")
+            video, caption = row["video"], row["caption"]
+            if not isinstance(video, str) or not video.strip():
+                raise UserError(
+                    f"{path}:{n}: 'video' must be a non-empty path, not {json.dumps(video)}"
+                )
+            if not isinstance(caption, str):
+                raise UserError(
+                    f"{path}:{n}: 'caption' must be a string, not {json.dumps(caption)}"
+                )
+            if split is not None and row.get("split") != split:
+                continue
+            out.append((str((p.parent / video).resolve()), caption, n))
+    if not lines:
+        raise UserError(f"{path}: no captions (empty file)")
+    if not out:
+        raise UserError(f"{path}: no captions with split {split!r}")
+    return out
+
+
+def evaluate_retrieval(
+    index, captions, rerank="auto", candidates=100, alpha=0.4, rerank_model=None
+) -> dict:
+    """Metrics of ``index`` for ``captions`` [(abs video path, caption[, line])], ranking the
+    videos as ``vr search`` does: the top ``candidates`` of the ANN (so its recall counts),
+    reranked if asked (``auto``: ``search.default_rerank``; ``rerank_model``: CLIPRerank's own
+    frame encoder), then every other video below them by exact cosine. Empty captions are
+    ``invalid`` (their lines in ``invalid_lines``), captions of videos not in the index
+    ``skipped``; neither is a query."""
+    import torch
+
+    from video_retrieval.index.search import (
+        encode_query,
+        get_reranker,
+        rerank_scores,
+        resolve_rerank,
+        stage_one,
+    )
+    from video_retrieval.metrics.retrieval import retrieval_metrics
+
+    targets, texts, skipped, invalid = [], [], 0, []
+    for k, item in enumerate(captions):
+        video, caption = item[0], item[1]
+        if not caption.strip():
+            invalid.append(item[2] if len(item) > 2 else k + 1)
+            continue
+        row = index.row_of(video)
+        if row is None:
+            skipped += 1
+            continue
+        targets.append(row)
+        texts.append(caption.strip())
+    if not texts:
+        if invalid and not skipped:
+            raise UserError(f"every caption is empty (lines {invalid[:5]})")
+        raise UserError(
+            f"none of the captions' videos is in the index ({skipped} not indexed, "
+            f"{len(invalid)} empty caption(s))"
+        )
+    encoder, pool = index.models()
+    rerank = resolve_rerank(index, rerank, rerank_model)
+    reranker = get_reranker(index, rerank, alpha, rerank_model)
+    pooled = np.asarray(index.pooled, dtype=np.float32)
+    sim = np.zeros((len(texts), len(index)), dtype=np.float64)
+    frames_cache: dict[int, np.ndarray] = {}
+    for i, text in enumerate(texts):
+        q = encode_query(encoder, pool, text, words=bool(getattr(reranker, "needs_words", False)))
+        base = pooled @ q.embedding
+        ann_scores, cand = stage_one(index, q.embedding, max(1, candidates))
+        sim[i] = base - 1e3  # non-candidates rank below every candidate
+        if reranker is None:
+            sim[i, cand] = ann_scores
+            continue
+        frames = None
+        if getattr(reranker, "frame_model", None) is None:
+            for r in cand:
+                if int(r) not in frames_cache:
+                    frames_cache[int(r)] = index.frames(int(r))[0]
+            frames = [frames_cache[int(r)] for r in cand]
+        with torch.no_grad():
+            sim[i, cand] = rerank_scores(index, reranker, q, ann_scores, cand, frames)
+    res = retrieval_metrics(sim, np.asarray(targets))
+    return {
+        "queries": len(texts),
+        "videos": len(index),
+        "skipped": skipped,
+        "invalid": len(invalid),
+        "invalid_lines": invalid[:20],
+        "rerank": rerank,
+        "rerank_model": rerank_model,
+        "t2v": res["t2v"],
+    }
+
+
+def run(args) -> int:
+    if args.what is None:
+        raise UserError("say what to evaluate: vr eval retrieval ... or vr eval moments ...")
+    if args.what == "moments":
+        from video_retrieval.metrics.moments import evaluate_files, json_safe
+
+        if (args.pred is None) == (args.prior is None):
+            raise UserError("give --pred FILE (predictions) or --prior TRAIN.json (DiDeMo), one")
+        for p in (args.pred or args.prior, args.gt):
+            if not Path(p).is_file():
+                raise UserError(f"no such file: {p}")
+        if args.durations is not None and not Path(args.durations).is_file():
+            raise UserError(f"no such file: {args.durations}")
+        if args.prior:
+            from video_retrieval.metrics.moments import evaluate_didemo_prior
+
+            res = json_safe(evaluate_didemo_prior(args.prior, args.gt, args.protocol))
+        else:
+            res = json_safe(
+                evaluate_files(args.pred, args.gt, protocol=args.protocol, durations=args.durations)
+            )
+        for w in res["warnings"]:
+            print(f"warning: {w}", file=sys.stderr)
+        if args.table:
+            for k, v in _flatten({k: v for k, v in res.items() if k != "warnings"}).items():
+                print(f"{k:40s} {v}")
+        else:
+            print(json.dumps(res, indent=1, allow_nan=False))
+        return 0
+    from video_retrieval.index.store import Index
+
+    index = Index.open(args.index)
+    res = evaluate_retrieval(
+        index,
+        read_caption_lines(args.captions, args.split),
+        args.rerank,
+        args.candidates,
+        args.alpha,
+        args.rerank_model,
+    )
+    res = {"index": str(index.dir), "captions": str(args.captions), **res, "weights": index.weights}
+    if res["invalid"]:
+        print(
+            f"warning: {res['invalid']} empty caption(s) not scored (lines "
+            f"{', '.join(map(str, res['invalid_lines'][:10]))})",
+            file=sys.stderr,
+        )
+    if args.json:
+        from video_retrieval.metrics.moments import json_safe
+
+        print(json.dumps(json_safe(res), indent=1, allow_nan=False))
+    else:
+        t = res["t2v"]
+        print(
+            f"t2v over {res['queries']} captions x {res['videos']} videos (rerank {res['rerank']}"
+            f"{' with ' + res['rerank_model'] if res['rerank_model'] else ''}): "
+            f"R@1 {t['R1']:.1f}  R@5 {t['R5']:.1f}  R@10 {t['R10']:.1f}  MdR {t['MdR']:.1f}  MnR {t['MnR']:.1f}"
+        )
+        if res["skipped"]:
+            print(f"{res['skipped']} caption(s) skipped (video not in the index)")
+    return 0
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

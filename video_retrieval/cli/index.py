@@ -1,0 +1,229 @@
+"""``vr index VIDEOS_OR_FOLDERS... --index DIR``: batch, resumable, incremental indexing."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from video_retrieval.errors import UserError
+
+
+def add_model_arguments(parser, checkpoint_help: str) -> None:
+    """The model flags shared by vr index / vr cache / vr localize (``model_weights``)."""
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="open_clip model name (default ViT-B-32 with --pretrained laion2b_s34b_b79k)",
+    )
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="TAG_OR_FILE",
+        help="open_clip pretrained tag (downloads) or a local weights file "
+        "(e.g. open_clip_pytorch_model.bin)",
+    )
+    parser.add_argument("--checkpoint", default=None, metavar="FILE", help=checkpoint_help)
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="random init (with --model, e.g. vr-tiny): for tests and benchmarks only, the "
+        "results are meaningless",
+    )
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="VIDEO_OR_FOLDER",
+        help="video files and/or folders (recursive)",
+    )
+    parser.add_argument(
+        "--index", required=True, metavar="DIR", help="index directory (created or updated)"
+    )
+    add_model_arguments(
+        parser,
+        "a vr train retrieval checkpoint (its model and frame sampling are used), a file "
+        "written by save_encoder, or an open_clip state dict (.bin/.pt/.safetensors) for --model",
+    )
+    parser.add_argument(
+        "--backend",
+        default="open_clip",
+        choices=["open_clip", "hf"],
+        help="hf: --model is a Hugging Face CLIP directory (or hub id)",
+    )
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help="frames sampled per second (default: the checkpoint's or the index's own "
+        "sampling, else 1)",
+    )
+    g.add_argument("--num-frames", type=int, default=None, help="frames per video, evenly spread")
+    parser.add_argument("--batch-size", type=int, default=64, help="frames per encoder batch")
+    parser.add_argument(
+        "--patches",
+        type=int,
+        default=None,
+        metavar="K",
+        help="also store K projected patch tokens per frame (closest to CLS), so that UCoFiA "
+        "can rerank (default: the index's own setting, 0 for a new index)",
+    )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="encoder precision (auto: bf16 autocast where the CPU/GPU supports it)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding videos")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="processes per node (Lightning DDP on CPU) for encoding",
+    )
+    parser.add_argument(
+        "--num-nodes",
+        type=int,
+        default=1,
+        help="machines (Lightning multi-node DDP over a shared filesystem; run the same command "
+        "on every node with MASTER_ADDR, MASTER_PORT and NODE_RANK set, or under torchrun / srun)",
+    )
+    parser.add_argument("--shard-size", type=int, default=64, help="videos per shard (at most)")
+    from video_retrieval.index.ann import KINDS
+
+    parser.add_argument(
+        "--ann",
+        default=None,
+        choices=["auto", *KINDS],
+        help="FAISS index type: flat (exact), hnsw, ivf, or compressed (fp16, sq8, hnsw-sq8, "
+        "ivf-sq8, ivf-pq; re-ranked exactly from the stored vectors); auto: by collection size "
+        "and --max-memory (default: the index's own choice, auto for a new index)",
+    )
+    parser.add_argument(
+        "--target-recall",
+        type=float,
+        default=None,
+        help="approximate kinds: recall@10 (measured on the collection) the search parameter is "
+        "tuned to reach; exact search when it cannot be reached (default: the index's own, 0.95)",
+    )
+    parser.add_argument(
+        "--max-memory",
+        default=None,
+        metavar="SIZE",
+        help="memory budget of the ANN index for --ann auto (e.g. 4G; default half the RAM)",
+    )
+    parser.add_argument(
+        "--recall-captions",
+        default=None,
+        metavar="FILE",
+        help="captions.jsonl or a text file (one query per line): also measure recall on these "
+        "text queries",
+    )
+    parser.add_argument(
+        "--recall-sample",
+        type=int,
+        default=1000,
+        help="held-out video vectors (and at most as many captions) recall is measured on",
+    )
+    parser.add_argument(
+        "--prune", action="store_true", help="drop indexed files that no longer exist"
+    )
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="rebuild a damaged index from its shards and journal (no inputs needed)",
+    )
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="exit at once when another vr index is writing the index (default: wait)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _print_summary(s: dict) -> None:
+    print(
+        f"indexed {s['encoded']} video(s) ({s['frames_encoded']} frames, "
+        f"{s['frames_per_s']:.1f} frames/s on {s['device']}); "
+        f"{s['new']} new, {s['changed']} changed, {s['unchanged']} unchanged, {s['pruned']} pruned"
+    )
+    from video_retrieval.index.ann import summary_line
+    from video_retrieval.models.weights import weights_line
+
+    print(
+        f"index {s['index']}: {s['videos']} videos, {s['frames']} frames, "
+        f"ANN {summary_line(s['ann'])}"
+    )
+    print(f"weights: {weights_line(s['weights'])}; sampling: {s['sampling']}")
+    if s["missing"]:
+        print(f"{s['missing']} indexed file(s) no longer exist (use --prune to drop them)")
+    if s["failed"]:
+        print(f"{len(s['failed'])} file(s) could not be indexed (see failures.jsonl):")
+        for f in s["failed"]:
+            print(f"  {f['path']}: {f['reason']}")
+
+
+def _print_repair(s: dict) -> None:
+    from video_retrieval.index.ann import summary_line
+
+    print(
+        f"repaired {s['index']}: {s['videos']} videos, {s['frames']} frames, "
+        f"ANN {summary_line(s['ann'])}"
+    )
+    if s["manifest_rebuilt"]:
+        print("manifest.json was rebuilt from the journal")
+    if s["lost"]:
+        print(f"{len(s['lost'])} video(s) lost their shard; index their files again to re-encode:")
+        for f in s["lost"]:
+            print(f"  {f['path']}: {f['reason']}")
+
+
+def run(args) -> int:
+    from video_retrieval.index.build import IndexConfig, run_indexing, run_repair
+
+    cfg = IndexConfig(
+        model=args.model,
+        pretrained=args.pretrained,
+        backend=args.backend,
+        checkpoint=args.checkpoint,
+        random_weights=args.random_weights,
+        fps=args.fps,
+        num_frames=args.num_frames,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        patches=args.patches,
+        workers=args.workers,
+        devices=args.devices,
+        prune=args.prune,
+        shard_size=args.shard_size,
+        ann=args.ann,
+        target_recall=args.target_recall,
+        max_memory=args.max_memory,
+        recall_captions=args.recall_captions,
+        recall_sample=args.recall_sample,
+        num_nodes=args.num_nodes,
+        wait=not args.no_wait,
+        progress=False if (args.no_progress or args.json) else None,
+    )
+    if args.repair:
+        summary = run_repair(args.index, cfg)
+        if args.json:
+            json.dump(summary, sys.stdout, indent=1)
+            print()
+        else:
+            _print_repair(summary)
+        return 0
+    if not args.inputs:
+        raise UserError("give the video files or folders to index (or --repair)")
+    summary = run_indexing(args.inputs, args.index, cfg)
+    if summary is None:  # a DDP rank > 0: rank 0 reports
+        return 0
+    if args.json:
+        json.dump(summary, sys.stdout, indent=1)
+        print()
+    else:
+        _print_summary(summary)
+    return 0 if summary["videos"] > 0 else 1

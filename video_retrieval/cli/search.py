@@ -1,0 +1,130 @@
+"""``vr search "QUERY" --index DIR``: two-stage search (ANN over pooled vectors + rerank).
+
+``--queries FILE`` searches many queries in one pass (one per line, or captions.jsonl lines);
+``--index`` given several times searches every index (one model) and merges the hits by score.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("query", nargs="?", help="the sentence to search for")
+    parser.add_argument(
+        "--queries",
+        default=None,
+        metavar="FILE",
+        help="search every query of FILE (one per line, or captions.jsonl lines with "
+        '"caption"); --json prints one JSON object per query and line',
+    )
+    parser.add_argument(
+        "--index",
+        required=True,
+        action="append",
+        metavar="DIR",
+        help="index directory built by vr index; repeat it to search several indexes built "
+        "with one model (hits merged by score)",
+    )
+    parser.add_argument("-k", type=int, default=10, help="results to return (default 10)")
+    parser.add_argument(
+        "--candidates", type=int, default=100, help="stage-1 ANN candidates to rerank (default 100)"
+    )
+    parser.add_argument(
+        "--rerank",
+        default="auto",
+        help="auto | none | cliprerank | query_scored (or another aggregator name) | a checkpoint "
+        "path (default auto: query_scored for long videos, none for short ones, cliprerank with "
+        "--rerank-model; see BENCHMARKS.md)",
+    )
+    parser.add_argument(
+        "--rerank-model",
+        default=None,
+        metavar="CKPT",
+        help="CLIPRerank's frame-level CLIP, independent of the index's model: a vr train "
+        "checkpoint (e.g. the clip encoder trained on clips.jsonl); candidates are decoded again",
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=0.4, help="CLIPRerank weight of the base score (default 0.4)"
+    )
+    parser.add_argument("--json", action="store_true", help="print results as JSON")
+
+
+def _print_hits(hits) -> None:
+    if not hits:
+        print("no results (the index is empty)")
+    for h in hits:
+        print(
+            f"{h.rank:>3}  {h.score:+.4f}  {h.video}  [{h.moment[0]:.2f}s - {h.moment[1]:.2f}s]  thumbnail@{h.thumbnail_time:.2f}s"
+        )
+
+
+def run_many(args, indexes) -> int:
+    """``--queries FILE`` and/or several ``--index``: ``search.search_batch``."""
+    from video_retrieval.index.search import (
+        check_query,
+        read_query_file,
+        resolve_rerank,
+        results_json,
+        search_batch,
+    )
+
+    if args.queries:
+        lines = read_query_file(args.queries)
+    else:
+        lines = [(None, check_query(args.query))]
+    texts = [q for _, q in lines]
+    results = search_batch(
+        indexes, texts, k=args.k, candidates=args.candidates, rerank=args.rerank,
+        alpha=args.alpha, rerank_model=args.rerank_model,
+    )  # fmt: skip
+    weights = indexes[0].weights
+    rerank = resolve_rerank(indexes[0], args.rerank, args.rerank_model)
+    for (line, query), hits in zip(lines, results):
+        if args.json:
+            out = {**results_json(query, hits), "rerank": rerank, "weights": weights}
+            if line is not None:
+                out["line"] = line
+            # one object per query: indented for one query, one line each for a file
+            print(json.dumps(out, indent=None if args.queries else 1))
+            continue
+        if args.queries:
+            print(f"query (line {line}): {query}")
+        _print_hits(hits)
+    return 0
+
+
+def run(args) -> int:
+    from video_retrieval.errors import UserError
+    from video_retrieval.index.search import check_query, resolve_rerank, results_json
+    from video_retrieval.index.store import Index
+    from video_retrieval.models.weights import warn_if_random
+
+    if (args.query is None) == (args.queries is None):
+        raise UserError('give one query ("QUERY") or --queries FILE, not both' if args.queries
+                        else 'give a query to search for ("QUERY") or --queries FILE')  # fmt: skip
+    if args.queries is None:
+        check_query(args.query)
+    indexes = [Index.open(d) for d in args.index]
+    warn_if_random(indexes[0].weights)
+    if args.queries or len(indexes) > 1:
+        return run_many(args, indexes)
+    index = indexes[0]
+    query = check_query(args.query)
+    hits = index.search(
+        query,
+        k=args.k,
+        candidates=args.candidates,
+        rerank=args.rerank,
+        alpha=args.alpha,
+        rerank_model=args.rerank_model,
+    )
+    if args.json:
+        rerank = resolve_rerank(index, args.rerank, args.rerank_model)
+        out = {**results_json(query, hits), "rerank": rerank, "weights": index.weights}
+        json.dump(out, sys.stdout, indent=1)
+        print()
+        return 0
+    _print_hits(hits)
+    return 0

@@ -1,0 +1,186 @@
+"""``vr train {fit,validate,test,predict} --config configs/<recipe>.yaml`` (LightningCLI).
+
+Subclass mode for both the model and the data: a recipe names its classes with ``class_path``
+(``video_retrieval.train.retrieval_module.RetrievalModule`` + ``video_retrieval.train.retrieval_data.
+RetrievalDataModule`` for retrieval, ``video_retrieval.train.moment_module.MomentDETRModule`` +
+``MomentDataModule`` for moments). ``--print_config``, ``--ckpt_path`` (resume) and config-typo
+errors come from LightningCLI itself. The resolved config is saved next to the logs (overwritten
+on re-runs).
+
+User mistakes end in one line (``UserError``, printed by ``vr``): a ``--ckpt_path`` that is not
+there, empty, or not a checkpoint file is refused before anything is built; a checkpoint of
+another model ends in one line naming the file; data problems (missing annotation files, missing
+videos) come from the data modules' ``setup``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+import zipfile
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+from video_retrieval.errors import UserError
+
+
+def _cpu_threads() -> None:
+    """Honour ``VR_NUM_THREADS`` (e.g. 1 on a busy 2-core machine, where oversubscription makes
+    every op slower)."""
+    n = os.environ.get("VR_NUM_THREADS")
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
+LIGHTNING_CKPT_WORDS = ("last", "best", "hpc", "registry", "null", "none")
+
+
+def ckpt_path_arg(argv: list[str]) -> str | None:
+    """The value of ``--ckpt_path`` (``--ckpt_path X`` or ``--ckpt_path=X``), last one wins."""
+    value = None
+    for i, a in enumerate(argv):
+        if a == "--ckpt_path" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith("--ckpt_path="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def check_ckpt_path(value: str | None) -> None:
+    """One-line refusal of a ``--ckpt_path`` that cannot be a checkpoint (Lightning's own words
+    ``last`` / ``best`` / ``hpc`` / ``registry...`` pass through)."""
+    if value is None or value.lower() in LIGHTNING_CKPT_WORDS or value.startswith("registry:"):
+        return
+    if not os.path.exists(value):
+        raise UserError(f"--ckpt_path {value}: no such file")
+    if os.path.isdir(value):
+        raise UserError(f"--ckpt_path {value}: is a folder; give the .ckpt file inside it")
+    if os.path.getsize(value) == 0:
+        raise UserError(f"--ckpt_path {value}: empty file, not a checkpoint")
+    if not zipfile.is_zipfile(value):
+        raise UserError(
+            f"--ckpt_path {value}: not a checkpoint written by vr train (a PyTorch zip file); "
+            f"truncated or another kind of file?"
+        )
+
+
+def _is_checkpoint_mismatch(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, (RuntimeError, KeyError)) and (
+        "state_dict" in text or "Missing key" in text or "Unexpected key" in text
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ckpt = ckpt_path_arg(list(argv or []))
+    check_ckpt_path(ckpt)
+    try:
+        return _main(argv)
+    except UserError:
+        raise
+    except Exception as exc:
+        if ckpt is not None and _is_checkpoint_mismatch(exc):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"--ckpt_path {ckpt}: does not fit this config's model ({first[:200]})"
+            ) from exc
+        raise
+
+
+def _as_dict(value):
+    return value.as_dict() if hasattr(value, "as_dict") else value
+
+
+def config_conflicts(asked: dict, stored: dict, inferred=()) -> list[str]:
+    """Model settings the user's config gives otherwise than the checkpoint's run: each key of
+    ``asked`` whose value differs from ``stored`` (dicts: only the keys the config sets, since
+    a module may record more, e.g. the temporal blocks' activation; ``None`` is no choice, and
+    so is 0 for the ``inferred`` keys, which the module fills in from the data)."""
+
+    def norm(x):  # tuples and lists, as YAML and the checkpoint hold them
+        return json.loads(json.dumps(x, default=str))
+
+    out = []
+    for key, want in asked.items():
+        if key.startswith("_") or key not in stored or want is None:
+            continue  # None: the config leaves it to the module's default
+        if key in inferred and want == 0:
+            continue
+        want, have = norm(want), norm(stored[key])
+        if isinstance(want, dict) and isinstance(have, dict):
+            if any(have.get(k) != v for k, v in want.items()):
+                out.append(key)
+        elif want != have:
+            out.append(key)
+    return out
+
+
+def _inferred_hparams(model) -> tuple:
+    """``INFERRED_HPARAMS`` of the config's module class (keys where 0 means "from the data")."""
+    import importlib
+
+    path = str(getattr(model, "class_path", "") or "")
+    mod, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(mod), name) if mod else None
+    except (ImportError, AttributeError):
+        return ()
+    return tuple(getattr(cls, "INFERRED_HPARAMS", ()))
+
+
+class VRLightningCLI(LightningCLI):
+    """LightningCLI that refuses a resume whose config asks for another model than the
+    checkpoint's run: Lightning would silently train the checkpoint's model (it overwrites the
+    config's model arguments with the checkpoint's hyper-parameters)."""
+
+    def _parse_ckpt_path(self) -> None:
+        sub = self.config.get("subcommand") if hasattr(self, "config") else None
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        model = self.config[sub].get("model") if sub else None
+        asked = _as_dict(getattr(model, "init_args", None) or {}) if model is not None else {}
+        super()._parse_ckpt_path()
+        if not ckpt or not asked or not os.path.isfile(ckpt):
+            return
+        import torch
+
+        stored = (
+            torch.load(ckpt, weights_only=True, map_location="cpu", mmap=True).get(
+                "hyper_parameters"
+            )
+            or {}
+        )
+        diff = config_conflicts(asked, stored, _inferred_hparams(model))
+        if diff:
+            shown = ", ".join(f"{k}={stored[k]!r} (config: {asked[k]!r})" for k in diff[:3])
+            raise UserError(
+                f"--ckpt_path {ckpt} continues a run with other model settings: {shown}; resume "
+                "with the config it was trained with, or start a new run from its weights "
+                "(retrieval: --model.init_args.init_from)"
+            )
+
+
+def _main(argv: list[str] | None = None) -> int:
+    _cpu_threads()
+    # ``vr train`` passes its own argv slice; LightningCLI would warn that sys.argv differs.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    VRLightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=argv,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

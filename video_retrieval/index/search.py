@@ -1,0 +1,331 @@
+"""Two-stage search over an index: ANN over pooled vectors, then rerank from frame features.
+
+Stage 1: the query's sentence embedding (through the pooling aggregator's ``embed_text``,
+L2-normalised) against the pooled video vectors with FAISS; the top ``candidates`` come with a
+*base score* = cosine(query, pooled vector) in [-1, 1].
+Stage 2: a reranker (``rerank.build_reranker``) rescores those candidates from their stored
+frame embeddings; ``none`` keeps the base score. Every hit also gets its best-matching moment
+(``rerank.best_moment`` over per-frame cosine similarities) and a thumbnail timestamp.
+
+The default reranker (``auto``, ``default_rerank``) follows the measurements in BENCHMARKS.md
+("Partial relevance: which reranker helps"): on short videos that a caption describes as a whole,
+every frame-level reranker lowered R@1 of both a mean-pooled and a seqTransf index (CLIPRerank's
+max-over-frames term and query scoring are order-blind), so the default is none; on long videos
+of which a caption describes one part (median duration >= ``LONG_VIDEO_S``), CLIP-Hitchhiker's
+query scoring over every stored frame helped both most, so it is the default there. With
+``rerank_model`` (CLIPRerank's own frame encoder) the default is CLIPRerank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from video_retrieval.errors import UserError
+from video_retrieval.index.rerank import (
+    QueryFeatures,
+    best_moment,
+    build_reranker,
+    frame_similarities,
+)
+from video_retrieval.index.store import Hit, Index
+
+
+def check_query(query) -> str:
+    if not isinstance(query, str) or not query.strip():
+        raise UserError("the query is empty: give a sentence to search for")
+    return query.strip()
+
+
+@torch.no_grad()
+def encode_query(encoder, aggregator, query: str, words: bool = False) -> QueryFeatures:
+    """Sentence (and optionally word) features of one query."""
+    tokens = encoder.tokenize([query])
+    feats = encoder.encode_text(tokens, return_words=words)
+    emb = aggregator.embed_text(feats).float()[0].cpu().numpy()
+    emb = emb / (np.linalg.norm(emb) + 1e-8)
+    return QueryFeatures(query, emb.astype(np.float32), feats)
+
+
+#: an index whose median video is at least this long (seconds) holds "long videos": the
+#: partial-relevance setting (the synthetic split is 30-120 s; MSR-VTT clips are 10-30 s)
+LONG_VIDEO_S = 30.0
+
+
+def median_duration(index: Index) -> float:
+    """Median duration (s) of the indexed videos (0 for an empty index), computed once."""
+    key = ("_median_duration", len(index))
+    got = index.__dict__.get("_median_cache")
+    if got is None or got[0] != key:
+        d = [float(v.get("duration") or 0.0) for v in index.videos]
+        got = (key, float(np.median(d)) if d else 0.0)
+        index.__dict__["_median_cache"] = got
+    return got[1]
+
+
+def default_rerank(index: Index, rerank_model: str | None = None) -> str:
+    """The reranker ``auto`` stands for (module docstring): ``cliprerank`` when a separate frame
+    encoder (``rerank_model``) is given; ``query_scored`` (CLIP-Hitchhiker, zero-shot over every
+    stored frame) when the index holds long videos (median duration >= ``LONG_VIDEO_S``);
+    ``none`` otherwise."""
+    if rerank_model is not None:
+        return "cliprerank"
+    return "query_scored" if median_duration(index) >= LONG_VIDEO_S else "none"
+
+
+def resolve_rerank(index: Index, rerank: str | None, rerank_model: str | None = None) -> str:
+    """``rerank`` with ``auto`` (and None) replaced by ``default_rerank``."""
+    if rerank is None or rerank == "auto":
+        return default_rerank(index, rerank_model)
+    return rerank
+
+
+def get_reranker(index: Index, rerank: str | None, alpha: float, rerank_model: str | None = None):
+    rerank = resolve_rerank(index, rerank, rerank_model)
+    cache = index.__dict__.setdefault("_rerankers", {})
+    key = (rerank, float(alpha), rerank_model)
+    if key not in cache:
+        cache[key] = build_reranker(
+            rerank,
+            index.embed_dim,
+            alpha=alpha,
+            index_fingerprint=index.fingerprint["encoder"],
+            patch_topk=index.patch_topk,
+            rerank_model=rerank_model,
+        )
+    return cache[key]
+
+
+def rerank_scores(index: Index, reranker, q: QueryFeatures, base, rows, frames=None) -> np.ndarray:
+    """Stage-2 scores of the candidate ``rows`` (base scores ``base``; ``frames``: their stored
+    frame embeddings when the caller has them). A CLIPRerank with its own frame model
+    (``--rerank-model``) encodes the query and the candidates' frames with that model."""
+    fm = getattr(reranker, "frame_model", None)
+    if fm is not None:
+        qm = fm.embed_query(q.text)
+        scores = reranker.score(qm, base, [fm.frames(index, int(r)) for r in rows])
+        return np.asarray(scores, dtype=np.float64)
+    if frames is None:
+        frames = [index.frames(int(r))[0] for r in rows]
+    patches = [index.patches(int(r)) for r in rows] if reranker.needs_patches else None
+    return np.asarray(reranker.score(q, base, frames, patches), dtype=np.float64)
+
+
+def stage_one(
+    index: Index, query_emb: np.ndarray, candidates: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(base scores, rows) of the top ``candidates`` by the ANN, best first."""
+    if len(index) == 0:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    scores, ids = index.ann_search(query_emb[None], candidates)
+    keep = ids[0] >= 0
+    return scores[0][keep].astype(np.float64), ids[0][keep].astype(np.int64)
+
+
+def search_index(
+    index: Index,
+    query: str,
+    k: int = 10,
+    candidates: int = 100,
+    rerank: str | None = "auto",
+    alpha: float = 0.4,
+    margin: float = 0.25,
+    rerank_model: str | None = None,
+) -> list[Hit]:
+    query = check_query(query)
+    if k < 1:
+        raise UserError(f"-k must be at least 1, got {k}")
+    candidates = max(int(candidates), int(k))
+    encoder, pool_agg = index.models()
+    reranker = get_reranker(index, rerank, alpha, rerank_model)
+    q = encode_query(encoder, pool_agg, query, words=bool(getattr(reranker, "needs_words", False)))
+    base, rows = stage_one(index, q.embedding, candidates)
+    return rank_candidates(index, q, base, rows, reranker, k, margin)
+
+
+def rank_candidates(
+    index: Index, q: QueryFeatures, base, rows, reranker, k: int, margin: float = 0.25
+) -> list[Hit]:
+    """Stage 2 for one encoded query: rerank the candidate ``rows`` (base scores ``base``),
+    keep the best ``k``, and give each its best moment and thumbnail."""
+    if reranker is None:  # only the hits' frames are read (for their moments)
+        final = base
+        order = np.argsort(-final, kind="stable")[:k]
+        frames = {int(j): index.frames(int(rows[j])) for j in order}
+    else:
+        frames = [index.frames(int(r)) for r in rows]
+        final = rerank_scores(index, reranker, q, base, rows, [f for f, _ in frames])
+        order = np.argsort(-final, kind="stable")[:k]
+    hits = []
+    for rank, j in enumerate(order, start=1):
+        emb, ts = frames[j]
+        row = int(rows[j])
+        sims = frame_similarities(q.embedding, emb)
+        start, end, thumb = best_moment(sims, ts, index.videos[row].get("duration", 0.0), margin)
+        hits.append(
+            Hit(
+                rank,
+                index.videos[row]["path"],
+                float(final[j]),
+                (start, end),
+                thumb,
+                float(base[j]),
+            )
+        )
+    return hits
+
+
+def results_json(query: str, hits: list[Hit]) -> dict:
+    """The stable ``--json`` schema of ``vr search``."""
+    return {"query": query, "results": [h.to_dict() for h in hits]}
+
+
+# -- many queries, many indexes ------------------------------------------------------------------
+@torch.no_grad()
+def encode_queries(
+    encoder, aggregator, queries: list[str], words: bool = False, batch_size: int = 256
+) -> list[QueryFeatures]:
+    """``encode_query`` for many queries, ``batch_size`` through the text tower at a time."""
+    out = []
+    for s in range(0, len(queries), max(1, int(batch_size))):
+        chunk = list(queries[s : s + batch_size])
+        feats = encoder.encode_text(encoder.tokenize(chunk), return_words=words)
+        emb = aggregator.embed_text(feats).float().cpu().numpy()
+        emb = emb / (np.linalg.norm(emb, axis=1, keepdims=True) + 1e-8)
+        out += [QueryFeatures(q, emb[i].astype(np.float32), feats[i : i + 1])
+                for i, q in enumerate(chunk)]  # fmt: skip
+    return out
+
+
+def check_queries(queries) -> list[str]:
+    if isinstance(queries, str):
+        raise UserError("give a list of queries (one string is one query: use search)")
+    out = []
+    for i, q in enumerate(queries, start=1):
+        if not isinstance(q, str) or not q.strip():
+            raise UserError(f"query {i} is empty: every query must be a sentence")
+        out.append(q.strip())
+    if not out:
+        raise UserError("no queries given")
+    return out
+
+
+def _search_encoded(index: Index, qf: list[QueryFeatures], k, candidates, reranker, margin):
+    if len(index) == 0:
+        return [[] for _ in qf]
+    scores, ids = index.ann_search(np.stack([q.embedding for q in qf]), candidates)
+    out = []
+    for j, q in enumerate(qf):
+        keep = ids[j] >= 0
+        base = scores[j][keep].astype(np.float64)
+        out.append(
+            rank_candidates(index, q, base, ids[j][keep].astype(np.int64), reranker, k, margin)
+        )
+    return out
+
+
+def check_same_model(indexes: list[Index]) -> None:
+    """Sharded search merges scores: every index must embed with the same model."""
+    first = indexes[0]
+    seen = {str(first.dir.resolve())}
+    for other in indexes[1:]:
+        if str(other.dir.resolve()) in seen:
+            raise UserError(f"--index {other.dir} is given twice")
+        seen.add(str(other.dir.resolve()))
+        diff = [key for key in ("encoder", "aggregator")
+                if other.fingerprint.get(key) != first.fingerprint.get(key)]  # fmt: skip
+        if diff:
+            raise UserError(
+                f"--index {other.dir} was built with another model than --index {first.dir} "
+                f"(its {' and '.join(diff)} differ): searching several indexes needs one model"
+            )
+
+
+def search_batch(
+    index: Index | list[Index],
+    queries: list[str],
+    k: int = 10,
+    candidates: int = 100,
+    rerank: str | None = "auto",
+    alpha: float = 0.4,
+    margin: float = 0.25,
+    batch_size: int = 256,
+    rerank_model: str | None = None,
+) -> list[list[Hit]]:
+    """Two-stage search of many queries over one index or several (sharded search: the same
+    model required; each index is searched, then the hits are merged by score, a video found in
+    two indexes counted once). Queries are encoded ``batch_size`` at a time and stage 1 is one
+    FAISS batch search per batch and index. One hit list per query, best first."""
+    indexes = [index] if isinstance(index, Index) else list(index)
+    if not indexes:
+        raise UserError("no index given")
+    queries = check_queries(queries)
+    if k < 1:
+        raise UserError(f"-k must be at least 1, got {k}")
+    candidates = max(int(candidates), int(k))
+    check_same_model(indexes)
+    encoder, pool_agg = indexes[0].models()
+    for other in indexes[1:]:
+        if other._models is None:
+            other._models = (encoder, pool_agg)
+    reranker = get_reranker(indexes[0], rerank, alpha, rerank_model)
+    words = bool(getattr(reranker, "needs_words", False))
+    out: list[list[Hit]] = []
+    for s in range(0, len(queries), max(1, int(batch_size))):
+        qf = encode_queries(encoder, pool_agg, queries[s : s + batch_size], words, batch_size)
+        per_index = [_search_encoded(idx, qf, k, candidates, reranker, margin) for idx in indexes]
+        for j in range(len(qf)):
+            out.append(merge_hits([hits[j] for hits in per_index], k))
+    return out
+
+
+def merge_hits(lists: list[list[Hit]], k: int) -> list[Hit]:
+    """Hits of several indexes merged by score (stable: earlier indexes first on ties), one hit
+    per video, ranks renumbered."""
+    if len(lists) == 1:
+        return lists[0][:k]
+    best: dict[str, Hit] = {}
+    for hits in lists:
+        for h in hits:
+            if h.video not in best or h.score > best[h.video].score:
+                best[h.video] = h
+    merged = sorted(best.values(), key=lambda h: -h.score)[:k]
+    return [replace(h, rank=r) for r, h in enumerate(merged, start=1)]
+
+
+def read_query_file(path, flag: str = "--queries") -> list[tuple[int, str]]:
+    """(line number, query) of a queries file: one query per line, or ``captions.jsonl`` lines
+    (a JSON object with a ``"caption"``, or ``"query"``, string). Blank lines are skipped; an
+    invalid line is a ``UserError`` naming it."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{flag}: no such file: {path}")
+    out = []
+    try:
+        with open(p, encoding="utf-8") as f:
+            for n, raw in enumerate(f, start=1):
+                line = raw.strip()
+                if not line:
+                    continue
+                if line.startswith("{"):
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise UserError(f"{path} line {n}: not valid JSON ({exc.msg})") from None
+                    text = obj.get("caption", obj.get("query"))
+                    if not isinstance(text, str):
+                        raise UserError(f'{path} line {n}: no "caption" string')
+                    line = text.strip()
+                    if not line:
+                        raise UserError(f"{path} line {n}: the caption is empty")
+                out.append((n, line))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file") from None
+    if not out:
+        raise UserError(f"{path}: no queries (the file is empty)")
+    return out

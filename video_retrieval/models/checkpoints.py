@@ -1,0 +1,156 @@
+"""Load a retrieval model trained by ``vr train`` (a Lightning ``.ckpt``) without Lightning.
+
+The checkpoint holds plain JSON-able hyper-parameters (``RetrievalModule`` init args) plus
+``vr_meta`` (encoder spec, aggregator, frame sampling) and the state dict with ``encoder.*`` and
+``aggregator.*`` keys; it is read with ``torch.load(weights_only=True)``: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from video_retrieval.atomic import atomic_torch_save
+from video_retrieval.errors import UserError
+
+
+def read_checkpoint(path) -> dict:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"checkpoint not found: {p}")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user-facing error
+        raise UserError(
+            f"{p}: not a readable vr train checkpoint ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def load_retrieval_model(path, device: str | torch.device = "cpu", precision: str = "auto"):
+    """``(encoder, aggregator, meta)`` from a ``vr train`` retrieval checkpoint (eval mode).
+
+    ``meta``: ``model``, ``pretrained``, ``aggregator``, ``aggregator_kwargs``, ``num_frames``,
+    ``max_words``, ``frame_size``, ``encoder_spec``, ``epoch``, ``global_step``, ``path``.
+    """
+    from video_retrieval.encoders import create_encoder
+    from video_retrieval.temporal import build_aggregator
+
+    ckpt = read_checkpoint(path)
+    hp = dict(ckpt.get("hyper_parameters") or {})
+    state = ckpt.get("state_dict")
+    if state is None or "aggregator" not in hp:
+        raise UserError(f"{path}: not a retrieval checkpoint written by vr train")
+    vm = dict(ckpt.get("vr_meta") or {})
+    spec = dict(vm.get("encoder_spec") or {"model": hp.get("model", "vr-tiny")})
+    spec["precision"] = precision
+    spec["weights"] = None  # the checkpoint holds them: no download, no original weights file
+    encoder = create_encoder(**spec)  # architecture only; the weights come from the checkpoint
+    aggregator = build_aggregator(
+        hp["aggregator"],
+        encoder.embed_dim,
+        max_frames=int(hp.get("num_frames", 12)),
+        **(hp.get("aggregator_kwargs") or {}),
+    )
+    enc_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+    agg_state = {
+        k[len("aggregator.") :]: v for k, v in state.items() if k.startswith("aggregator.")
+    }
+    try:
+        encoder.load_state_dict(enc_state, strict=True)
+        aggregator.load_state_dict(agg_state, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"{path}: weights do not match the recorded model ({exc})") from None
+    encoder.to(device).eval()
+    aggregator.to(device).eval()
+    meta = {
+        "model": hp.get("model"),
+        "pretrained": hp.get("pretrained"),
+        "aggregator": hp["aggregator"],
+        "aggregator_kwargs": hp.get("aggregator_kwargs") or {},
+        "num_frames": int(vm.get("data_num_frames") or hp.get("num_frames", 12)),
+        "max_words": int(hp.get("max_words", 32)),
+        "frame_size": vm.get("frame_size"),
+        "symmetric_window": bool(vm.get("symmetric_window", False)),
+        "encoder_spec": spec,
+        "epoch": ckpt.get("epoch"),
+        "global_step": ckpt.get("global_step"),
+        "path": str(path),
+    }
+    return encoder, aggregator, meta
+
+
+def slim_checkpoint(src, dst, half: bool = True) -> dict:
+    """Write the inference part of a ``vr train`` checkpoint (weights, hyper-parameters,
+    ``vr_meta``, epoch/step; no optimizer or loop state) to ``dst``; fp16 weights by default
+    (loading casts back to fp32). Returns the size and contents. How the demo model is made."""
+    ckpt = read_checkpoint(src)
+    if "state_dict" not in ckpt or "aggregator" not in (ckpt.get("hyper_parameters") or {}):
+        raise UserError(f"{src}: not a retrieval checkpoint written by vr train")
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).contiguous()
+        for k, v in ckpt["state_dict"].items()
+    }
+    keep = {
+        k: ckpt[k] for k in ("hyper_parameters", "vr_meta", "epoch", "global_step") if k in ckpt
+    }
+    out = Path(dst).expanduser()
+    atomic_torch_save(out, {**keep, "state_dict": state})
+    return {"path": str(out), "bytes": out.stat().st_size, "tensors": len(state), "fp16": half}
+
+
+def slim_moment_checkpoint(src, dst, encoder=None) -> dict:
+    """Write the inference part of a moment-head checkpoint (``moment_meta`` + the head's
+    weights) to ``dst``. With ``encoder`` (a retrieval checkpoint, e.g. a slim fp16 copy of the
+    clip encoder the head was trained on) the head is re-pointed at it: its path is stored
+    relative to ``dst``'s folder and its fingerprint replaces the recorded one, so a predictor
+    rebuilds exactly that encoder. The clip features of a re-pointed head must agree with the
+    original's to fp16 precision; that is the caller's promise (the demo assets are made so)."""
+    ckpt = read_checkpoint(src)
+    meta = dict(ckpt.get("moment_meta") or {})
+    if not meta:
+        raise UserError(f"{src}: not a moment checkpoint (no moment_meta)")
+    out = Path(dst).expanduser()
+    if encoder is not None:
+        enc_path = Path(encoder).expanduser()
+        enc = load_retrieval_model(enc_path)[0]
+        rel = os.path.relpath(enc_path.resolve(), out.resolve().parent)
+        meta["encoder_source"] = {"kind": "retrieval_checkpoint", "path": rel, "relative": True}
+        meta["encoder_fingerprint"] = enc.fingerprint()
+    state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    atomic_torch_save(out, {"moment_meta": meta, "state_dict": state})
+    return {"path": str(out), "bytes": out.stat().st_size, "tensors": len(state)}
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m video_retrieval.models.checkpoints")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sl = sub.add_parser("slim", help="strip a vr train checkpoint down to what inference needs")
+    sl.add_argument("src")
+    sl.add_argument("dst")
+    sl.add_argument("--fp32", action="store_true", help="keep fp32 weights (default fp16)")
+    sm = sub.add_parser(
+        "slim-moments", help="a moment head's inference part, optionally re-pointed"
+    )
+    sm.add_argument("src")
+    sm.add_argument("dst")
+    sm.add_argument("--encoder", default=None, help="retrieval checkpoint the head should use")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "slim-moments":
+            print(json.dumps(slim_moment_checkpoint(args.src, args.dst, args.encoder)))
+        else:
+            print(json.dumps(slim_checkpoint(args.src, args.dst, half=not args.fp32)))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
