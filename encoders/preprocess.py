@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from einops import rearrange
+
+from video_retrieval.media.resize import resize_shape, resize_two_pass
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -31,22 +32,6 @@ def to_uint8_tensor(pixels) -> torch.Tensor:
     if pixels.ndim != 4 or pixels.shape[-1] != 3:
         raise ValueError(f"expected pixels of shape [N,H,W,3], got {tuple(pixels.shape)}")
     return pixels
-
-
-def resize_shape(height: int, width: int, size: int) -> tuple[int, int]:
-    """Output shape of a short-side resize to ``size`` (torchvision's rounding: long side truncated)."""
-    if height <= width:
-        return size, int(size * width / height)
-    return int(size * height / width), size
-
-
-def _resize_uint8(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Antialiased bicubic resize of uint8 ``[N,3,H,W]`` to ``size``, result rounded to uint8."""
-    if x.device.type == "cpu":
-        # native uint8 kernel (fast, channels-last friendly): rounds and clips like PIL
-        return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
-    y = F.interpolate(x.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
-    return y.round_().clamp_(0.0, 255.0).to(torch.uint8)
 
 
 def clip_preprocess(
@@ -68,12 +53,7 @@ def clip_preprocess(
     x = rearrange(x, "n h w c -> n c h w")  # a uint8 view (channels-last memory)
     new_h, new_w = resize_shape(h, w, image_size)
     if n > 0:
-        # Two 1-D passes (width, then height) with uint8 rounding in between, as PIL does:
-        # this matches PIL's output to about one grey level, even on noise.
-        if new_w != w:
-            x = _resize_uint8(x, (h, new_w))
-        if new_h != h:
-            x = _resize_uint8(x, (new_h, new_w))
+        x = resize_two_pass(x, (new_h, new_w))
     else:
         x = x.new_zeros((0, 3, new_h, new_w))
     # centre crop (torchvision: offset = round((dim - size) / 2))

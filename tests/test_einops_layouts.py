@@ -446,7 +446,8 @@ def test_moment_criterion_losses_equal_previous_formula():
 
 
 def old_clip_preprocess(pixels, image_size, mean, std):
-    from video_retrieval.encoders.preprocess import _resize_uint8, to_uint8_tensor
+    from video_retrieval.encoders.preprocess import to_uint8_tensor
+    from video_retrieval.media.resize import resize_uint8
 
     x = to_uint8_tensor(pixels)
     n, h, w, _ = x.shape
@@ -454,9 +455,9 @@ def old_clip_preprocess(pixels, image_size, mean, std):
     new_h, new_w = resize_shape(h, w, image_size)
     if n > 0:
         if new_w != w:
-            x = _resize_uint8(x, (h, new_w))
+            x = resize_uint8(x, (h, new_w))
         if new_h != h:
-            x = _resize_uint8(x, (new_h, new_w))
+            x = resize_uint8(x, (new_h, new_w))
     else:
         x = x.new_zeros((0, 3, new_h, new_w))
     top = int(round((new_h - image_size) / 2.0))

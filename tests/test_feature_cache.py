@@ -24,7 +24,7 @@ from video_retrieval.train.cache_build import (
     CaptionItem,
     FeatureCache,
     VideoItem,
-    _fit_length,
+    fit_length,
     build_cache,
     select_topk_patches,
 )
@@ -219,10 +219,10 @@ def test_select_topk_patches_unit():
 def test_fit_length_subsamples_and_pads():
     px = np.arange(10)[:, None, None, None].repeat(2, 1).astype(np.uint8)
     ts = np.arange(10) / 2.0
-    p, t, m = _fit_length(px, ts, np.ones(10, bool), 4)
+    p, t, m = fit_length(px, ts, np.ones(10, bool), 4)
     assert p[:, 0, 0, 0].tolist() == [0, 3, 6, 9] and m.all()
     assert t.tolist() == [0.0, 1.5, 3.0, 4.5]
-    p, t, m = _fit_length(px[:2], ts[:2], np.ones(2, bool), 4)
+    p, t, m = fit_length(px[:2], ts[:2], np.ones(2, bool), 4)
     assert m.tolist() == [True, True, False, False]
     assert p[:, 0, 0, 0].tolist() == [0, 1, 1, 1]
 

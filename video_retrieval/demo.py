@@ -18,11 +18,8 @@ import json
 import sys
 import time
 from pathlib import Path
+from video_retrieval.models.assets import ASSETS, DEMO_CLIPS, DEMO_MOMENTS, DEMO_RETRIEVAL  # noqa: F401 - the demo's public names
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-DEMO_RETRIEVAL = ASSETS / "demo_retrieval.ckpt"
-DEMO_MOMENTS = ASSETS / "demo_moments.ckpt"
-DEMO_CLIPS = ASSETS / "demo_clips.ckpt"
 
 
 def _say(msg: str = "") -> None:

@@ -280,7 +280,7 @@ def target_size(h: int, w: int, size) -> tuple[int, int]:
     if isinstance(size, (int, np.integer)):
         if size <= 0:
             raise SamplingError(f"size must be positive, got {size}")
-        from video_retrieval.encoders.preprocess import resize_shape
+        from video_retrieval.media.resize import resize_shape
 
         th, tw = resize_shape(h, w, int(size))
         return max(1, th), max(1, tw)
@@ -292,7 +292,7 @@ def target_size(h: int, w: int, size) -> tuple[int, int]:
 
 def resize_frames(pixels: np.ndarray, size) -> np.ndarray:
     """Resize uint8 [T,H,W,3] frames with CLIP's resize (antialiased bicubic, width then height
-    pass, each rounded to uint8: ``encoders.preprocess``), so that decoding at ``size=S`` and
+    pass, each rounded to uint8: ``media.resize``), so that decoding at ``size=S`` and
     then preprocessing for an S-px CLIP gives exactly the pixels of preprocessing full frames."""
     t, h, w, _ = pixels.shape
     th, tw = target_size(h, w, size)
@@ -300,14 +300,10 @@ def resize_frames(pixels: np.ndarray, size) -> np.ndarray:
         return pixels
     import torch
 
-    from video_retrieval.encoders.preprocess import _resize_uint8
+    from video_retrieval.media.resize import resize_two_pass
 
     x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2)
-    if tw != w:
-        x = _resize_uint8(x, (h, tw))
-    if th != h:
-        x = _resize_uint8(x, (th, tw))
-    return x.permute(0, 2, 3, 1).contiguous().numpy()
+    return resize_two_pass(x, (th, tw)).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 __all__ = [

@@ -22,23 +22,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from video_retrieval.encoders.registry import looks_like_path
 from video_retrieval.errors import UserError
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 RANDOM_MODEL = "vr-tiny"
-WEIGHT_FILE_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")
 
 HOW_TO = (
     "pass --pretrained TAG (downloads), --pretrained FILE / --checkpoint FILE (local weights), "
     "or --random-weights (tests and benchmarks only: meaningless results)"
 )
-
-
-def looks_like_path(value: str) -> bool:
-    """A ``--pretrained`` value that names a file rather than an open_clip tag."""
-    s = str(value)
-    return "/" in s or s.startswith("~") or s.lower().endswith(WEIGHT_FILE_SUFFIXES)
 
 
 def checkpoint_kind(path) -> str:

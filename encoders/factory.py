@@ -1,0 +1,256 @@
+"""Building encoders: ``create_encoder`` (open_clip names and pretrained tags, local weights files,
+Hugging Face CLIP folders, files written by ``save_encoder``), and saving / loading an encoder.
+
+Offline, a pretrained tag that needs a download fails at once with one line saying how to pass
+a local file (the Hugging Face hub is set offline when its host does not resolve) instead of
+retrying for minutes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+from video_retrieval.encoders.clip_encoder import (
+    DEFAULT_MODEL,
+    ENCODER_FILE_FORMAT,
+    ClipEncoder,
+    OpenClipEncoder,
+)
+from video_retrieval.encoders.precision import resolve_autocast_dtype
+from video_retrieval.encoders.registry import (
+    check_model_name,
+    check_pretrained_tag,
+    looks_like_path,
+    register_model_configs,
+    tag_uses_quick_gelu,
+)
+
+from video_retrieval.errors import UserError
+
+
+@lru_cache(maxsize=8)
+def _host_resolves(host: str, timeout: float = 3.0) -> bool:
+    """Cheap network probe (DNS lookup in a thread with a timeout)."""
+    result = []
+
+    def probe():
+        try:
+            socket.getaddrinfo(host, 443)
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    th = threading.Thread(target=probe, daemon=True)
+    th.start()
+    th.join(timeout)
+    return bool(result and result[0])
+
+
+@contextlib.contextmanager
+def _hub_offline_if_unreachable():
+    """Put huggingface_hub in offline mode (cache only) when the Hub cannot be reached, so a
+    missing download fails at once instead of after a minute of retries."""
+    try:
+        from huggingface_hub import constants as hf_constants
+    except Exception:  # pragma: no cover
+        yield
+        return
+    old = hf_constants.HF_HUB_OFFLINE
+    if not old and not _host_resolves("huggingface.co"):
+        hf_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hf_constants.HF_HUB_OFFLINE = old
+
+
+def _download_error(model: str, tag: str, cause: Exception) -> UserError:
+    cfg = open_clip.get_pretrained_cfg(model, tag) or {}
+    source = cfg.get("hf_hub") or cfg.get("url") or "the open_clip weights host"
+    offline = not _host_resolves("huggingface.co")
+    why = "no network and not in the local cache" if offline else f"{type(cause).__name__}"
+    return UserError(
+        f"could not download the pretrained weights {model!r}/{tag!r} from {source.rstrip('/')} "
+        f"({why}). Download open_clip_pytorch_model.bin once on a connected machine and pass it: "
+        f"--model {model} --pretrained /path/to/open_clip_pytorch_model.bin "
+        f"(Python: create_encoder({model!r}, pretrained=PATH))"
+    )
+
+
+def _read_encoder_file_spec(path: Path) -> dict | None:
+    """The spec stored by ``save_encoder`` in a safetensors file, or None for other files."""
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:
+        raise UserError(f"{path}: not a readable safetensors file ({e})") from e
+    if meta.get("format") != ENCODER_FILE_FORMAT:
+        return None
+    return json.loads(meta["spec"])
+
+
+def _build_open_clip(name: str, seed: int, quick_gelu: bool, pretrained: str | None = None):
+    register_model_configs()
+    previous = logging.root.manager.disable
+    # silence open_clip's "initialized randomly" warning (intended here) and its download error
+    # log (create_encoder raises one UserError with the cause and the remedy instead)
+    logging.disable(logging.WARNING if pretrained is None else logging.ERROR)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return open_clip.create_model(
+                name,
+                pretrained=pretrained,
+                force_quick_gelu=quick_gelu,
+                precision="fp32",
+                device="cpu",
+            )
+    finally:
+        logging.disable(previous)
+
+
+def _load_state_into(module: nn.Module, state: dict, path: Path) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        msg = str(e).splitlines()
+        raise UserError(
+            f"{path}: weights do not fit the model architecture ({' '.join(msg[:3])[:300]})"
+        ) from e
+
+
+def create_encoder(
+    model: str | None = None,
+    pretrained: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    backend: str = "open_clip",
+    precision: str = "auto",
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    quick_gelu: bool = False,
+    hf_config: dict | None = None,
+    weights: dict | None = None,
+) -> ClipEncoder:
+    """Build a ``ClipEncoder``.
+
+    - ``model``: open_clip model name (default ``"vr-tiny"``); for ``backend="hf"`` a local
+      ``CLIPModel`` directory or a hub id.
+    - ``pretrained``: open_clip pretrained tag (downloads; offline -> ``UserError``) or a file.
+    - ``checkpoint``: local weights: a file written by ``save_encoder`` (architecture taken from
+      its spec), or an open_clip state dict (``.bin``/``.pt``/``.safetensors``) for ``model``.
+    - ``precision``: ``"auto"`` (bf16 autocast where the CPU/GPU has fast bf16), ``"fp32"``, ``"bf16"``.
+    - ``seed``: seed of the random init used when no weights are given.
+    - ``quick_gelu``: QuickGELU activation (OpenAI weights; set automatically for such tags).
+    - ``hf_config``: HF backend only, a ``CLIPConfig`` dict to build the architecture without
+      reading ``model`` (used by ``spec`` round trips).
+    - ``weights``: where the weights came from, as recorded in ``spec["weights"]``
+      (``{"pretrained": tag}``, ``{"checkpoint": path}``, ``{"from_pretrained": dir or hub id}``);
+      used when neither ``pretrained`` nor ``checkpoint`` is given, so ``create_encoder(**spec)``
+      rebuilds the same weights. Pass ``weights=None`` for the architecture alone.
+    Weights load with ``torch.load(weights_only=True)`` or safetensors only.
+    """
+    if backend not in ("open_clip", "hf"):
+        raise UserError(f"unknown encoder backend {backend!r}; choose 'open_clip' or 'hf'")
+    resolve_autocast_dtype(precision, device)  # validate early
+    if weights and pretrained is None and checkpoint is None:
+        pretrained = weights.get("pretrained")
+        checkpoint = weights.get("checkpoint")
+        if weights.get("from_pretrained"):
+            model, hf_config = weights["from_pretrained"], None
+
+    ckpt_path = Path(checkpoint).expanduser() if checkpoint is not None else None
+    if pretrained is not None and ckpt_path is None:
+        as_path = Path(str(pretrained)).expanduser()
+        if as_path.is_file():
+            ckpt_path, pretrained = as_path, None
+        elif looks_like_path(pretrained):
+            raise UserError(f"no such file: {pretrained} (pretrained weights file)")
+    if ckpt_path is not None and not ckpt_path.is_file():
+        raise UserError(f"no such file: {ckpt_path} (checkpoint)")
+
+    file_spec = _read_encoder_file_spec(ckpt_path) if ckpt_path is not None else None
+    if file_spec is not None:
+        if model is not None and model != file_spec["model"]:
+            raise UserError(
+                f"{ckpt_path} holds weights of model {file_spec['model']!r}, not {model!r}"
+            )
+        kwargs = dict(file_spec)
+        kwargs.update(precision=precision, device=device, weights=None)  # the file holds them
+        enc = create_encoder(**kwargs)
+        from safetensors.torch import load_file
+
+        _load_state_into(enc.model, load_file(str(ckpt_path)), ckpt_path)
+        enc.spec["weights"] = {"checkpoint": str(ckpt_path.resolve())}
+        return enc
+
+    if backend == "hf":
+        from video_retrieval.encoders.hf_backend import create_hf_encoder
+
+        return create_hf_encoder(
+            model,
+            checkpoint=ckpt_path,
+            precision=precision,
+            device=device,
+            seed=seed,
+            hf_config=hf_config,
+        )
+
+    name = check_model_name(model or DEFAULT_MODEL)
+    if pretrained is not None and ckpt_path is not None:
+        raise UserError("give either pretrained=TAG or checkpoint=PATH, not both")
+    if pretrained is not None:
+        check_pretrained_tag(name, pretrained)
+        quick_gelu = quick_gelu or tag_uses_quick_gelu(name, pretrained)
+        try:
+            with _hub_offline_if_unreachable():
+                clip = _build_open_clip(name, seed, quick_gelu, pretrained=pretrained)
+        except Exception as e:
+            raise _download_error(name, pretrained, e) from e
+    else:
+        clip = _build_open_clip(name, seed, quick_gelu)
+        if ckpt_path is not None:
+            try:
+                open_clip.load_checkpoint(clip, str(ckpt_path), weights_only=True)
+            except Exception as e:
+                reason = " ".join(str(e).splitlines()[:3])[:300]
+                raise UserError(
+                    f"{ckpt_path}: could not load as weights of {name!r} ({type(e).__name__}: "
+                    f"{reason}). Expected an open_clip state dict (.pt/.bin, loaded with "
+                    "weights_only=True) or .safetensors."
+                ) from e
+    spec = {
+        "model": name,
+        "backend": "open_clip",
+        "precision": precision,
+        "seed": int(seed),
+        "quick_gelu": bool(quick_gelu),
+    }
+    if pretrained is not None:
+        spec["weights"] = {"pretrained": pretrained}
+    elif ckpt_path is not None:
+        spec["weights"] = {"checkpoint": str(ckpt_path.resolve())}
+    return OpenClipEncoder(clip, name, spec, precision=precision, device=device)
+
+
+def save_encoder(encoder: ClipEncoder, path, dtype=None) -> Path:
+    """Function form of ``ClipEncoder.save_encoder``."""
+    return encoder.save_encoder(path, dtype=dtype)
+
+
+def load_encoder(path, precision: str = "auto", device="cpu") -> ClipEncoder:
+    """Load a file written by ``save_encoder``."""
+    return create_encoder(checkpoint=path, precision=precision, device=device)
