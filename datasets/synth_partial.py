@@ -80,7 +80,7 @@ class _KeyPool:
 
 def plan_partial_video(rng: np.random.Generator, pool: _KeyPool, p: dict, size: int) -> dict:
     """One long multi-shot video spec (tracks included), keys taken from ``pool``."""
-    from video_retrieval.datasets.synth_retrieval import _Planner
+    from video_retrieval.datasets.synth_plan import VideoPlanner
 
     fps = float(p["fps"])
     dur = int(rng.integers(int(p["min_duration"]), int(p["max_duration"]) + 1))
@@ -88,7 +88,7 @@ def plan_partial_video(rng: np.random.Generator, pool: _KeyPool, p: dict, size: 
     lo = max(4, int(round(int(p["min_shot"]) * fps)))
     hi = max(lo, int(round(int(p["max_shot"]) * fps)))
     lengths = shot_lengths(rng, total, lo, hi)
-    planner = _Planner(
+    planner = VideoPlanner(
         rng, {"num_frames": total, "fps": fps, "size": size, "move_px": p["move_px"]}
     )
     bg = {

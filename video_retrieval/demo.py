@@ -21,7 +21,6 @@ from pathlib import Path
 from video_retrieval.models.assets import ASSETS, DEMO_CLIPS, DEMO_MOMENTS, DEMO_RETRIEVAL  # noqa: F401 - the demo's public names
 
 
-
 def _say(msg: str = "") -> None:
     print(msg, flush=True)
 

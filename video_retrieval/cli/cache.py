@@ -88,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cache_encoder(args) -> tuple:
-    """(frozen encoder, weights record) for the model flags (``model_weights``)."""
+    """(frozen encoder, weights record) for the model flags (``models.weights``)."""
     from video_retrieval.encoders import create_encoder
     from video_retrieval.models.weights import (
         checkpoint_kind,

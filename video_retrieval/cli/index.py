@@ -9,7 +9,7 @@ from video_retrieval.errors import UserError
 
 
 def add_model_arguments(parser, checkpoint_help: str) -> None:
-    """The model flags shared by vr index / vr cache / vr localize (``model_weights``)."""
+    """The model flags shared by vr index / vr cache / vr localize (``models.weights``)."""
     parser.add_argument(
         "--model",
         default=None,

@@ -26,7 +26,7 @@ class IndexConfig:
     Model: ``model`` + ``pretrained`` (tag or file), ``checkpoint`` (a ``vr train`` retrieval
     checkpoint or CLIP weights), or ``random_weights`` (tests only); nothing given means
     ``ViT-B-32`` / ``laion2b_s34b_b79k`` for a new index and the index's own model for an
-    existing one (``model_weights``). Sampling: ``fps`` or ``num_frames``; default: a
+    existing one (``models.weights``). Sampling: ``fps`` or ``num_frames``; default: a
     checkpoint's own sampling, else the index's, else 1 fps.
     """
 

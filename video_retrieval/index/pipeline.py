@@ -6,7 +6,7 @@
 * **mapper** (``BatchingEncoder``): in the main process, preprocesses (batched tensor ops) and
   encodes frames in batches of ``batch_size`` frames across video boundaries.
 * **writer** (``ShardWriter``): accumulates per-video frame embeddings into fp16 shards, writes each
-  shard atomically, then commits it with a journal line (``index_files``).
+  shard atomically, then commits it with a journal line (``index.files``).
 """
 
 from __future__ import annotations

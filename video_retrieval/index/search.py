@@ -21,40 +21,24 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-import torch
 
 from video_retrieval.errors import UserError
+from video_retrieval.index.hits import Hit
+from video_retrieval.index.queries import check_queries, check_query, encode_queries, encode_query
 from video_retrieval.index.rerank import (
     QueryFeatures,
     best_moment,
     build_reranker,
     frame_similarities,
 )
-from video_retrieval.index.store import Hit, Index
-
-
-def check_query(query) -> str:
-    if not isinstance(query, str) or not query.strip():
-        raise UserError("the query is empty: give a sentence to search for")
-    return query.strip()
-
-
-@torch.no_grad()
-def encode_query(encoder, aggregator, query: str, words: bool = False) -> QueryFeatures:
-    """Sentence (and optionally word) features of one query."""
-    tokens = encoder.tokenize([query])
-    feats = encoder.encode_text(tokens, return_words=words)
-    emb = aggregator.embed_text(feats).float()[0].cpu().numpy()
-    emb = emb / (np.linalg.norm(emb) + 1e-8)
-    return QueryFeatures(query, emb.astype(np.float32), feats)
-
+from video_retrieval.index.store import IndexStore
 
 #: an index whose median video is at least this long (seconds) holds "long videos": the
 #: partial-relevance setting (the synthetic split is 30-120 s; MSR-VTT clips are 10-30 s)
 LONG_VIDEO_S = 30.0
 
 
-def median_duration(index: Index) -> float:
+def median_duration(index: IndexStore) -> float:
     """Median duration (s) of the indexed videos (0 for an empty index), computed once."""
     key = ("_median_duration", len(index))
     got = index.__dict__.get("_median_cache")
@@ -65,7 +49,7 @@ def median_duration(index: Index) -> float:
     return got[1]
 
 
-def default_rerank(index: Index, rerank_model: str | None = None) -> str:
+def default_rerank(index: IndexStore, rerank_model: str | None = None) -> str:
     """The reranker ``auto`` stands for (module docstring): ``cliprerank`` when a separate frame
     encoder (``rerank_model``) is given; ``query_scored`` (CLIP-Hitchhiker, zero-shot over every
     stored frame) when the index holds long videos (median duration >= ``LONG_VIDEO_S``);
@@ -75,14 +59,16 @@ def default_rerank(index: Index, rerank_model: str | None = None) -> str:
     return "query_scored" if median_duration(index) >= LONG_VIDEO_S else "none"
 
 
-def resolve_rerank(index: Index, rerank: str | None, rerank_model: str | None = None) -> str:
+def resolve_rerank(index: IndexStore, rerank: str | None, rerank_model: str | None = None) -> str:
     """``rerank`` with ``auto`` (and None) replaced by ``default_rerank``."""
     if rerank is None or rerank == "auto":
         return default_rerank(index, rerank_model)
     return rerank
 
 
-def get_reranker(index: Index, rerank: str | None, alpha: float, rerank_model: str | None = None):
+def get_reranker(
+    index: IndexStore, rerank: str | None, alpha: float, rerank_model: str | None = None
+):
     rerank = resolve_rerank(index, rerank, rerank_model)
     cache = index.__dict__.setdefault("_rerankers", {})
     key = (rerank, float(alpha), rerank_model)
@@ -98,7 +84,9 @@ def get_reranker(index: Index, rerank: str | None, alpha: float, rerank_model: s
     return cache[key]
 
 
-def rerank_scores(index: Index, reranker, q: QueryFeatures, base, rows, frames=None) -> np.ndarray:
+def rerank_scores(
+    index: IndexStore, reranker, q: QueryFeatures, base, rows, frames=None
+) -> np.ndarray:
     """Stage-2 scores of the candidate ``rows`` (base scores ``base``; ``frames``: their stored
     frame embeddings when the caller has them). A CLIPRerank with its own frame model
     (``--rerank-model``) encodes the query and the candidates' frames with that model."""
@@ -114,7 +102,7 @@ def rerank_scores(index: Index, reranker, q: QueryFeatures, base, rows, frames=N
 
 
 def stage_one(
-    index: Index, query_emb: np.ndarray, candidates: int
+    index: IndexStore, query_emb: np.ndarray, candidates: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(base scores, rows) of the top ``candidates`` by the ANN, best first."""
     if len(index) == 0:
@@ -125,7 +113,7 @@ def stage_one(
 
 
 def search_index(
-    index: Index,
+    index: IndexStore,
     query: str,
     k: int = 10,
     candidates: int = 100,
@@ -146,7 +134,7 @@ def search_index(
 
 
 def rank_candidates(
-    index: Index, q: QueryFeatures, base, rows, reranker, k: int, margin: float = 0.25
+    index: IndexStore, q: QueryFeatures, base, rows, reranker, k: int, margin: float = 0.25
 ) -> list[Hit]:
     """Stage 2 for one encoded query: rerank the candidate ``rows`` (base scores ``base``),
     keep the best ``k``, and give each its best moment and thumbnail."""
@@ -182,37 +170,7 @@ def results_json(query: str, hits: list[Hit]) -> dict:
     return {"query": query, "results": [h.to_dict() for h in hits]}
 
 
-# -- many queries, many indexes ------------------------------------------------------------------
-@torch.no_grad()
-def encode_queries(
-    encoder, aggregator, queries: list[str], words: bool = False, batch_size: int = 256
-) -> list[QueryFeatures]:
-    """``encode_query`` for many queries, ``batch_size`` through the text tower at a time."""
-    out = []
-    for s in range(0, len(queries), max(1, int(batch_size))):
-        chunk = list(queries[s : s + batch_size])
-        feats = encoder.encode_text(encoder.tokenize(chunk), return_words=words)
-        emb = aggregator.embed_text(feats).float().cpu().numpy()
-        emb = emb / (np.linalg.norm(emb, axis=1, keepdims=True) + 1e-8)
-        out += [QueryFeatures(q, emb[i].astype(np.float32), feats[i : i + 1])
-                for i, q in enumerate(chunk)]  # fmt: skip
-    return out
-
-
-def check_queries(queries) -> list[str]:
-    if isinstance(queries, str):
-        raise UserError("give a list of queries (one string is one query: use search)")
-    out = []
-    for i, q in enumerate(queries, start=1):
-        if not isinstance(q, str) or not q.strip():
-            raise UserError(f"query {i} is empty: every query must be a sentence")
-        out.append(q.strip())
-    if not out:
-        raise UserError("no queries given")
-    return out
-
-
-def _search_encoded(index: Index, qf: list[QueryFeatures], k, candidates, reranker, margin):
+def _search_encoded(index: IndexStore, qf: list[QueryFeatures], k, candidates, reranker, margin):
     if len(index) == 0:
         return [[] for _ in qf]
     scores, ids = index.ann_search(np.stack([q.embedding for q in qf]), candidates)
@@ -226,7 +184,7 @@ def _search_encoded(index: Index, qf: list[QueryFeatures], k, candidates, rerank
     return out
 
 
-def check_same_model(indexes: list[Index]) -> None:
+def check_same_model(indexes: list[IndexStore]) -> None:
     """Sharded search merges scores: every index must embed with the same model."""
     first = indexes[0]
     seen = {str(first.dir.resolve())}
@@ -244,7 +202,7 @@ def check_same_model(indexes: list[Index]) -> None:
 
 
 def search_batch(
-    index: Index | list[Index],
+    index: IndexStore | list[IndexStore],
     queries: list[str],
     k: int = 10,
     candidates: int = 100,
@@ -258,7 +216,7 @@ def search_batch(
     model required; each index is searched, then the hits are merged by score, a video found in
     two indexes counted once). Queries are encoded ``batch_size`` at a time and stage 1 is one
     FAISS batch search per batch and index. One hit list per query, best first."""
-    indexes = [index] if isinstance(index, Index) else list(index)
+    indexes = [index] if isinstance(index, IndexStore) else list(index)
     if not indexes:
         raise UserError("no index given")
     queries = check_queries(queries)
@@ -293,39 +251,3 @@ def merge_hits(lists: list[list[Hit]], k: int) -> list[Hit]:
                 best[h.video] = h
     merged = sorted(best.values(), key=lambda h: -h.score)[:k]
     return [replace(h, rank=r) for r, h in enumerate(merged, start=1)]
-
-
-def read_query_file(path, flag: str = "--queries") -> list[tuple[int, str]]:
-    """(line number, query) of a queries file: one query per line, or ``captions.jsonl`` lines
-    (a JSON object with a ``"caption"``, or ``"query"``, string). Blank lines are skipped; an
-    invalid line is a ``UserError`` naming it."""
-    import json
-    from pathlib import Path
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{flag}: no such file: {path}")
-    out = []
-    try:
-        with open(p, encoding="utf-8") as f:
-            for n, raw in enumerate(f, start=1):
-                line = raw.strip()
-                if not line:
-                    continue
-                if line.startswith("{"):
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise UserError(f"{path} line {n}: not valid JSON ({exc.msg})") from None
-                    text = obj.get("caption", obj.get("query"))
-                    if not isinstance(text, str):
-                        raise UserError(f'{path} line {n}: no "caption" string')
-                    line = text.strip()
-                    if not line:
-                        raise UserError(f"{path} line {n}: the caption is empty")
-                out.append((n, line))
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a UTF-8 text file") from None
-    if not out:
-        raise UserError(f"{path}: no queries (the file is empty)")
-    return out

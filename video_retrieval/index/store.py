@@ -1,19 +1,14 @@
-"""The ``Index`` Python API over an index directory (layout and consistency rules:
-``index_files``).
+"""An opened generation of an index: its manifest, the indexed videos, the pooled vectors, the
+ANN, the stored frame (and patch) features, and the models it was built with (layout and
+consistency rules: ``files``).
 
-Example::
-
-    >>> from video_retrieval import Index
-    >>> index = Index.build(["videos/"], "my_index", pretrained="/path/open_clip_pytorch_model.bin")  # doctest: +SKIP
-    >>> hits = Index.open("my_index").search("a red circle moves left", k=5)   # doctest: +SKIP
-    >>> hits[0].video, hits[0].score, hits[0].moment                            # doctest: +SKIP
-    ('/abs/videos/v3.mp4', 0.41, (2.0, 5.5))
+This is the read side only: it never imports the writers (``build``, ``repair``) or the
+searchers (``search``); ``api.Index`` adds those on top.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,37 +26,8 @@ from video_retrieval.index.files import (
 )
 
 
-# -- the public API ----------------------------------------------------------------------------
-@dataclass
-class Hit:
-    """One search result; ``moment`` and ``thumbnail_time`` are seconds."""
-
-    rank: int
-    video: str
-    score: float
-    moment: tuple[float, float]
-    thumbnail_time: float
-    base_score: float = 0.0
-
-    def to_dict(self) -> dict:
-        return {
-            "rank": self.rank,
-            "video": self.video,
-            "score": round(float(self.score), 6),
-            "moment": {"start": round(self.moment[0], 3), "end": round(self.moment[1], 3)},
-            "thumbnail_time": round(self.thumbnail_time, 3),
-        }
-
-
-class Index:
-    """A built index: ``Index.build(...)`` to create/update, ``Index.open(dir)`` to query.
-
-    Example::
-
-        >>> idx = Index.open("my_index")                                   # doctest: +SKIP
-        >>> for hit in idx.search("a blue square grows", k=3, rerank="cliprerank"):
-        ...     print(hit.rank, hit.video, round(hit.score, 3), hit.moment)  # doctest: +SKIP
-    """
+class IndexStore:
+    """A built index opened for reading (``IndexStore.open(dir)``; users hold an ``api.Index``)."""
 
     def __init__(self, index_dir, manifest: dict, videos: list[dict], pooled: np.ndarray):
         self.dir = Path(index_dir)
@@ -75,7 +41,7 @@ class Index:
 
     # construction
     @classmethod
-    def open(cls, index_dir, encoder=None) -> Index:
+    def open(cls, index_dir, encoder=None) -> IndexStore:
         """Open a built index. ``encoder`` (optional) must have the index's fingerprint.
 
         Reads the generation the manifest names; a writer switching generations at the same
@@ -98,7 +64,7 @@ class Index:
         return idx
 
     @classmethod
-    def _open_generation(cls, d: Path, manifest: dict | None) -> Index:
+    def _open_generation(cls, d: Path, manifest: dict | None) -> IndexStore:
         if manifest is None:
             if (d / "journal").is_dir() and writer_active(d):
                 raise UserError(f"index {d} is being built by a running vr index; try again later")
@@ -127,22 +93,6 @@ class Index:
                 d, d / files["pooled"], f"has shape {pooled.shape}, expected ({len(videos)}, D)"
             )
         return cls(d, manifest, videos, pooled)
-
-    @classmethod
-    def build(cls, inputs, index_dir, **options) -> Index:
-        """Index ``inputs`` (video files and/or folders) into ``index_dir`` and open it.
-
-        Options are those of ``index_config.IndexConfig`` (``model``, ``pretrained``, ``checkpoint``,
-        ``fps``, ``num_frames``, ``batch_size``, ``workers``, ``devices``, ``prune``, ...).
-        Running it again adds new files, re-encodes changed ones and (``prune=True``) drops
-        deleted ones. The run's summary is in ``.build_summary``.
-        """
-        from video_retrieval.index.build import IndexConfig, run_indexing
-
-        summary = run_indexing(inputs, index_dir, IndexConfig(**options))
-        idx = cls.open(index_dir)
-        idx.build_summary = summary
-        return idx
 
     # properties
     def __len__(self) -> int:
@@ -173,12 +123,12 @@ class Index:
 
     @property
     def weights(self) -> dict:
-        """Where the index's model weights came from (``model_weights.describe_weights``)."""
+        """Where the index's model weights came from (``models.weights.describe_weights``)."""
         from video_retrieval.models.weights import manifest_weights
 
         return manifest_weights(self.manifest)
 
-    def share_models(self, other: Index) -> None:
+    def share_models(self, other: IndexStore) -> None:
         """Use the loaded models of ``other``, an earlier generation of this index built with the
         same model (``vr serve`` reloading an updated index); refuse when the model differs."""
         new, old = self.fingerprint, other.fingerprint
@@ -291,50 +241,3 @@ class Index:
         if not hasattr(self, "_rows"):
             self._rows = {v["path"]: i for i, v in enumerate(self.videos)}
         return self._rows.get(str(Path(path).resolve()))
-
-    def search(
-        self,
-        query: str,
-        k: int = 10,
-        candidates: int = 100,
-        rerank: str | None = "auto",
-        alpha: float = 0.4,
-        rerank_model: str | None = None,
-    ) -> list[Hit]:
-        """Two-stage search: ANN over pooled vectors (top ``candidates``), then ``rerank``
-        ("auto", "none", "cliprerank", an aggregator name such as "query_scored", or a checkpoint
-        path) from stored frame features. ``auto`` is ``search.default_rerank`` (query scoring
-        for long videos, none for short ones, as measured). ``rerank_model``: a separate
-        frame encoder (a vr train checkpoint) for CLIPRerank's max-over-frames term. Returns up
-        to ``k`` ``Hit``s, best first."""
-        from video_retrieval.index.search import search_index
-
-        return search_index(
-            self,
-            query,
-            k=k,
-            candidates=candidates,
-            rerank=rerank,
-            alpha=alpha,
-            rerank_model=rerank_model,
-        )
-
-    def search_batch(
-        self,
-        queries: list[str],
-        k: int = 10,
-        candidates: int = 100,
-        rerank: str | None = "auto",
-        alpha: float = 0.4,
-        batch_size: int = 256,
-        rerank_model: str | None = None,
-    ) -> list[list[Hit]]:
-        """``search`` for many queries in one pass: queries are encoded ``batch_size`` at a
-        time and stage 1 is one FAISS batch search per batch. Returns one hit list per query,
-        in order, equal to ``[self.search(q, ...) for q in queries]``."""
-        from video_retrieval.index.search import search_batch
-
-        return search_batch(
-            self, queries, k=k, candidates=candidates, rerank=rerank, alpha=alpha,
-            batch_size=batch_size, rerank_model=rerank_model,
-        )  # fmt: skip

@@ -29,19 +29,24 @@ NaN); a zero-length union gives IoU 0 instead of NaN.
 from __future__ import annotations
 
 import copy
-from collections import Counter
 
 import numpy as np
 
 from video_retrieval.errors import UserError
 
 MAP_THRESHOLDS = [round(0.5 + 0.05 * i, 2) for i in range(10)]
+
+
 R1_THRESHOLDS = [0.3] + MAP_THRESHOLDS
+
+
 LENGTH_RANGES = {"short": (0, 10), "middle": (10, 30), "long": (30, 150), "full": None}
+
+
 SALIENCY_LEVELS = {"Fair": 2, "Good": 3, "VeryGood": 4}
 
 
-def _pct(x: float) -> float:
+def percent(x: float) -> float:
     return float(f"{100 * x:.2f}")
 
 
@@ -137,7 +142,7 @@ def saliency_ap(y_true, y_score) -> float:
     return float(np.mean(precision[idx]))
 
 
-def _key(qid) -> str:
+def qid_key(qid) -> str:
     return str(qid)
 
 
@@ -180,12 +185,12 @@ def eval_moment_retrieval(preds: dict, gts: dict, max_pred_windows: int = 10) ->
                 best = int(np.argmax(iou_cross(top[None], gt_w)[0]))
                 top1_iou[i] = iou_paired(top[None], gt_w[best][None])[0]
         ap_t = aps.mean(0)
-        m_ap = {str(t): _pct(v) for t, v in zip(MAP_THRESHOLDS, ap_t)}
-        m_ap["average"] = _pct(float(np.mean(ap_t)))
+        m_ap = {str(t): percent(v) for t, v in zip(MAP_THRESHOLDS, ap_t)}
+        m_ap["average"] = percent(float(np.mean(ap_t)))
         results[name] = {
             "MR-mAP": m_ap,
-            "MR-R1": {str(t): _pct(float(np.mean(top1_iou >= t))) for t in R1_THRESHOLDS},
-            "MR-mIoU": _pct(float(np.mean(top1_iou))),
+            "MR-R1": {str(t): percent(float(np.mean(top1_iou >= t))) for t in R1_THRESHOLDS},
+            "MR-mIoU": percent(float(np.mean(top1_iou))),
             "num_queries": len(qids),
         }
     return results
@@ -223,8 +228,8 @@ def eval_highlight(preds: dict, gts: dict, clip_len: float = 2.0) -> dict:
             for a in range(binary.shape[1]):
                 aps.append(saliency_ap(binary[:, a], y_pred))
         out[f"HL-min-{name}"] = {
-            "HL-mAP": _pct(float(np.mean(aps))),
-            "HL-Hit1": _pct(float(np.mean(hits))),
+            "HL-mAP": percent(float(np.mean(aps))),
+            "HL-Hit1": percent(float(np.mean(hits))),
         }
     return out
 
@@ -238,8 +243,8 @@ def evaluate(
     MR-full-mIoU, MR-{short,middle,long}-mAP and, when saliency is available,
     HL-min-{Fair,Good,VeryGood}-{mAP,Hit1}.
     """
-    pmap = {_key(p["qid"]): p for p in preds}
-    gmap = {_key(g["qid"]): g for g in gts}
+    pmap = {qid_key(p["qid"]): p for p in preds}
+    gmap = {qid_key(g["qid"]): g for g in gts}
     if match_number and set(pmap) != set(gmap):
         missing = sorted(set(gmap) - set(pmap))[:5]
         extra = sorted(set(pmap) - set(gmap))[:5]
@@ -277,258 +282,3 @@ def evaluate(
             brief[f"{k}-mAP"] = v["HL-mAP"]
             brief[f"{k}-Hit1"] = v["HL-Hit1"]
     return {"brief": dict(sorted(brief.items())), **dict(sorted(result.items()))}
-
-
-# --------------------------------------------------------------------------- DiDeMo protocol
-
-DIDEMO_MOMENTS = [(i, j) for i in range(6) for j in range(i, 6)]  # the 21 candidate moments
-DIDEMO_SEGMENT = 5.0  # seconds per segment
-
-
-def snap_to_segments(start: float, end: float, segment: float = DIDEMO_SEGMENT) -> tuple[int, int]:
-    """Seconds -> the inclusive DiDeMo segment pair ``(a, b)``: both boundaries go to the nearest
-    segment boundary, halves up (``a = floor(s / 5 + 1/2)``, ``b = floor(e / 5 + 1/2) - 1``),
-    then ``0 <= a <= 5`` and ``a <= b <= 5`` (a window shorter than half a segment keeps one
-    segment)."""
-    a = int(np.floor(start / segment + 0.5))
-    b = int(np.floor(end / segment + 0.5)) - 1
-    a = min(5, max(0, a))
-    return a, min(5, max(a, b))
-
-
-def windows_to_didemo_ranking(windows, segment: float = DIDEMO_SEGMENT) -> list[tuple[int, int]]:
-    """Predicted ``[start, end, score]`` rows in seconds (in ranking order) -> a ranking of all 21
-    DiDeMo moments: each row snapped (``snap_to_segments``) in the order given, repeats dropped;
-    then the moments not predicted, by descending IoU (segment units, inclusive ends) with the
-    top-1, ties in the canonical order (0,0), (0,1), ..., (0,5), (1,1), ..., (5,5). No window at
-    all ranks the 21 moments by IoU with (0, 0)."""
-    ranked: list[tuple[int, int]] = []
-    for w in windows:
-        m = snap_to_segments(float(w[0]), float(w[1]), segment)
-        if m not in ranked:
-            ranked.append(m)
-    top = ranked[0] if ranked else (0, 0)
-    rest = [m for m in DIDEMO_MOMENTS if m not in ranked]
-    rest.sort(key=lambda m: -_didemo_iou(top, m))  # stable: ties keep the canonical order
-    return ranked + rest
-
-
-def _didemo_iou(pred, gt) -> float:
-    inter = max(0, min(pred[1], gt[1]) + 1 - max(pred[0], gt[0]))
-    union = max(pred[1], gt[1]) + 1 - min(pred[0], gt[0])
-    return inter / union
-
-
-def didemo_query_scores(ranking, times) -> tuple[float, float]:
-    """The official per-query figures: (mean of the 3 best (lowest) ranks of the annotators'
-    moments in ``ranking``, mean of the 3 best IoUs of the top-1 with them)."""
-    times = [tuple(t) for t in times]
-    ious = np.sort([_didemo_iou(ranking[0], t) for t in times])[-3:]
-    ranks = np.sort([ranking.index(t) + 1 for t in times])[:3]
-    return float(np.mean(ranks)), float(np.mean(ious))
-
-
-def didemo_metrics(preds: list[dict], rows: list[dict]) -> dict:
-    """DiDeMo's official protocol (LocalizingMoments ``utils/eval.py``).
-
-    Per query, every annotator's moment gets its 1-based rank in the 21-moment ranking
-    (``windows_to_didemo_ranking`` of the query's predicted windows); the query's rank is the mean
-    of its 3 best (lowest) annotator ranks and its IoU the mean of the 3 best IoUs of the top-1
-    moment with the annotators' moments (segment units, inclusive ends). R@1 / R@5 = % of queries
-    whose mean rank is <= 1 / <= 5 (so R@1 needs three annotators on the top-1 moment); mIoU =
-    mean IoU x 100. ``rows`` are ``load_didemo_moments`` rows (their ``times``); a query without
-    a prediction ranks by IoU with (0, 0). Percentages, 2 decimals."""
-    if not rows:
-        raise UserError("no DiDeMo queries to score")
-    pmap = {_key(p["qid"]): p for p in preds}
-    ranks, ious = [], []
-    for r in rows:
-        p = pmap.get(_key(r["qid"]))
-        ranking = windows_to_didemo_ranking(p.get("pred_relevant_windows", []) if p else [])
-        rank, iou = didemo_query_scores(ranking, r["times"])
-        ranks.append(rank)
-        ious.append(iou)
-    ranks_a = np.asarray(ranks)
-    return {
-        "R@1": _pct(float(np.mean(ranks_a <= 1))),
-        "R@5": _pct(float(np.mean(ranks_a <= 5))),
-        "mIoU": _pct(float(np.mean(ious))),
-        "num_queries": len(rows),
-    }
-
-
-def didemo_prior_ranking(train_rows: list[dict]) -> list[tuple[int, int]]:
-    """DiDeMo's moment-frequency prior: the 21 moments ranked by how many times training
-    annotators chose each (every annotator's ``times`` entry counts once), most frequent first;
-    ties in the canonical order. No video and no text: the floor a model must beat."""
-    if not train_rows:
-        raise UserError("no DiDeMo training annotations to count the prior from")
-    counts = Counter(tuple(t) for r in train_rows for t in r["times"])
-    return sorted(DIDEMO_MOMENTS, key=lambda m: -counts[m])
-
-
-def didemo_prior_predictions(rows: list[dict], ranking) -> list[dict]:
-    """The prior's ranking as predictions for ``rows`` (seconds; score 21 for the first moment
-    down to 1): ``windows_to_didemo_ranking`` gives the ranking back unchanged."""
-    n = len(ranking)
-    windows = [[DIDEMO_SEGMENT * a, DIDEMO_SEGMENT * (b + 1), float(n - i)] for i, (a, b) in
-               enumerate(ranking)]  # fmt: skip
-    return [{"qid": r["qid"], "pred_relevant_windows": [list(w) for w in windows]} for r in rows]
-
-
-# --------------------------------------------------------------------------- Charades-STA protocol
-
-CHARADES_IOUS = (0.3, 0.5, 0.7)
-
-
-def charades_metrics(preds: list[dict], rows: list[dict]) -> dict:
-    """Charades-STA's standard figures (one ground-truth window per query): R@1 and R@5 at IoU
-    0.3 / 0.5 / 0.7 = % of queries where the first / any of the first five predicted windows (in
-    the order given) has IoU >= t with the ground truth; mIoU = mean IoU of the first window x 100.
-    A query without a prediction is a miss with IoU 0. Percentages, 2 decimals."""
-    if not rows:
-        raise UserError("no Charades-STA queries to score")
-    pmap = {_key(p["qid"]): p for p in preds}
-    top1 = np.zeros(len(rows))
-    best5 = np.zeros(len(rows))
-    for i, r in enumerate(rows):
-        gt = np.asarray(r["relevant_windows"][:1], dtype=np.float64).reshape(-1, 2)
-        p = pmap.get(_key(r["qid"]))
-        ws = (p.get("pred_relevant_windows") or []) if p else []
-        if not ws or not len(gt):
-            continue
-        ious = iou_cross(np.asarray([w[:2] for w in ws[:5]], dtype=np.float64), gt)[:, 0]
-        top1[i] = ious[0]
-        best5[i] = ious.max()
-    out = {}
-    for t in CHARADES_IOUS:
-        out[f"R1@{t}"] = _pct(float(np.mean(top1 >= t)))
-    for t in CHARADES_IOUS:
-        out[f"R5@{t}"] = _pct(float(np.mean(best5 >= t)))
-    out["mIoU"] = _pct(float(np.mean(top1)))
-    out["num_queries"] = len(rows)
-    return out
-
-
-# --------------------------------------------------------------------------- files
-
-PROTOCOLS = ("auto", "qvhighlights", "didemo", "charades")
-
-
-def load_ground_truth(path, protocol: str = "auto", durations=None) -> tuple[str, list[dict]]:
-    """(protocol, validated rows): ``auto`` detects the format from the file (a JSON list is
-    DiDeMo, JSON lines QVHighlights, ``##`` lines Charades-STA). ``charades`` also scores a
-    QVHighlights-style jsonl (lighthouse's Charades-STA files) with the Charades figures."""
-    from video_retrieval.datasets.moments import (
-        detect_format,
-        load_charades_sta,
-        load_didemo_moments,
-        load_qvhighlights,
-    )
-
-    if protocol not in PROTOCOLS:
-        raise UserError(f"unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
-    fmt = detect_format(path)
-    if protocol == "auto":
-        protocol = fmt
-    if protocol == "didemo" and fmt != "didemo":
-        raise UserError(f"{path}: --protocol didemo needs a LocalizingMoments JSON list")
-    if protocol == "qvhighlights" and fmt != "qvhighlights":
-        raise UserError(f"{path}: --protocol qvhighlights needs QVHighlights JSON lines")
-    if fmt == "didemo":
-        return protocol, load_didemo_moments(path)
-    if fmt == "charades":
-        return protocol, load_charades_sta(path, durations)
-    return protocol, load_qvhighlights(path, require_text=False)
-
-
-def evaluate_files(
-    pred_path, gt_path, match_number: bool = True, protocol: str = "auto", durations=None
-) -> dict:
-    """``vr eval moments --pred FILE --gt FILE``: validated inputs, the protocol's metrics.
-
-    Returns ``{"protocol", "brief", "warnings", ...}``: for QVHighlights the official evaluator's
-    keys (``brief``, ``full``, ``short``, ...); for DiDeMo ``brief`` = {R@1, R@5, mIoU}; for
-    Charades-STA ``brief`` = {R1@0.3, R1@0.5, R1@0.7, R5@0.3, R5@0.5, R5@0.7, mIoU}; each with
-    ``num_queries``. ``warnings`` lists what was repaired (windows clipped to the duration) or
-    worth knowing (windows not sorted by score: the order given is the ranking)."""
-    from video_retrieval.datasets.moment_preds import (
-        clip_to_durations,
-        load_predictions,
-        unsorted_count,
-    )
-
-    protocol, gts = load_ground_truth(gt_path, protocol, durations)
-    preds = load_predictions(pred_path)
-    pkeys = {_key(p["qid"]) for p in preds}
-    gkeys = {_key(g["qid"]) for g in gts}
-    if match_number and pkeys != gkeys:
-        missing = sorted(gkeys - pkeys)
-        extra = sorted(pkeys - gkeys)
-        raise UserError(
-            f"prediction and ground-truth qids differ: {len(missing)} ground-truth qid(s) without "
-            f"a prediction (first: {missing[:5]}), {len(extra)} predicted qid(s) not in the "
-            f"ground truth (first: {extra[:5]})"
-        )
-    warnings = []
-    durations_by_qid = {_key(g["qid"]): g.get("duration") for g in gts}
-    clipped = clip_to_durations(preds, durations_by_qid)
-    if clipped:
-        warnings.append(
-            f"{clipped} predicted window(s) end after their video's duration; clipped to it"
-        )
-    unsorted = unsorted_count(preds)
-    if unsorted:
-        warnings.append(
-            f"{unsorted} prediction(s) list windows not in descending score order; the order "
-            f"given is used as the ranking (as the official evaluators do)"
-        )
-    if protocol == "didemo":
-        m = didemo_metrics(preds, gts)
-        res = {"brief": {k: m[k] for k in ("R@1", "R@5", "mIoU")}, "num_queries": m["num_queries"]}
-    elif protocol == "charades":
-        m = charades_metrics(preds, gts)
-        n = m.pop("num_queries")
-        res = {"brief": m, "num_queries": n}
-    else:
-        if not any(g.get("relevant_windows") or g.get("saliency_scores") for g in gts):
-            raise UserError(
-                f"{gt_path}: no ground-truth windows or saliency scores to score against (an "
-                f"unlabelled release such as highlight_test_release.jsonl?)"
-            )
-        res = evaluate(preds, gts, match_number=match_number)
-        if not res["brief"]:
-            raise UserError(f"{pred_path}: nothing to score (no windows, no saliency scores)")
-    return {"protocol": protocol, **res, "warnings": warnings}
-
-
-def evaluate_didemo_prior(train_path, gt_path, protocol: str = "auto") -> dict:
-    """``vr eval moments --prior TRAIN --gt GT``: DiDeMo's moment-frequency prior counted from
-    ``TRAIN`` and scored on ``GT`` with the official protocol; ``prior`` lists the ranking."""
-    protocol, gts = load_ground_truth(gt_path, protocol)
-    if protocol != "didemo":
-        raise UserError(f"{gt_path}: --prior is DiDeMo's baseline; this is {protocol} ground truth")
-    _, train = load_ground_truth(train_path, "didemo")
-    ranking = didemo_prior_ranking(train)
-    m = didemo_metrics(didemo_prior_predictions(gts, ranking), gts)
-    return {
-        "protocol": protocol,
-        "method": "moment_frequency_prior",
-        "brief": {k: m[k] for k in ("R@1", "R@5", "mIoU")},
-        "num_queries": m["num_queries"],
-        "prior": [list(x) for x in ranking],
-        "train_annotations": len(train),
-        "warnings": [],
-    }
-
-
-def json_safe(obj):
-    """``obj`` with every non-finite float replaced by None (so ``json.dumps(allow_nan=False)``
-    never fails and no NaN / Infinity reaches a JSON reader)."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj

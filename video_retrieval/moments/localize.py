@@ -70,7 +70,7 @@ class ZeroShotLocalizer:
     def build(cls, model=None, pretrained=None, clip_encoder=None, encoder=None,
               random_weights: bool = False, clip_len: float = 2.0) -> ZeroShotLocalizer:  # fmt: skip
         """From a retrieval checkpoint (``clip_encoder``), a loaded ``encoder``, or the model
-        flags (``model_weights.resolve_encoder_args``: no silent random weights)."""
+        flags (``models.weights.resolve_encoder_args``: no silent random weights)."""
         from video_retrieval.models.weights import (
             describe_weights,
             resolve_encoder_args,

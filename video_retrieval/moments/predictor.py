@@ -135,7 +135,7 @@ class MomentPredictor:
         model.load_state_dict(state)
         pooling = str(meta.get("clip_pooling", "frame"))
         source = dict(meta["encoder_source"])
-        if source.get("relative"):  # written by model_io.slim_moment_checkpoint
+        if source.get("relative"):  # written by models.checkpoints.slim_moment_checkpoint
             source["path"] = str(path.resolve().parent / source["path"])
         if encoder is None:
             encoder, agg = build_feature_models(source, pooling)

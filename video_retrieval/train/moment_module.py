@@ -30,7 +30,6 @@ from video_retrieval.temporal.moment_loss import MomentCriterion
 from video_retrieval.temporal.moment_matcher import HungarianMatcher
 from video_retrieval.train.moment_data import MomentDataModule
 
-
 LR_SCHEDULES = ("step", "cosine")
 
 
