@@ -38,14 +38,13 @@ import numpy as np
 from search_latency import latencies  # benchmarks/ is the script's folder: on sys.path
 
 from video_retrieval.index.ann import (
-    AnnOptions,
     ann_search,
-    build_measured,
     format_bytes,
     memory_estimate,
     search_params,
     set_search_params,
 )
+from video_retrieval.index.ann_recall import AnnOptions, build_measured
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,10 +60,10 @@ def base_vectors(world: Path, work: Path, n_text: int) -> tuple[np.ndarray, np.n
     if cache.exists():
         z = np.load(cache)
         return z["videos"], z["texts"]
-    from video_retrieval.demo import DEMO_RETRIEVAL
+    from video_retrieval.index.api import Index
+    from video_retrieval.index.queries import encode_queries
     from video_retrieval.index.rerank import uniform_indices
-    from video_retrieval.index.search import encode_queries
-    from video_retrieval.index.store import Index
+    from video_retrieval.models.assets import DEMO_RETRIEVAL
 
     if not (world / "videos").is_dir():
         import subprocess

@@ -26,13 +26,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from video_retrieval.encoders import create_encoder
+from video_retrieval.encoders.factory import create_encoder
 from video_retrieval.temporal import build_aggregator
 from video_retrieval.temporal.features import TextFeatures, VideoFeatures
 
 from video_retrieval.media.decode import load_frames
-from video_retrieval.train.cache_build import CacheSettings, FeatureCache, build_cache
-from video_retrieval.train.cache_data import items_from_captions_jsonl, pair_loader
+from video_retrieval.train.cache_build import build_cache
+from video_retrieval.train.cache_data import pair_loader
+from video_retrieval.train.cache_items import items_from_captions_jsonl
+from video_retrieval.train.cache_reader import FeatureCache
+from video_retrieval.train.cache_settings import CacheSettings
 
 
 def infonce(sim: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ import tempfile
 import time
 
 import torch
-from video_retrieval.encoders import create_encoder
+from video_retrieval.encoders.factory import create_encoder
 from video_retrieval.encoders.precision import cpu_has_fast_bf16
 
 from video_retrieval.media.decode import load_frames

@@ -56,7 +56,7 @@ def machine(device: str) -> dict:
 # -- encode ---------------------------------------------------------------------------------------
 @torch.no_grad()
 def bench_encode(models, device, batch, iters) -> list[dict]:
-    from video_retrieval.encoders import create_encoder
+    from video_retrieval.encoders.factory import create_encoder
 
     rows = []
     for name in models:
@@ -96,7 +96,8 @@ def make_videos(folder: Path, n: int, seconds: float, size: tuple[int, int]) -> 
 
 
 def bench_index(work: Path, device, model, videos, seconds, size, workers) -> dict:
-    from video_retrieval.index.build import IndexConfig, run_indexing
+    from video_retrieval.index.build import run_indexing
+    from video_retrieval.index.config import IndexConfig
 
     vids = make_videos(work / "videos", videos, seconds, size)
     d = work / "index"

@@ -50,9 +50,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
 
-    from video_retrieval.encoders import create_encoder
+    from video_retrieval.encoders.factory import create_encoder
 
-    from video_retrieval.index.build import IndexConfig, run_indexing
+    from video_retrieval.index.build import run_indexing
+    from video_retrieval.index.config import IndexConfig
     from video_retrieval.index.pipeline import BatchingEncoder
     from video_retrieval.media.decode import load_frames
 

@@ -76,9 +76,10 @@ def through_the_app(src: Path, work: Path) -> tuple[float, float]:
     """Seconds to the first 64 KiB of /media for the first request and for a later one."""
     from fastapi.testclient import TestClient
 
-    from video_retrieval.demo import DEMO_RETRIEVAL
-    from video_retrieval.index.store import Index
-    from video_retrieval.web import ServeConfig, create_app
+    from video_retrieval.index.api import Index
+    from video_retrieval.models.assets import DEMO_RETRIEVAL
+    from video_retrieval.web.app import create_app
+    from video_retrieval.web.config import ServeConfig
 
     idx_dir = work / f"index_{src.stem}"
     Index.build([src], idx_dir, checkpoint=str(DEMO_RETRIEVAL), num_frames=4, progress=False)

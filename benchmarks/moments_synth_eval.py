@@ -81,7 +81,8 @@ def main() -> None:
         out["test_by_event"] = by_event(preds, rows, world)
         print(json.dumps(out, indent=1))
         return
-    from video_retrieval.train.moment_module import MomentDataModule, load_module, predict_split
+    from video_retrieval.train.moment_data import MomentDataModule
+    from video_retrieval.train.moment_module import load_module, predict_split
 
     module = load_module(args.ckpt)
     meta = module.meta_extra

@@ -52,7 +52,7 @@ def ensure_world(world: Path) -> None:
 
 
 def split_videos(world: Path, split: str) -> list[str]:
-    from video_retrieval.cli.eval import read_captions
+    from video_retrieval.index.evaluate import read_captions
 
     seen: dict[str, None] = {}
     for video, _ in read_captions(world / "captions.jsonl", split):
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from video_retrieval.cli.eval import evaluate_retrieval, read_caption_lines
+    from video_retrieval.index.evaluate import evaluate_retrieval, read_caption_lines
     from video_retrieval.index.search import resolve_rerank
     from video_retrieval.models.checkpoints import load_retrieval_model
 

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from video_retrieval.index.api import Index
+from video_retrieval.index.queries import encode_queries
 from video_retrieval.index.rerank import uniform_indices
-from video_retrieval.index.search import encode_queries, get_reranker
-from video_retrieval.index.store import Index
+from video_retrieval.index.search import get_reranker
 
 ROOT = Path(__file__).resolve().parents[1]
 

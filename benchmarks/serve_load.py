@@ -36,8 +36,8 @@ PER_SEED = 1400
 def build(work: Path, n: int, workers: int) -> None:
     from video_retrieval.datasets.synth_retrieval import generate_retrieval
 
-    from video_retrieval.demo import DEMO_RETRIEVAL
-    from video_retrieval.index.store import Index
+    from video_retrieval.index.api import Index
+    from video_retrieval.models.assets import DEMO_RETRIEVAL
 
     t0 = time.perf_counter()
     folders, made, seed = [], 0, 0

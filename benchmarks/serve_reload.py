@@ -47,9 +47,10 @@ def main() -> None:
     import torch
     from video_retrieval.datasets.synth_retrieval import generate_retrieval
 
-    from video_retrieval.demo import DEMO_RETRIEVAL
-    from video_retrieval.index.store import Index
-    from video_retrieval.web import ServeConfig, load_state
+    from video_retrieval.index.api import Index
+    from video_retrieval.models.assets import DEMO_RETRIEVAL
+    from video_retrieval.web.config import ServeConfig
+    from video_retrieval.web.state import load_state
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)

@@ -8,18 +8,13 @@ retrying for minutes.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import socket
-import threading
-from functools import lru_cache
 from pathlib import Path
 
 import open_clip
 import torch
-from torch import nn
 from video_retrieval.encoders.clip_encoder import (
     DEFAULT_MODEL,
     ENCODER_FILE_FORMAT,
@@ -34,57 +29,13 @@ from video_retrieval.encoders.registry import (
     register_model_configs,
     tag_uses_quick_gelu,
 )
+from video_retrieval.encoders.weights_io import (
+    download_error,
+    hub_offline_if_unreachable,
+    load_state_into,
+)
 
 from video_retrieval.errors import UserError
-
-
-@lru_cache(maxsize=8)
-def _host_resolves(host: str, timeout: float = 3.0) -> bool:
-    """Cheap network probe (DNS lookup in a thread with a timeout)."""
-    result = []
-
-    def probe():
-        try:
-            socket.getaddrinfo(host, 443)
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    th = threading.Thread(target=probe, daemon=True)
-    th.start()
-    th.join(timeout)
-    return bool(result and result[0])
-
-
-@contextlib.contextmanager
-def _hub_offline_if_unreachable():
-    """Put huggingface_hub in offline mode (cache only) when the Hub cannot be reached, so a
-    missing download fails at once instead of after a minute of retries."""
-    try:
-        from huggingface_hub import constants as hf_constants
-    except Exception:  # pragma: no cover
-        yield
-        return
-    old = hf_constants.HF_HUB_OFFLINE
-    if not old and not _host_resolves("huggingface.co"):
-        hf_constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        hf_constants.HF_HUB_OFFLINE = old
-
-
-def _download_error(model: str, tag: str, cause: Exception) -> UserError:
-    cfg = open_clip.get_pretrained_cfg(model, tag) or {}
-    source = cfg.get("hf_hub") or cfg.get("url") or "the open_clip weights host"
-    offline = not _host_resolves("huggingface.co")
-    why = "no network and not in the local cache" if offline else f"{type(cause).__name__}"
-    return UserError(
-        f"could not download the pretrained weights {model!r}/{tag!r} from {source.rstrip('/')} "
-        f"({why}). Download open_clip_pytorch_model.bin once on a connected machine and pass it: "
-        f"--model {model} --pretrained /path/to/open_clip_pytorch_model.bin "
-        f"(Python: create_encoder({model!r}, pretrained=PATH))"
-    )
 
 
 def _read_encoder_file_spec(path: Path) -> dict | None:
@@ -121,16 +72,6 @@ def _build_open_clip(name: str, seed: int, quick_gelu: bool, pretrained: str | N
             )
     finally:
         logging.disable(previous)
-
-
-def _load_state_into(module: nn.Module, state: dict, path: Path) -> None:
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        msg = str(e).splitlines()
-        raise UserError(
-            f"{path}: weights do not fit the model architecture ({' '.join(msg[:3])[:300]})"
-        ) from e
 
 
 def create_encoder(
@@ -193,7 +134,7 @@ def create_encoder(
         enc = create_encoder(**kwargs)
         from safetensors.torch import load_file
 
-        _load_state_into(enc.model, load_file(str(ckpt_path)), ckpt_path)
+        load_state_into(enc.model, load_file(str(ckpt_path)), ckpt_path)
         enc.spec["weights"] = {"checkpoint": str(ckpt_path.resolve())}
         return enc
 
@@ -216,10 +157,10 @@ def create_encoder(
         check_pretrained_tag(name, pretrained)
         quick_gelu = quick_gelu or tag_uses_quick_gelu(name, pretrained)
         try:
-            with _hub_offline_if_unreachable():
+            with hub_offline_if_unreachable():
                 clip = _build_open_clip(name, seed, quick_gelu, pretrained=pretrained)
         except Exception as e:
-            raise _download_error(name, pretrained, e) from e
+            raise download_error(name, pretrained, e) from e
     else:
         clip = _build_open_clip(name, seed, quick_gelu)
         if ckpt_path is not None:

@@ -22,13 +22,9 @@ from pathlib import Path
 import open_clip
 import torch
 from torch import nn
-from video_retrieval.encoders.clip_encoder import (
-    ClipEncoder,
-    _hub_offline_if_unreachable,
-    _load_state_into,
-    word_mask_from_eot,
-)
+from video_retrieval.encoders.clip_encoder import ClipEncoder, word_mask_from_eot
 from video_retrieval.encoders.preprocess import CLIP_MEAN, CLIP_STD
+from video_retrieval.encoders.weights_io import hub_offline_if_unreachable, load_state_into
 
 from video_retrieval.errors import UserError
 
@@ -192,7 +188,7 @@ def create_hf_encoder(
             ) from e
     else:
         try:
-            with _hub_offline_if_unreachable():
+            with hub_offline_if_unreachable():
                 clip = CLIPModel.from_pretrained(name)
         except Exception as e:
             reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
@@ -204,7 +200,7 @@ def create_hf_encoder(
             ) from e
     clip = clip.float()
     if checkpoint is not None:
-        _load_state_into(clip, _load_hf_state(Path(checkpoint)), Path(checkpoint))
+        load_state_into(clip, _load_hf_state(Path(checkpoint)), Path(checkpoint))
 
     if local and _has_tokenizer(directory):
         tokenizer = _HFTokenizer(str(directory))

@@ -5,8 +5,9 @@
   then ``iters`` times a = 1/(K b), b = 1/(aᵀ K); the prior is log_softmax(log b - max L) over the
   test items and is added to the test logits. Non-transductive (the bank is training data).
   UCoFiA applies it per level (``UCoFiA.level_similarities``) and then averages the levels.
-* Dual softmax (DSL, CAMoE / TS2-Net test time, refs §5): S' = S * softmax(S / temp, dim=0), each
-  video column normalised over all test queries. Transductive.
+
+The transductive dual softmax (DSL, CAMoE / TS2-Net test time) is a metric variant, not part of a
+model: ``metrics.retrieval.dual_softmax``.
 """
 
 from __future__ import annotations
@@ -54,9 +55,3 @@ def apply_sinkhorn(
     if dim in ("v2t", 0):
         return test_logits + sinkhorn_prior(bank_logits.t(), iters)[:, None].to(test_logits.dtype)
     raise ValueError(f"dim must be 't2v' (1) or 'v2t' (0), not {dim!r}")
-
-
-def dual_softmax(sim: torch.Tensor, temp: float = 1.0) -> torch.Tensor:
-    """Test-time DSL: ``sim * softmax(sim / temp, dim=0)`` (over the queries of each video
-    column) for ``sim [N_text, N_video]`` logit-scaled similarities."""
-    return sim * torch.softmax(sim / temp, dim=0)

@@ -25,8 +25,8 @@ def build_serve_index(root: Path, num_videos: int = 8, seed: int = 11) -> dict:
     """Write the collection and index it with the committed demo model (a few seconds)."""
     from video_retrieval.datasets.synth_retrieval import generate_retrieval
 
-    from video_retrieval.demo import DEMO_RETRIEVAL
-    from video_retrieval.index.store import Index
+    from video_retrieval.index.api import Index
+    from video_retrieval.models.assets import DEMO_RETRIEVAL
 
     coll = root / "collection"
     generate_retrieval(

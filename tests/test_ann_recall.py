@@ -16,22 +16,24 @@ import pytest
 from video_retrieval.cli import main
 from video_retrieval.errors import UserError
 from video_retrieval.index.ann import (
-    AnnOptions,
-    RecallSample,
     ann_search,
     auto_kind,
     build_ann,
-    build_measured,
     describe,
-    ladder,
-    measure_recall,
     memory_estimate,
     parse_memory,
-    recall_sample,
-    rerank_ladder,
     set_search_params,
 )
-from video_retrieval.index.store import Index
+from video_retrieval.index.ann_recall import (
+    AnnOptions,
+    RecallSample,
+    build_measured,
+    ladder,
+    measure_recall,
+    recall_sample,
+    rerank_ladder,
+)
+from video_retrieval.index.api import Index
 from video_retrieval.media.write import write_video
 
 TINY = ["--model", "vr-tiny", "--random-weights"]

@@ -8,11 +8,13 @@ training loss, one optimiser step and the evaluation similarities agree within f
 import lightning as L
 import pytest
 import torch
-from video_retrieval.encoders import create_encoder
+from video_retrieval.encoders.factory import create_encoder
 
 from video_retrieval.errors import UserError
-from video_retrieval.train.cache_build import CacheSettings, build_cache
-from video_retrieval.train.cache_data import CachedRetrievalDataModule, items_from_dataset
+from video_retrieval.train.cache_build import build_cache
+from video_retrieval.train.cache_data import CachedRetrievalDataModule
+from video_retrieval.train.cache_items import items_from_dataset
+from video_retrieval.train.cache_settings import CacheSettings
 from video_retrieval.train.retrieval_data import RetrievalDataModule
 from video_retrieval.train.retrieval_module import RetrievalModule
 

@@ -85,7 +85,7 @@ def _test_on(config: str, world: Path, run: Path, ckpt: Path, test_file: str) ->
 
 
 def _split(world: Path, split: str):
-    from video_retrieval.cli.eval import read_caption_lines
+    from video_retrieval.index.evaluate import read_caption_lines
 
     caps = read_caption_lines(world / "captions.jsonl", split)
     videos = list(dict.fromkeys(v for v, _c, _n in caps))
@@ -95,7 +95,7 @@ def _split(world: Path, split: str):
 def _evaluate(world, work, name, checkpoint, rows, split="test_partial", **sampling) -> dict:
     """R@1 of each (label, rerank, rerank_model) over ``split`` indexed with ``checkpoint``."""
     from video_retrieval import Index
-    from video_retrieval.cli.eval import evaluate_retrieval
+    from video_retrieval.index.evaluate import evaluate_retrieval
     from video_retrieval.index.search import resolve_rerank
 
     videos, caps = _split(world, split)

@@ -237,7 +237,7 @@ def test_allow_missing_leaves_them_out_and_logs_the_count(world, tmp_path, caplo
 
 
 def test_moment_training_refuses_missing_videos(tmp_path, clip):
-    from video_retrieval.train.moment_module import MomentDataModule
+    from video_retrieval.train.moment_data import MomentDataModule
 
     rows = [{"qid": i, "query": f"q{i}", "vid": f"v{i % 3}", "duration": 2.0,
              "relevant_windows": [[0, 1]]} for i in range(6)]  # fmt: skip

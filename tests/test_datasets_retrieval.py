@@ -14,9 +14,9 @@ from video_retrieval.datasets.msrvtt import load_msrvtt, load_temporal_pairs
 
 from video_retrieval.errors import UserError
 from video_retrieval.media.write import write_video
-from video_retrieval.train.retrieval_data import (
+from video_retrieval.train.retrieval_data import RetrievalDataModule
+from video_retrieval.train.retrieval_datasets import (
     FrameReader,
-    RetrievalDataModule,
     RetrievalEvalDataset,
     RetrievalTrainDataset,
     center_crop_square,

@@ -3,7 +3,7 @@
 import json
 
 from video_retrieval.cli import main
-from video_retrieval.demo import DEMO_CLIPS, DEMO_MOMENTS, DEMO_RETRIEVAL
+from video_retrieval.models.assets import DEMO_CLIPS, DEMO_MOMENTS, DEMO_RETRIEVAL
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -10,7 +10,7 @@ import pytest
 from video_retrieval.datasets.moments import load_didemo_moments
 
 from video_retrieval.cli import main
-from video_retrieval.metrics.moments import (
+from video_retrieval.metrics.moment_protocols import (
     DIDEMO_MOMENTS,
     charades_metrics,
     didemo_metrics,
@@ -198,7 +198,8 @@ def test_moment_detr_validation_reports_didemo_metrics(tmp_path):
     import lightning as L
 
     from video_retrieval.media.write import write_video
-    from video_retrieval.train.moment_module import MomentDataModule, MomentDETRModule
+    from video_retrieval.train.moment_data import MomentDataModule
+    from video_retrieval.train.moment_module import MomentDETRModule
 
     records = json.loads((REAL / "didemo_val_head40.json").read_text())[:6]
     root = tmp_path / "didemo"
@@ -281,7 +282,7 @@ def test_moments_didemo_recipe_monitors_the_official_r1(tmp_path):
 
 
 def test_moment_frequency_prior_by_hand(tmp_path, capsys):
-    from video_retrieval.metrics.moments import didemo_prior_ranking
+    from video_retrieval.metrics.moment_protocols import didemo_prior_ranking
 
     train = tmp_path / "didemo_train.json"
     train.write_text(json.dumps([_record(1, [[1, 1], [1, 1], [1, 1], [0, 0]]),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from video_retrieval.encoders.preprocess import clip_preprocess, resize_shape
+from video_retrieval.encoders.preprocess import clip_preprocess
 from video_retrieval.temporal import build_aggregator
 from video_retrieval.temporal.base import l2norm, zero_padding
 from video_retrieval.temporal.features import TextFeatures, VideoFeatures
@@ -35,6 +35,8 @@ from video_retrieval.temporal.patch_select import (
     perturbed_topk,
 )
 from video_retrieval.temporal.seq_transformer import MASK_BIAS, key_padding_bias
+
+from video_retrieval.media.resize import resize_shape
 
 D = 16
 
@@ -447,6 +449,7 @@ def test_moment_criterion_losses_equal_previous_formula():
 
 def old_clip_preprocess(pixels, image_size, mean, std):
     from video_retrieval.encoders.preprocess import to_uint8_tensor
+
     from video_retrieval.media.resize import resize_uint8
 
     x = to_uint8_tensor(pixels)

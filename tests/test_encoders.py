@@ -11,17 +11,12 @@ import open_clip
 import pytest
 import torch
 from PIL import Image
-from video_retrieval.encoders import (
-    CLIP_MEAN,
-    CLIP_STD,
-    ClipEncoder,
-    clip_preprocess,
-    create_encoder,
-    list_models,
-    load_encoder,
-)
-from video_retrieval.encoders import clip_encoder as clip_encoder_module
+from video_retrieval.encoders import weights_io as weights_io_module
+from video_retrieval.encoders.clip_encoder import ClipEncoder
+from video_retrieval.encoders.factory import create_encoder, load_encoder
 from video_retrieval.encoders.precision import cpu_has_fast_bf16, resolve_autocast_dtype
+from video_retrieval.encoders.preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
+from video_retrieval.encoders.registry import list_models
 from video_retrieval.temporal.features import TextFeatures
 
 from video_retrieval.errors import UserError
@@ -226,7 +221,7 @@ def test_unknown_model_and_tag_give_user_errors():
 def test_offline_pretrained_tag_is_one_clear_error(monkeypatch, tmp_path):
     from huggingface_hub import constants as hf_constants
 
-    monkeypatch.setattr(clip_encoder_module, "_host_resolves", lambda *a, **k: False)
+    monkeypatch.setattr(weights_io_module, "host_resolves", lambda *a, **k: False)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
     with pytest.raises(UserError) as err:
         create_encoder("ViT-B-32", pretrained="laion2b_s34b_b79k")
@@ -344,7 +339,7 @@ def test_hf_backend_deterministic_batch_independent_and_round_trip(hf_dir, frame
 
 
 def test_hf_backend_missing_model_is_user_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(clip_encoder_module, "_host_resolves", lambda *a, **k: False)
+    monkeypatch.setattr(weights_io_module, "host_resolves", lambda *a, **k: False)
     with pytest.raises(UserError, match="local directory"):
         create_encoder("no-such-org/no-such-clip", backend="hf")
     with pytest.raises(UserError, match="config.json"):

@@ -145,7 +145,7 @@ def test_unsorted_windows_are_scored_in_the_given_order_with_a_warning(tmp_path,
 def test_json_output_never_holds_nan(tmp_path, capsys):
     """The old evaluator printed ``"MR-full-mIoU": NaN`` (invalid JSON) for NaN windows: those are
     refused now, and the printer turns any non-finite value into null before a strict dump."""
-    from video_retrieval.metrics.moments import json_safe
+    from video_retrieval.moments.evaluate import json_safe
 
     assert json_safe({"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}}) == {
         "a": None, "b": [None, 1.5], "c": {"d": None}
@@ -189,7 +189,7 @@ def test_errors_through_the_installed_command_have_no_traceback(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_index(tmp_path_factory) -> Path:
-    from video_retrieval.index.store import Index
+    from video_retrieval.index.api import Index
     from video_retrieval.media.write import write_video
 
     root = tmp_path_factory.mktemp("evalidx")

@@ -13,30 +13,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from video_retrieval.encoders import create_encoder
+from video_retrieval.encoders.factory import create_encoder
+from video_retrieval.encoders.patches import select_topk_patches
 
 from video_retrieval.errors import UserError
 from video_retrieval.media.decode import load_frames
 from video_retrieval.media.write import write_video
-from video_retrieval.train.cache_build import (
-    ARRAY_FILES,
-    CacheSettings,
-    CaptionItem,
-    FeatureCache,
-    VideoItem,
-    fit_length,
-    build_cache,
-    select_topk_patches,
-)
+from video_retrieval.train.cache_build import build_cache
 from video_retrieval.train.cache_data import (
     CachedCaptionDataset,
     CachedPairDataset,
     caption_loader,
     eval_arrays,
-    items_from_captions_jsonl,
     pair_loader,
-    videos_from_list_or_dir,
 )
+from video_retrieval.train.cache_encode import fit_length
+from video_retrieval.train.cache_items import items_from_captions_jsonl, videos_from_list_or_dir
+from video_retrieval.train.cache_reader import FeatureCache
+from video_retrieval.train.cache_settings import ARRAY_FILES, CacheSettings, CaptionItem, VideoItem
 
 T = 6
 SETTINGS = dict(num_frames=T, patches="all", max_words=16)

@@ -47,7 +47,7 @@ def test_gpu_check_refuses_without_cuda(tmp_path):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_encoder_matches_cpu_within_autocast_tolerance():
-    from video_retrieval.encoders import create_encoder
+    from video_retrieval.encoders.factory import create_encoder
 
     frames = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
     cpu = create_encoder("vr-tiny", precision="fp32")
@@ -61,7 +61,7 @@ def test_cuda_encoder_matches_cpu_within_autocast_tolerance():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_index_equals_cpu_index(tmp_path):
-    from video_retrieval.index.store import Index
+    from video_retrieval.index.api import Index
     from video_retrieval.media.write import write_test_pattern
 
     v = write_test_pattern(tmp_path / "v" / "a.mp4", seconds=3.0, width=160, height=120)

@@ -17,8 +17,8 @@ import pytest
 from _video_util import write_audio_only
 
 from video_retrieval.errors import UserError
+from video_retrieval.index.api import Index
 from video_retrieval.index.files import read_events
-from video_retrieval.index.store import Index
 from video_retrieval.media.write import write_video
 
 VR = [sys.executable, "-m", "video_retrieval.cli"]
@@ -231,7 +231,7 @@ def test_bad_files_are_skipped_and_listed(vids, tmp_path, capsys):
 
 
 def test_other_model_or_sampling_is_refused(vids, tmp_path):
-    from video_retrieval.encoders import create_encoder
+    from video_retrieval.encoders.factory import create_encoder
 
     d = tmp_path / "idx"
     build([vids / "clip0.mp4"], d)

@@ -40,9 +40,9 @@ def test_zero_shot_moments(video, capsys):
 def test_zero_shot_with_a_clip_encoder(video, capsys):
     import torch
 
+    from video_retrieval.models.assets import demo_retrieval_checkpoint
     from video_retrieval.models.checkpoints import load_retrieval_model
     from video_retrieval.moments.features import clip_features
-    from video_retrieval.train.moment_module import demo_retrieval_checkpoint
 
     ckpt = demo_retrieval_checkpoint()
     if ckpt is None:

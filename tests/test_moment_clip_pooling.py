@@ -10,8 +10,8 @@ from video_retrieval.datasets.moments import moment_clip_captions
 
 from video_retrieval.errors import UserError
 from video_retrieval.media.write import write_video
+from video_retrieval.models.assets import demo_retrieval_checkpoint
 from video_retrieval.moments.features import FeatureCache, clip_features, clip_windows
-from video_retrieval.train.moment_module import demo_retrieval_checkpoint
 
 torch.set_num_threads(1)
 DEMO = demo_retrieval_checkpoint()
@@ -45,7 +45,7 @@ def video(tmp_path_factory):
 
 
 def test_aggregator_pooling_equals_direct_embedding(video):
-    from video_retrieval.encoders import create_encoder
+    from video_retrieval.encoders.factory import create_encoder
     from video_retrieval.temporal import build_aggregator
     from video_retrieval.temporal.features import VideoFeatures
 
@@ -78,7 +78,7 @@ def test_aggregator_pooling_equals_direct_embedding(video):
 
 
 def test_cache_key_separates_poolings(tmp_path):
-    from video_retrieval.encoders import create_encoder
+    from video_retrieval.encoders.factory import create_encoder
     from video_retrieval.temporal import build_aggregator
 
     enc = create_encoder("vr-tiny", precision="fp32")
@@ -147,11 +147,8 @@ def test_head_on_pooled_clips_round_trips_through_the_predictor(video, tmp_path)
     import lightning as L
 
     from video_retrieval.moments.predictor import MomentPredictor
-    from video_retrieval.train.moment_module import (
-        MomentDataModule,
-        MomentDETRModule,
-        predict_split,
-    )
+    from video_retrieval.train.moment_data import MomentDataModule
+    from video_retrieval.train.moment_module import MomentDETRModule, predict_split
 
     rows = [
         {

@@ -7,10 +7,10 @@ from video_retrieval.errors import UserError
 from video_retrieval.metrics.moments import (
     average_precision_detection,
     evaluate,
-    evaluate_files,
     interpolated_ap,
     saliency_ap,
 )
+from video_retrieval.moments.evaluate import evaluate_files
 
 
 def _gt(qid, windows, duration=150, **kw):
@@ -146,7 +146,7 @@ def test_vr_eval_moments_prints_json(tmp_path, capsys):
 
 
 def test_didemo_official_protocol_by_hand():
-    from video_retrieval.metrics.moments import didemo_metrics, windows_to_didemo_ranking
+    from video_retrieval.metrics.moment_protocols import didemo_metrics, windows_to_didemo_ranking
 
     ranking = windows_to_didemo_ranking([[5, 10, 0.9], [5.2, 9.8, 0.8], [0, 30, 0.1]])
     assert ranking[:2] == [(1, 1), (0, 5)] and len(ranking) == 21 and len(set(ranking)) == 21

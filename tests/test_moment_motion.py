@@ -7,7 +7,7 @@ import pytest
 from video_retrieval.errors import UserError
 from video_retrieval.media.write import write_video
 from video_retrieval.moments.features import MotionCache, motion_features
-from video_retrieval.train.moment_module import MomentDataModule
+from video_retrieval.train.moment_data import MomentDataModule
 
 
 @pytest.fixture(scope="module")

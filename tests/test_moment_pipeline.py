@@ -45,7 +45,7 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoder():
-    from video_retrieval.encoders import create_encoder
+    from video_retrieval.encoders.factory import create_encoder
 
     return create_encoder("vr-tiny", precision="fp32").eval()
 
@@ -79,11 +79,8 @@ def test_fit_checkpoint_and_predictor(world, tmp_path):
     import lightning as L
 
     from video_retrieval.moments.predictor import MomentPredictor
-    from video_retrieval.train.moment_module import (
-        MomentDataModule,
-        MomentDETRModule,
-        predict_split,
-    )
+    from video_retrieval.train.moment_data import MomentDataModule
+    from video_retrieval.train.moment_module import MomentDETRModule, predict_split
 
     L.seed_everything(0)
     dm = MomentDataModule(
@@ -154,12 +151,8 @@ def test_qd_detr_head_cosine_schedule_checkpoint_and_predictor(world, tmp_path):
     from video_retrieval.temporal.qd_detr import QDDETR
 
     from video_retrieval.moments.predictor import MomentPredictor
-    from video_retrieval.train.moment_module import (
-        MomentDataModule,
-        MomentDETRModule,
-        load_module,
-        predict_split,
-    )
+    from video_retrieval.train.moment_data import MomentDataModule
+    from video_retrieval.train.moment_module import MomentDETRModule, load_module, predict_split
 
     L.seed_everything(0)
     dm = MomentDataModule(
@@ -199,10 +192,10 @@ def test_qd_detr_head_cosine_schedule_checkpoint_and_predictor(world, tmp_path):
     rows = predict_split(load_module(ckpt), dm, "val")
     assert rows[1]["pred_relevant_windows"][0][:2] == pytest.approx(out["moments"][0][:2])
     assert rows[1]["pred_saliency_scores"] == pytest.approx(out["saliency"], abs=1e-4)
-    # the inference part alone (model_io slim-moments) keeps the head's kind and predictions
-    from video_retrieval.models.checkpoints import main as model_io_main
+    # the inference part alone (vr model slim-moments) keeps the head's kind and predictions
+    from video_retrieval.cli import main as vr_main
 
-    assert model_io_main(["slim-moments", str(ckpt), str(tmp_path / "slim.ckpt")]) == 0
+    assert vr_main(["model", "slim-moments", str(ckpt), str(tmp_path / "slim.ckpt")]) == 0
     slim = MomentPredictor.from_checkpoint(tmp_path / "slim.ckpt")
     assert isinstance(slim.model, QDDETR) and slim.meta["head"] == "qd_detr"
     again = slim.predict(world / "videos" / "v1.mp4", "a red square appears", top=3)
@@ -275,11 +268,8 @@ def test_motion_stream_trains_checkpoints_and_predicts(world, tmp_path):
     import lightning as L
 
     from video_retrieval.moments.predictor import MomentPredictor
-    from video_retrieval.train.moment_module import (
-        MomentDataModule,
-        MomentDETRModule,
-        predict_split,
-    )
+    from video_retrieval.train.moment_data import MomentDataModule
+    from video_retrieval.train.moment_module import MomentDETRModule, predict_split
 
     L.seed_everything(0)
     kw = dict(

@@ -62,12 +62,8 @@ def test_moment_head_reaches_the_bar_on_synthetic_world(tmp_path):
 
     from video_retrieval.cli.train import main as train_main
     from video_retrieval.metrics.moments import evaluate
-    from video_retrieval.train.moment_module import (
-        MomentDataModule,
-        load_module,
-        predict_split,
-        zero_shot_split,
-    )
+    from video_retrieval.train.moment_data import MomentDataModule, zero_shot_split
+    from video_retrieval.train.moment_module import load_module, predict_split
 
     torch.set_num_threads(int(os.environ.get("VR_NUM_THREADS", "2")))
     root = Path(os.environ.get("VR_MOMENT_KEEP") or tmp_path)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from video_retrieval.cli import main
+from video_retrieval.index.api import Index
 from video_retrieval.index.files import read_events, writer_active
-from video_retrieval.index.store import Index
 from video_retrieval.media.write import write_video
 
 VR = [sys.executable, "-m", "video_retrieval.cli"]

@@ -201,7 +201,7 @@ def test_order_free_aggregators_rerank_over_every_frame():
 
 @pytest.fixture(scope="module")
 def pindex(pworld, tmp_path_factory):
-    from video_retrieval.index.store import Index
+    from video_retrieval.index.api import Index
 
     out, _, _, world = pworld
     vids = [out / "videos" / f"{v}.mp4" for v in list(_partial(world))[:3]]
@@ -210,8 +210,9 @@ def pindex(pworld, tmp_path_factory):
 
 @needs_demo
 def test_rerank_model_equal_to_the_index_model_reproduces_the_index(pindex):
+    from video_retrieval.index.queries import encode_query
     from video_retrieval.index.rerank import CLIPRerank, FrameModel
-    from video_retrieval.index.search import encode_query, rerank_scores
+    from video_retrieval.index.search import rerank_scores
 
     fm = FrameModel(DEMO, cache_videos=2)
     for r in range(len(pindex)):
@@ -291,13 +292,13 @@ def test_init_from_parts_encoder_starts_another_aggregator_from_the_towers():
 
 @needs_demo
 def test_default_reranker_follows_video_length(pindex, pworld, tmp_path):
+    from video_retrieval.index.api import Index
     from video_retrieval.index.search import (
         LONG_VIDEO_S,
         default_rerank,
         median_duration,
         resolve_rerank,
     )
-    from video_retrieval.index.store import Index
 
     assert median_duration(pindex) >= LONG_VIDEO_S  # the partial split: 30-120 s
     assert default_rerank(pindex) == "query_scored" == resolve_rerank(pindex, "auto")

@@ -332,7 +332,7 @@ def _near_ties(sim: np.ndarray, gt: np.ndarray, gap: float) -> np.ndarray:
 
 
 def test_seq_transformer_initialises_from_a_local_clip_file(tmp_path):
-    from video_retrieval.encoders import create_encoder
+    from video_retrieval.encoders.factory import create_encoder
 
     torch.manual_seed(1)
     path = create_encoder("vr-micro", precision="fp32").save_encoder(tmp_path / "clip.safetensors")

@@ -19,8 +19,8 @@ from video_retrieval.index.ann import (
     load_ann,
     save_ann,
 )
+from video_retrieval.index.api import Index
 from video_retrieval.index.rerank import CLIPRerank, best_moment, build_reranker, frame_similarities
-from video_retrieval.index.store import Index
 from video_retrieval.media.write import write_video
 
 
@@ -112,7 +112,7 @@ def index_dir(tmp_path_factory) -> Path:
 def test_search_scores_follow_the_two_stages(index_dir):
     idx = Index.open(index_dir / "idx")
     encoder, pool = idx.models()
-    from video_retrieval.index.search import encode_query
+    from video_retrieval.index.queries import encode_query
 
     q = encode_query(encoder, pool, "a red box").embedding
     base = np.asarray(idx.pooled) @ q
@@ -137,7 +137,7 @@ def test_ucofia_checkpoint_reranks_from_stored_patch_tokens(index_dir, tmp_path)
     import torch
     from video_retrieval.temporal.features import VideoFeatures
 
-    from video_retrieval.index.search import encode_query
+    from video_retrieval.index.queries import encode_query
     from video_retrieval.models.checkpoints import load_retrieval_model
     from video_retrieval.train.retrieval_module import RetrievalModule
 

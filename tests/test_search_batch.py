@@ -12,8 +12,8 @@ import pytest
 
 from video_retrieval.cli import main
 from video_retrieval.errors import UserError
+from video_retrieval.index.api import Index
 from video_retrieval.index.search import search_batch
-from video_retrieval.index.store import Index
 from video_retrieval.media.write import write_video
 
 TINY = ["--model", "vr-tiny", "--random-weights"]

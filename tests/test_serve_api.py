@@ -17,10 +17,11 @@ from _video_util import frame_ids
 from fastapi.testclient import TestClient
 
 from video_retrieval.errors import UserError
-from video_retrieval.web import ServeConfig, create_app, load_state
-from video_retrieval.web.config import MAX_BATCH, MAX_K, MAX_QUERY_CHARS, is_loopback
+from video_retrieval.web.app import create_app
+from video_retrieval.web.config import MAX_BATCH, MAX_K, MAX_QUERY_CHARS, ServeConfig, is_loopback
 from video_retrieval.web.media import DiskCache
 from video_retrieval.web.services import index_clip_features, zero_shot_clip_len
+from video_retrieval.web.state import load_state
 
 TOKEN = "s3cret-token-123"
 BASE = "http://127.0.0.1:8000"  # a token-less server answers requests addressed to loopback only
@@ -264,7 +265,7 @@ def test_localize_bad_inputs(client, state):
 
 def test_localize_with_the_moment_head_encodes_each_video_once(world, tmp_path):
     from video_retrieval import localize
-    from video_retrieval.demo import DEMO_MOMENTS
+    from video_retrieval.models.assets import DEMO_MOMENTS
 
     st = load_state(
         ServeConfig(index=world["index"], cache_dir=tmp_path, localize_checkpoint=str(DEMO_MOMENTS))

@@ -10,7 +10,9 @@ import pytest
 from _serve_util import shared_serve_index
 from fastapi.testclient import TestClient
 
-from video_retrieval.web import ServeConfig, create_app, load_state
+from video_retrieval.web.app import create_app
+from video_retrieval.web.config import ServeConfig
+from video_retrieval.web.state import load_state
 
 BASE = "http://127.0.0.1:8000"
 
@@ -21,8 +23,8 @@ def world(tmp_path_factory):
 
 
 def build(paths, index_dir):
-    from video_retrieval.demo import DEMO_RETRIEVAL
-    from video_retrieval.index.store import Index
+    from video_retrieval.index.api import Index
+    from video_retrieval.models.assets import DEMO_RETRIEVAL
 
     return Index.build(
         [str(p) for p in paths], index_dir, checkpoint=str(DEMO_RETRIEVAL), num_frames=8,

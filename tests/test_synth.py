@@ -128,7 +128,7 @@ def test_retrieval_counts_and_formats(rworld):
 
 
 def test_retrieval_semantics_unique_within_split(rworld):
-    from video_retrieval.datasets.synth_retrieval import semantic_key
+    from video_retrieval.datasets.synth_plan import semantic_key
 
     _, _, world = rworld
     for split in ("train", "test", "test_compositional"):

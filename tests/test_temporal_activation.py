@@ -101,7 +101,7 @@ def test_gelu_tower_under_quick_gelu_would_compute_another_function():
 
 
 def test_copy_through_the_encoder_reads_the_activation_of_the_actual_model():
-    from video_retrieval.encoders import create_encoder
+    from video_retrieval.encoders.factory import create_encoder
 
     # random-init vr-micro (text width 32 = joint width, 2 heads, 1 layer), GELU and QuickGELU
     for quick_gelu, name in ((False, "gelu"), (True, "quick_gelu")):
@@ -174,7 +174,7 @@ def test_hugging_face_copy_computes_the_text_layers_function(hidden_act, name, a
 
 
 def test_hugging_face_copy_through_the_hf_encoder():
-    from video_retrieval.encoders import create_encoder
+    from video_retrieval.encoders.factory import create_encoder
 
     hf = hf_clip("gelu", layers=2)
     enc = create_encoder(backend="hf", hf_config=hf.config.to_dict(), precision="fp32")
@@ -223,7 +223,7 @@ def _save_like_vr_train(module, path, drop_activation=False):
 @pytest.fixture(scope="module")
 def gelu_run(tmp_path_factory):
     """A seq_transformer run initialised from a local GELU CLIP file (vr-micro, random)."""
-    from video_retrieval.encoders import create_encoder
+    from video_retrieval.encoders.factory import create_encoder
 
     from video_retrieval.train.retrieval_module import RetrievalModule
 
@@ -297,8 +297,8 @@ def test_checkpoint_without_the_record_loads_as_quick_gelu(gelu_run):
 
 
 def test_bundled_demo_checkpoint_still_loads_as_quick_gelu():
+    from video_retrieval.models.assets import demo_retrieval_checkpoint
     from video_retrieval.models.checkpoints import load_retrieval_model
-    from video_retrieval.train.moment_module import demo_retrieval_checkpoint
 
     demo = demo_retrieval_checkpoint()
     if demo is None:

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from video_retrieval.cli import main
-from video_retrieval.demo import DEMO_RETRIEVAL
-from video_retrieval.index.store import Index
+from video_retrieval.index.api import Index
 from video_retrieval.media.write import ffmpeg_exe, write_video
+from video_retrieval.models.assets import DEMO_RETRIEVAL
 
 VR = [sys.executable, "-m", "video_retrieval.cli"]
 TINY = ["--model", "vr-tiny", "--random-weights"]
@@ -119,7 +119,7 @@ def test_random_weights_are_said_loudly_and_recorded(vids, tmp_path, capsys):
 # -- 2. one meaning per flag ----------------------------------------------------------------------
 def test_checkpoint_takes_an_open_clip_state_dict(vids, tmp_path, capsys):
     import torch
-    from video_retrieval.encoders import create_encoder
+    from video_retrieval.encoders.factory import create_encoder
 
     enc = create_encoder("vr-tiny", seed=3)
     state = tmp_path / "open_clip_pytorch_model.bin"
@@ -145,7 +145,7 @@ def test_missing_weight_files_say_no_such_file(vids, tmp_path, capsys):
 
 
 def test_a_moment_head_is_not_an_index_checkpoint(vids, tmp_path, capsys):
-    from video_retrieval.demo import DEMO_MOMENTS
+    from video_retrieval.models.assets import DEMO_MOMENTS
 
     if not DEMO_MOMENTS.is_file():
         pytest.skip("no bundled moment head")

@@ -12,7 +12,6 @@ from video_retrieval.temporal.isa import ISA, isa
 from video_retrieval.temporal.patch_select import PatchSelector, hard_topk_indicator, perturbed_topk
 from video_retrieval.temporal.sinkhorn import (
     apply_sinkhorn,
-    dual_softmax,
     sinkhorn_prior,
     sinkhorn_scalings,
 )
@@ -107,14 +106,6 @@ def test_sinkhorn_penalises_hub_and_apply_directions():
     )
     with pytest.raises(ValueError):
         apply_sinkhorn(test, bank, "x")
-
-
-def test_dual_softmax_hand():
-    s = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
-    col = torch.softmax(s, dim=0)
-    torch.testing.assert_close(dual_softmax(s), s * col)
-    e = math.e
-    assert math.isclose(dual_softmax(s)[0, 0].item(), e / (e + 2), rel_tol=1e-6)
 
 
 # -------------------------------------------------------------------------------------- top-k

@@ -18,7 +18,7 @@ _LAZY = {
     "VideoDecodeError": "video_retrieval.errors",
     "UserError": "video_retrieval.errors",
     "write_video": "video_retrieval.media.write",
-    "Index": "video_retrieval.index.store",
+    "Index": "video_retrieval.index.api",
     "localize": "video_retrieval.moments.localize",
 }
 

@@ -18,6 +18,7 @@ import json
 import sys
 import time
 from pathlib import Path
+
 from video_retrieval.models.assets import ASSETS, DEMO_CLIPS, DEMO_MOMENTS, DEMO_RETRIEVAL  # noqa: F401 - the demo's public names
 
 
@@ -148,8 +149,8 @@ def run_demo(
     clip_checkpoint: str | Path | None = None,
 ) -> dict:
     """Run the walk-through; returns (and writes to ``out/summary.json``) what it measured."""
-    from video_retrieval.cli.eval import evaluate_retrieval, read_captions
-    from video_retrieval.index.store import Index
+    from video_retrieval.index.api import Index
+    from video_retrieval.index.evaluate import evaluate_retrieval, read_captions
     from video_retrieval.metrics.moments import evaluate
     from video_retrieval.moments.localize import curve_label, localize, top_hit
 

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="--captions: keep only this split; --dataset: train|val|test|compositional",
     )
     parser.add_argument("--out", required=True, help="cache directory")
-    from video_retrieval.cli.index import add_model_arguments
+    from video_retrieval.cli.common import add_model_arguments
 
     add_model_arguments(
         parser,
@@ -89,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cache_encoder(args) -> tuple:
     """(frozen encoder, weights record) for the model flags (``models.weights``)."""
-    from video_retrieval.encoders import create_encoder
+    from video_retrieval.encoders.factory import create_encoder
     from video_retrieval.models.weights import (
         checkpoint_kind,
         describe_weights,
@@ -115,12 +115,13 @@ def cache_encoder(args) -> tuple:
 
 def run(args: argparse.Namespace) -> int:
     from video_retrieval.models.weights import warn_if_random
-    from video_retrieval.train.cache_build import CacheSettings, build_cache
-    from video_retrieval.train.cache_data import (
+    from video_retrieval.train.cache_build import build_cache
+    from video_retrieval.train.cache_items import (
         items_from_captions_jsonl,
         items_from_dataset,
         videos_from_list_or_dir,
     )
+    from video_retrieval.train.cache_settings import CacheSettings
 
     settings = CacheSettings(
         num_frames=args.num_frames if args.num_frames is not None else 12,

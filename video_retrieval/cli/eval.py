@@ -90,7 +90,7 @@ def run(args) -> int:
     if args.what is None:
         raise UserError("say what to evaluate: vr eval retrieval ... or vr eval moments ...")
     if args.what == "moments":
-        from video_retrieval.metrics.moments import evaluate_files, json_safe
+        from video_retrieval.moments.evaluate import evaluate_files, json_safe
 
         if (args.pred is None) == (args.prior is None):
             raise UserError("give --pred FILE (predictions) or --prior TRAIN.json (DiDeMo), one")
@@ -100,7 +100,7 @@ def run(args) -> int:
         if args.durations is not None and not Path(args.durations).is_file():
             raise UserError(f"no such file: {args.durations}")
         if args.prior:
-            from video_retrieval.metrics.moments import evaluate_didemo_prior
+            from video_retrieval.moments.evaluate import evaluate_didemo_prior
 
             res = json_safe(evaluate_didemo_prior(args.prior, args.gt, args.protocol))
         else:
@@ -115,7 +115,7 @@ def run(args) -> int:
         else:
             print(json.dumps(res, indent=1, allow_nan=False))
         return 0
-    from video_retrieval.index.store import Index
+    from video_retrieval.index.api import Index
 
     index = Index.open(args.index)
     res = evaluate_retrieval(
@@ -134,7 +134,7 @@ def run(args) -> int:
             file=sys.stderr,
         )
     if args.json:
-        from video_retrieval.metrics.moments import json_safe
+        from video_retrieval.moments.evaluate import json_safe
 
         print(json.dumps(json_safe(res), indent=1, allow_nan=False))
     else:

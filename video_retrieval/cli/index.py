@@ -5,30 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from video_retrieval.cli.common import add_model_arguments
 from video_retrieval.errors import UserError
-
-
-def add_model_arguments(parser, checkpoint_help: str) -> None:
-    """The model flags shared by vr index / vr cache / vr localize (``models.weights``)."""
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="open_clip model name (default ViT-B-32 with --pretrained laion2b_s34b_b79k)",
-    )
-    parser.add_argument(
-        "--pretrained",
-        default=None,
-        metavar="TAG_OR_FILE",
-        help="open_clip pretrained tag (downloads) or a local weights file "
-        "(e.g. open_clip_pytorch_model.bin)",
-    )
-    parser.add_argument("--checkpoint", default=None, metavar="FILE", help=checkpoint_help)
-    parser.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="random init (with --model, e.g. vr-tiny): for tests and benchmarks only, the "
-        "results are meaningless",
-    )
 
 
 def add_arguments(parser) -> None:
@@ -182,7 +160,9 @@ def _print_repair(s: dict) -> None:
 
 
 def run(args) -> int:
-    from video_retrieval.index.build import IndexConfig, run_indexing, run_repair
+    from video_retrieval.index.build import run_indexing
+    from video_retrieval.index.config import IndexConfig
+    from video_retrieval.index.repair import run_repair
 
     cfg = IndexConfig(
         model=args.model,

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from video_retrieval.atomic import atomic_path
-from video_retrieval.cli.index import add_model_arguments
+from video_retrieval.cli.common import add_model_arguments
 from video_retrieval.errors import UserError
 
 

@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "synth": "Generate the synthetic video world (retrieval or moments)",
     "demo": "Offline end-to-end walk-through on the synthetic world",
     "serve": "Serve an index over HTTP: JSON search/localize API and a web page",
+    "model": "Slim a checkpoint down to what inference needs (slim, slim-moments)",
 }
 
 EXIT_USER_ERROR = 2

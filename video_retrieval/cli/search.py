@@ -62,13 +62,8 @@ def _print_hits(hits) -> None:
 
 def run_many(args, indexes) -> int:
     """``--queries FILE`` and/or several ``--index``: ``search.search_batch``."""
-    from video_retrieval.index.search import (
-        check_query,
-        read_query_file,
-        resolve_rerank,
-        results_json,
-        search_batch,
-    )
+    from video_retrieval.index.queries import check_query, read_query_file
+    from video_retrieval.index.search import resolve_rerank, results_json, search_batch
 
     if args.queries:
         lines = read_query_file(args.queries)
@@ -97,8 +92,9 @@ def run_many(args, indexes) -> int:
 
 def run(args) -> int:
     from video_retrieval.errors import UserError
-    from video_retrieval.index.search import check_query, resolve_rerank, results_json
-    from video_retrieval.index.store import Index
+    from video_retrieval.index.api import Index
+    from video_retrieval.index.queries import check_query
+    from video_retrieval.index.search import resolve_rerank, results_json
     from video_retrieval.models.weights import warn_if_random
 
     if (args.query is None) == (args.queries is None):

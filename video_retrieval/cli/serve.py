@@ -99,8 +99,9 @@ def run(args) -> int:
 
     import uvicorn
 
-    from video_retrieval.web import ServeConfig, create_app, load_state
-    from video_retrieval.web.state import set_threads
+    from video_retrieval.web.app import create_app
+    from video_retrieval.web.config import ServeConfig
+    from video_retrieval.web.state import load_state, set_threads
 
     config = ServeConfig(
         index=args.index,

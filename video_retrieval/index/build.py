@@ -137,7 +137,8 @@ def ann_options(cfg: IndexConfig, encoder=None, aggregator=None, manifest: dict 
     """``ann.AnnOptions`` of a run: the kind and target given, else those the index was built
     with (``manifest``), else auto / 0.95. With the models, ``recall_captions`` are encoded as
     text queries for the recall measurement (without, the file is only checked)."""
-    from video_retrieval.index.ann import DEFAULT_TARGET_RECALL, AnnOptions, describe, parse_memory
+    from video_retrieval.index.ann import describe, parse_memory
+    from video_retrieval.index.ann_recall import DEFAULT_TARGET_RECALL, AnnOptions
 
     before = describe((manifest or {}).get("ann")) if manifest and manifest.get("ann") else {}
     target = cfg.target_recall
@@ -151,7 +152,7 @@ def ann_options(cfg: IndexConfig, encoder=None, aggregator=None, manifest: dict 
     )
     opts.check()
     if cfg.recall_captions and encoder is None:
-        from video_retrieval.index.search import read_query_file
+        from video_retrieval.index.queries import read_query_file
 
         read_query_file(cfg.recall_captions, "--recall-captions")
     elif cfg.recall_captions:
@@ -164,7 +165,7 @@ def ann_options(cfg: IndexConfig, encoder=None, aggregator=None, manifest: dict 
 @torch.no_grad()
 def encode_recall_captions(encoder, aggregator, path, limit: int) -> np.ndarray:
     """Sentence embeddings [Q,D] of (at most ``limit``, evenly spread) captions of ``path``."""
-    from video_retrieval.index.search import encode_queries, read_query_file
+    from video_retrieval.index.queries import encode_queries, read_query_file
 
     texts = [t for _, t in read_query_file(path, "--recall-captions")]
     if len(texts) > limit:
@@ -179,7 +180,8 @@ def finalize(
     manifest to it (readers see the old generation until that one rename); returns the new
     manifest. ``ann_kind``: a kind name or ``ann.AnnOptions`` (recall measured and tuned,
     ``ann.build_measured``)."""
-    from video_retrieval.index.ann import AnnOptions, build_measured, save_ann
+    from video_retrieval.index.ann import save_ann
+    from video_retrieval.index.ann_recall import AnnOptions, build_measured
 
     index_dir = Path(index_dir)
     paths = sorted(state.videos)

@@ -112,7 +112,7 @@ def reuse_index_settings(cfg: IndexConfig, manifest: dict) -> IndexConfig:
 def load_models(cfg: IndexConfig):
     """(encoder, pooling aggregator, model description for the manifest, aggregator label,
     the checkpoint's own sampling or None)."""
-    from video_retrieval.encoders import create_encoder
+    from video_retrieval.encoders.factory import create_encoder
     from video_retrieval.temporal import build_aggregator
 
     kind = checkpoint_kind(cfg.checkpoint) if cfg.checkpoint else None

@@ -70,13 +70,8 @@ def evaluate_retrieval(
     ``skipped``; neither is a query."""
     import torch
 
-    from video_retrieval.index.search import (
-        encode_query,
-        get_reranker,
-        rerank_scores,
-        resolve_rerank,
-        stage_one,
-    )
+    from video_retrieval.index.queries import encode_query
+    from video_retrieval.index.search import get_reranker, rerank_scores, resolve_rerank, stage_one
     from video_retrieval.metrics.retrieval import retrieval_metrics
 
     targets, texts, skipped, invalid = [], [], 0, []

@@ -165,7 +165,7 @@ class BatchingEncoder:
                 need -= take
         emb, pt = self.encoder.encode_images(torch.cat(chunks), return_patches=self.patch_topk > 0)
         if pt is not None:
-            from video_retrieval.train.cache_build import select_topk_patches
+            from video_retrieval.encoders.patches import select_topk_patches
 
             pt = select_topk_patches(emb, pt, self.patch_topk)[0].float().cpu().numpy()
         emb = emb.float().cpu().numpy()

@@ -155,7 +155,7 @@ class IndexStore:
 
                 encoder, agg, _ = load_retrieval_model(ckpt)
             else:
-                from video_retrieval.encoders import create_encoder
+                from video_retrieval.encoders.factory import create_encoder
 
                 encoder = create_encoder(**m["encoder_spec"])
             encoder.eval()

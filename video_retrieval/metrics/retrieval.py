@@ -19,13 +19,14 @@ look good. NaN scores count as ``-inf``.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 KS = (1, 5, 10)
 
 
 def _as_numpy(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    """float64 array of ``x`` (a numpy array, a list, or a torch tensor: anything with ``.numpy``),
+    NaN as ``-inf``."""
+    if hasattr(x, "detach"):  # a torch tensor, without importing torch here
         x = x.detach().float().cpu().numpy()
     x = np.asarray(x, dtype=np.float64)
     return np.where(np.isnan(x), -np.inf, x)
@@ -75,16 +76,18 @@ def retrieval_metrics(sim, text_to_video) -> dict[str, dict[str, float]]:
     return res
 
 
-def dual_softmax(sim, temperature: float = 1.0, dim: int = 0) -> torch.Tensor:
+def dual_softmax(sim, temperature: float = 1.0, dim: int = 0) -> np.ndarray:
     """Test-time DSL (CAMoE / TS2-Net): ``S * softmax(S / temp, dim)``.
 
     ``dim=0`` (text-to-video): each video column is normalised over *all* test queries;
     ``dim=1`` (video-to-text): each text row is normalised over all videos, i.e. TS2-Net / DRL's
     ``sim.T * softmax(sim.T, axis=0)`` on the transposed matrix, returned in ``[N_text, N_video]``
     layout. Results using either are transductive."""
-    s = torch.as_tensor(sim, dtype=torch.float64)
-    s = torch.nan_to_num(s, nan=-1e9, neginf=-1e9)
-    return s * torch.softmax(s / temperature, dim=dim)
+    s = _as_numpy(sim)
+    s = np.where(np.isfinite(s), s, -1e9)
+    z = s / temperature
+    e = np.exp(z - z.max(axis=dim, keepdims=True))
+    return s * (e / e.sum(axis=dim, keepdims=True))
 
 
 def dsl_metrics(sim, text_to_video, temperature: float = 1.0) -> dict[str, dict[str, float]]:

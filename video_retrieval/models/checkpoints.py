@@ -34,7 +34,7 @@ def load_retrieval_model(path, device: str | torch.device = "cpu", precision: st
     ``meta``: ``model``, ``pretrained``, ``aggregator``, ``aggregator_kwargs``, ``num_frames``,
     ``max_words``, ``frame_size``, ``encoder_spec``, ``epoch``, ``global_step``, ``path``.
     """
-    from video_retrieval.encoders import create_encoder
+    from video_retrieval.encoders.factory import create_encoder
     from video_retrieval.temporal import build_aggregator
 
     ckpt = read_checkpoint(path)
@@ -121,36 +121,3 @@ def slim_moment_checkpoint(src, dst, encoder=None) -> dict:
     state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     atomic_torch_save(out, {"moment_meta": meta, "state_dict": state})
     return {"path": str(out), "bytes": out.stat().st_size, "tensors": len(state)}
-
-
-def main(argv=None) -> int:
-    import argparse
-    import json
-    import sys
-
-    ap = argparse.ArgumentParser(prog="python -m video_retrieval.models.checkpoints")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    sl = sub.add_parser("slim", help="strip a vr train checkpoint down to what inference needs")
-    sl.add_argument("src")
-    sl.add_argument("dst")
-    sl.add_argument("--fp32", action="store_true", help="keep fp32 weights (default fp16)")
-    sm = sub.add_parser(
-        "slim-moments", help="a moment head's inference part, optionally re-pointed"
-    )
-    sm.add_argument("src")
-    sm.add_argument("dst")
-    sm.add_argument("--encoder", default=None, help="retrieval checkpoint the head should use")
-    args = ap.parse_args(argv)
-    try:
-        if args.cmd == "slim-moments":
-            print(json.dumps(slim_moment_checkpoint(args.src, args.dst, args.encoder)))
-        else:
-            print(json.dumps(slim_checkpoint(args.src, args.dst, half=not args.fp32)))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

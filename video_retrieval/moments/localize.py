@@ -83,7 +83,7 @@ class ZeroShotLocalizer:
             enc, pool, pool_kw = load_clip_encoder(clip_encoder)
             return cls(enc, pool, pool_kw, clip_len, describe_weights(None, str(clip_encoder)))
         if encoder is None:
-            from video_retrieval.encoders import create_encoder
+            from video_retrieval.encoders.factory import create_encoder
 
             encoder = create_encoder(
                 **resolve_encoder_args(model, pretrained, None, "open_clip", random_weights)

@@ -82,7 +82,7 @@ def build_feature_models(source: dict, clip_pooling: str = "frame"):
         return enc, (agg if clip_pooling == "aggregator" else None)
     if clip_pooling == "aggregator":
         raise UserError("clip_pooling=aggregator needs the features of a retrieval checkpoint")
-    from video_retrieval.encoders import create_encoder
+    from video_retrieval.encoders.factory import create_encoder
 
     if kind == "encoder_file":
         enc = create_encoder(checkpoint=source["path"], precision=source.get("precision", "fp32"))

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from video_retrieval.errors import UserError
-from video_retrieval.train.cache_build import FeatureCache
+from video_retrieval.train.cache_reader import FeatureCache
 
 
 class _CacheBatches(Dataset):

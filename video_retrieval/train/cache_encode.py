@@ -87,7 +87,7 @@ def decode_one(load_frames, item: VideoItem, settings: CacheSettings) -> Decoded
             fr = load_frames(item.path, fps=settings.fps, **window)
         pixels = fr.pixels
         if settings.frame_size is not None:
-            from video_retrieval.train.retrieval_data import center_crop_square
+            from video_retrieval.train.retrieval_datasets import center_crop_square
 
             pixels = center_crop_square(np.asarray(pixels), int(settings.frame_size))
         pixels, ts, mask = fit_length(pixels, fr.timestamps, fr.mask, t)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from video_retrieval.errors import UserError
 from video_retrieval.media.files import VIDEO_EXTENSIONS, is_video_name
-from video_retrieval.train.cache_build import CaptionItem, VideoItem
+from video_retrieval.train.cache_settings import CaptionItem, VideoItem
 
 
 def _unique_ids(paths: list[Path], root: Path | None) -> list[str]:

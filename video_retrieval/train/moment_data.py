@@ -230,7 +230,7 @@ class MomentDataModule(L.LightningDataModule):
                 self.pool_aggregator = agg
             source = {"kind": "retrieval_checkpoint", "path": str(Path(rc).resolve())}
         else:
-            from video_retrieval.encoders import create_encoder
+            from video_retrieval.encoders.factory import create_encoder
 
             enc = create_encoder(
                 h.encoder_model,

@@ -23,7 +23,8 @@ import lightning as L
 import torch
 
 from video_retrieval.errors import UserError
-from video_retrieval.metrics.moments import charades_metrics, didemo_metrics, evaluate
+from video_retrieval.metrics.moment_protocols import charades_metrics, didemo_metrics
+from video_retrieval.metrics.moments import evaluate
 from video_retrieval.moments.predictor import MOMENT_HEADS, build_head, postprocess
 from video_retrieval.temporal.cheap_dropout import use_cheap_dropout
 from video_retrieval.temporal.moment_loss import MomentCriterion

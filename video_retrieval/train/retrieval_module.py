@@ -106,7 +106,7 @@ class RetrievalModule(RetrievalEvaluation, pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        from video_retrieval.encoders import create_encoder
+        from video_retrieval.encoders.factory import create_encoder
         from video_retrieval.temporal import build_aggregator
 
         self.encoder = create_encoder(

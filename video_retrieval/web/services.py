@@ -2,7 +2,7 @@
 
 ``SearchService.search(query, k, rerank)`` returns the rows of ``vr search --json``
 (``Hit.to_dict()``) plus each hit's index ``id`` and ``took_ms``. ``LocalizeService.localize(id,
-query, top)`` returns the dict of ``video_retrieval.localize.localize`` for an indexed video:
+query, top)`` returns the dict of ``video_retrieval.moments.localize.localize`` for an indexed video:
 
 * with a moment head (``--localize-checkpoint``): ``MomentPredictor.predict`` on the video's clip
   encodings, which are computed once per video and kept in a small LRU (lighthouse's
@@ -119,8 +119,9 @@ class SearchService:
             self._built = {name: get_reranker(index, name, self.alpha) for name in self.rerankers}
 
     def search(self, query: str, k: int = 10, rerank: str | None = None) -> dict:
+        from video_retrieval.index.queries import encode_query
         from video_retrieval.index.rerank import CLIPRerank
-        from video_retrieval.index.search import encode_query, rank_candidates, stage_one
+        from video_retrieval.index.search import rank_candidates, stage_one
 
         query = check_text(query)
         if not 1 <= int(k) <= MAX_K:

@@ -38,7 +38,7 @@ log = logging.getLogger("video_retrieval.web")
 @dataclass
 class ServiceState:
     config: ServeConfig
-    index: object  # video_retrieval.index.store.Index
+    index: object  # video_retrieval.index.api.Index
     search: SearchService
     localize: LocalizeService
     thumbs: ThumbnailCache
@@ -55,8 +55,8 @@ class ServiceState:
         """Serve the index's current generation if it is not the one served (see the module
         doc); True when it swapped. A failure keeps the served generation, is logged once and
         is kept in ``reload_error`` (``/api/info``) until a reload succeeds."""
+        from video_retrieval.index.api import Index
         from video_retrieval.index.files import read_manifest
-        from video_retrieval.index.store import Index
 
         with self._reload_lock:
             old = self.index
@@ -184,7 +184,7 @@ def search_service(config: ServeConfig, index, model_lock, timings) -> SearchSer
 
 def load_state(config: ServeConfig) -> ServiceState:
     """Load the index and every model once (seconds); see the module doc."""
-    from video_retrieval.index.store import Index
+    from video_retrieval.index.api import Index
 
     config.check()
     t0 = time.perf_counter()
