@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint format bench setup clean
+.PHONY: demo test test-slow lint layers format bench setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(BIN)/vr demo
 
 test: $(STAMP)
+	$(BIN)/python tools/lint_imports.py
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
@@ -25,6 +26,11 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/python tools/lint_imports.py
+
+# the import-linter contracts of pyproject.toml (docs/architecture.md)
+layers: $(STAMP)
+	$(BIN)/python tools/lint_imports.py
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .

@@ -3,12 +3,15 @@
 Subclass mode for both the model and the data: a recipe names its classes with ``class_path``
 (``video_retrieval.train.retrieval_module.RetrievalModule`` + ``video_retrieval.train.retrieval_data.
 RetrievalDataModule`` for retrieval, ``video_retrieval.train.moment_module.MomentDETRModule`` +
-``MomentDataModule`` for moments). ``--print_config``, ``--ckpt_path`` (resume) and config-typo
+``video_retrieval.train.moment_data.MomentDataModule`` for moments). ``--print_config``, ``--ckpt_path`` (resume) and config-typo
 errors come from LightningCLI itself. The resolved config is saved next to the logs (overwritten
 on re-runs).
 
 User mistakes end in one line (``UserError``, printed by ``vr``): a ``--ckpt_path`` that is not
-there, empty, or not a checkpoint file is refused before anything is built; a checkpoint of
+there, empty, or not a checkpoint file is refused before anything is built, and so is one whose
+recorded classes are not this project's (``models.class_paths``: a checkpoint never chooses a
+module to import; checkpoints written before the package split name old paths, which are
+mapped to today's); a checkpoint of
 another model ends in one line naming the file; data problems (missing annotation files, missing
 videos) come from the data modules' ``setup``.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 import zipfile
 
@@ -66,6 +70,9 @@ def check_ckpt_path(value: str | None) -> None:
             f"--ckpt_path {value}: not a checkpoint written by vr train (a PyTorch zip file); "
             f"truncated or another kind of file?"
         )
+    from video_retrieval.models.checkpoints import read_checkpoint
+
+    read_checkpoint(value, label=f"--ckpt_path {value}", mmap=True)  # refuses foreign classes
 
 
 def _is_checkpoint_mismatch(exc: BaseException) -> bool:
@@ -138,21 +145,31 @@ class VRLightningCLI(LightningCLI):
     config's model arguments with the checkpoint's hyper-parameters)."""
 
     def _parse_ckpt_path(self) -> None:
+        """LightningCLI's own step (the checkpoint's model hyper-parameters override the
+        config's), reading the checkpoint through ``read_checkpoint``: its class paths are
+        checked against the allow-list and old ones mapped before jsonargparse imports them."""
         sub = self.config.get("subcommand") if hasattr(self, "config") else None
         ckpt = self.config[sub].get("ckpt_path") if sub else None
-        model = self.config[sub].get("model") if sub else None
-        asked = _as_dict(getattr(model, "init_args", None) or {}) if model is not None else {}
-        super()._parse_ckpt_path()
-        if not ckpt or not asked or not os.path.isfile(ckpt):
+        if not ckpt or not os.path.isfile(ckpt):
             return
-        import torch
+        from video_retrieval.models.checkpoints import read_checkpoint
 
-        stored = (
-            torch.load(ckpt, weights_only=True, map_location="cpu", mmap=True).get(
-                "hyper_parameters"
-            )
-            or {}
-        )
+        model = self.config[sub].get("model")
+        asked = _as_dict(getattr(model, "init_args", None) or {}) if model is not None else {}
+        stored = read_checkpoint(ckpt, label=f"--ckpt_path {ckpt}", mmap=True)
+        stored = dict(stored.get("hyper_parameters") or {})
+        hparams = {k: v for k, v in stored.items() if k != "_instantiator"}
+        if hparams:
+            if "_class_path" in hparams:
+                kwargs = {k: v for k, v in hparams.items() if k != "_class_path"}
+                hparams = {"class_path": hparams["_class_path"], "dict_kwargs": kwargs}
+            try:
+                self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+            except SystemExit:
+                sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+                raise
+        if not asked:
+            return
         diff = config_conflicts(asked, stored, _inferred_hparams(model))
         if diff:
             shown = ", ".join(f"{k}={stored[k]!r} (config: {asked[k]!r})" for k in diff[:3])

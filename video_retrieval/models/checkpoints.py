@@ -1,31 +1,52 @@
-"""Load a retrieval model trained by ``vr train`` (a Lightning ``.ckpt``) without Lightning.
+"""Reading checkpoints, loading a retrieval model without Lightning, slimming checkpoints.
 
-The checkpoint holds plain JSON-able hyper-parameters (``RetrievalModule`` init args) plus
+``read_checkpoint`` is the one way this project opens a checkpoint file: ``torch.load(
+weights_only=True)`` (tensors and plain data only: no pickled object runs), errors as one line
+naming the file, and the class paths it records checked against the allow-list of
+``class_paths`` (old dotted paths mapped to today's) before anything could import them.
+
+A retrieval checkpoint holds plain JSON-able hyper-parameters (``RetrievalModule`` init args) plus
 ``vr_meta`` (encoder spec, aggregator, frame sampling) and the state dict with ``encoder.*`` and
-``aggregator.*`` keys; it is read with ``torch.load(weights_only=True)``: nothing is unpickled.
+``aggregator.*`` keys.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
 
 from video_retrieval.atomic import atomic_torch_save
 from video_retrieval.errors import UserError
+from video_retrieval.models.class_paths import check_class_paths
 
 
-def read_checkpoint(path) -> dict:
+def read_checkpoint(path, label: str | None = None, mmap: bool = False) -> dict:
+    """The contents of a checkpoint file, loaded without running any pickled code, with its
+    class paths checked and mapped (``class_paths.check_class_paths``). ``label`` names the file
+    in errors (e.g. ``"--ckpt_path X"``); ``mmap`` maps the tensors instead of reading them."""
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"checkpoint not found: {p}")
+    label = label or str(p)
+    if not p.exists():
+        raise UserError(f"{label}: no such checkpoint file")
+    if p.is_dir():
+        raise UserError(f"{label}: is a folder; give the checkpoint file inside it")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user-facing error
+        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:
         raise UserError(
-            f"{p}: not a readable vr train checkpoint ({type(exc).__name__}: {exc})"
+            f"{label}: refused: it holds pickled Python objects, not only tensors and plain data "
+            "(a checkpoint written by vr train or torch.save of a state dict loads; this could "
+            "run code)"
         ) from None
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user-facing error
+        why = " ".join(str(exc).split())[:160]
+        raise UserError(
+            f"{label}: not a readable checkpoint ({type(exc).__name__}: {why})"
+        ) from None
+    return check_class_paths(obj, label)
 
 
 def load_retrieval_model(path, device: str | torch.device = "cpu", precision: str = "auto"):

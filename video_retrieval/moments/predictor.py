@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from video_retrieval.errors import UserError
+from video_retrieval.models.checkpoints import read_checkpoint
 from video_retrieval.temporal.moment_matcher import FOREGROUND, span_cxw_to_se, temporal_nms
 
 
@@ -116,12 +117,7 @@ class MomentPredictor:
         cls, path, device: str = "cpu", encoder=None, pool_aggregator=None
     ) -> MomentPredictor:
         path = Path(path)
-        if not path.is_file():
-            raise UserError(f"no such checkpoint: {path}")
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise UserError(f"{path}: not a loadable checkpoint ({type(e).__name__})") from e
+        ckpt = read_checkpoint(path)
         meta = ckpt.get("moment_meta")
         if not meta:
             raise UserError(

@@ -213,7 +213,7 @@ def test_msrvtt_recipes_expand_sentences_with_the_step_count_in_the_header(cfg):
 
 
 def test_training_docstring_no_longer_calls_one_caption_sampling_the_clip4clip_default():
-    import video_retrieval.train.retrieval_data as rd
+    import video_retrieval.train.retrieval_datasets as rd
 
     assert "CLIP4Clip default" not in rd.__doc__
     assert "--expand_msrvtt_sentences" in rd.__doc__

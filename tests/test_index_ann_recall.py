@@ -275,7 +275,13 @@ def test_compressed_index_searches_like_the_exact_one(vids, tmp_path, capsys):
             capsys, "search", "a box", "--index", d, "--rerank", "none", "-k", "6", "--json"
         )
         results[kind] = json.loads(out)["results"]
-    assert results["sq8"] == results["flat"] and results["hnsw-sq8"] == results["flat"]
+    # the same hits in the same order; scores equal up to the float order of the exact re-rank
+    # (numpy's matmul over the pooled vectors vs FAISS's flat kernel: last digit on some CPUs)
+    for kind in ("sq8", "hnsw-sq8"):
+        strip = [{k: v for k, v in r.items() if k != "score"} for r in results[kind]]
+        assert strip == [{k: v for k, v in r.items() if k != "score"} for r in results["flat"]]
+        got = [r["score"] for r in results[kind]]
+        assert got == pytest.approx([r["score"] for r in results["flat"]], abs=2e-6)
     assert json.loads((tmp_path / "sq8" / "manifest.json").read_text())["ann"]["params"] == {
         "rerank": 1
     }
