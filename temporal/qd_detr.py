@@ -5,9 +5,11 @@ heads' conventions; foreground is class index 0):
 
 * **T2V encoder.** Before self-attention, ``enc_layers`` cross-attention layers let every video
   token (query: token + its sine position) attend to the query's words (keys: words, no position;
-  values: words); each is followed by a ReLU-family FFN (PReLU, as the published code builds it),
-  post-norm. The words are then dropped: the self-attention encoder (``enc_layers`` post-norm
-  layers) runs over ``[global token; video]`` only, and the decoder attends to video only.
+  values: words); each is followed by a ReLU-family FFN (PReLU, as the published code builds it).
+  The layer's normalisation is the published one (``T2V_FORMS``, ``T2VLayer``); heads trained here
+  before 2026-12-08 used a plain post-norm form, which their checkpoints keep. The words are then
+  dropped: the self-attention encoder (``enc_layers`` post-norm layers) runs over
+  ``[global token; video]`` only, and the decoder attends to video only.
 * **Input-adaptive saliency.** A learned global token (with a learned position) is prepended to
   the video; clip i's saliency is ``<W1 m_i, W2 g> / sqrt(d)`` with ``m_i`` the encoder output at
   clip i and ``g`` at the global token.
@@ -30,7 +32,15 @@ Attention inside the anchor decoder has no input projections of its own (the lay
 ``*_proj`` linears are them), as in the DAB-DETR/QD-DETR code; everything else uses
 ``nn.MultiheadAttention``. Transformer weights with more than one dimension are Xavier-uniform
 initialised (the published code does this after the anchor-refinement MLP's zero init, so only
-that MLP's last bias stays zero).
+that MLP's last bias stays zero); every attention output projection's bias starts at zero
+(``nn.MultiheadAttention`` does it itself; the anchor decoder's own ``sa_out`` / ``ca_out``, the
+published code's attention ``out_proj``, are zeroed here).
+
+Deliberate difference from the published code: it builds the T2V attention mask as
+``(video pad x word pad).repeat(nhead, 1, 1)`` (head-major), while ``nn.MultiheadAttention``
+expects ``[batch * heads, ...]`` batch-major, so on padded batches a head sees another sample's
+mask. Here the words' padding goes in as ``key_padding_mask``, which is what that mask intends
+(padded video tokens attend to the words too; they are masked out downstream).
 """
 
 from __future__ import annotations
@@ -69,11 +79,26 @@ def anchor_sine_embedding(anchors: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat(parts, -1)
 
 
-class T2VLayer(nn.Module):
-    """Video tokens attend to the words (post-norm, residual on the video, PReLU FFN)."""
+#: the T2V layer's normalisation: ``published`` (QD-DETR's code, the default for new heads) or
+#: ``post_norm`` (the form of heads trained here before 2026-12-08)
+T2V_FORMS = ("published", "post_norm")
+#: the form of a checkpoint that does not record one (it was written before the choice existed)
+LEGACY_T2V_FORM = "post_norm"
 
-    def __init__(self, d: int, heads: int, ffn: int, dropout: float):
+
+class T2VLayer(nn.Module):
+    """Video tokens ``v`` attend to the words; residual on the video, PReLU FFN.
+
+    ``published`` (QD-DETR ``T2V_TransformerEncoderLayer.forward_post``): ``x = v + attn``, then
+    ``norm2(x + FFN(norm1(x)))``: the FFN reads the normalised ``x`` but its residual adds the
+    un-normalised one. ``post_norm``: ``x = norm1(v + attn)``, then ``norm2(x + FFN(x))``.
+    """
+
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, form: str = "published"):
         super().__init__()
+        if form not in T2V_FORMS:
+            raise ValueError(f"t2v_form must be one of {T2V_FORMS}, not {form!r}")
+        self.form = form
         self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
         self.lin1, self.lin2 = nn.Linear(d, ffn), nn.Linear(ffn, d)
         self.act = nn.PReLU()
@@ -82,8 +107,12 @@ class T2VLayer(nn.Module):
 
     def forward(self, vid, vid_pos, txt, txt_pad):
         att = self.attn(vid + vid_pos, txt, txt, key_padding_mask=txt_pad)[0]
-        vid = self.norm1(vid + self.drop1(att))
-        return self.norm2(vid + self.drop2(self.lin2(self.drop(self.act(self.lin1(vid))))))
+        x = vid + self.drop1(att)
+        if self.form == "post_norm":
+            x = h = self.norm1(x)
+        else:
+            h = self.norm1(x)
+        return self.norm2(x + self.drop2(self.lin2(self.drop(self.act(self.lin1(h))))))
 
 
 class SelfLayer(nn.Module):
@@ -171,6 +200,7 @@ class QDDETR(nn.Module):
         use_tef: bool = True,
         aux_loss: bool = True,
         t2v_layers: int | None = None,
+        t2v_form: str = "published",
     ):
         super().__init__()
         d = hidden_dim
@@ -189,7 +219,7 @@ class QDDETR(nn.Module):
         self.input_txt_proj = proj(t_feat_dim)
         n_t2v = enc_layers if t2v_layers is None else t2v_layers
         self.t2v = nn.ModuleList(
-            T2VLayer(d, nheads, dim_feedforward, dropout) for _ in range(n_t2v)
+            T2VLayer(d, nheads, dim_feedforward, dropout, t2v_form) for _ in range(n_t2v)
         )
         self.encoder = nn.ModuleList(
             SelfLayer(d, nheads, dim_feedforward, dropout) for _ in range(enc_layers)
@@ -213,6 +243,9 @@ class QDDETR(nn.Module):
             for p in part.parameters():
                 if p.dim() > 1:
                     nn.init.xavier_uniform_(p)
+        for layer in self.decoder:
+            nn.init.zeros_(layer.sa_out.bias)
+            nn.init.zeros_(layer.ca_out.bias)
         self.query_embed = nn.Embedding(num_queries, 2)  # anchors before the sigmoid
         self.class_embed = nn.Linear(d, 2)
         self.span_embed = MLP(d, d, 2, 3)

@@ -86,6 +86,10 @@ def test_bundled_moment_head_and_clip_encoder_answer_as_before(worlds):
         video = worlds / "mom" / "videos" / f"{r['vid']}.mp4"
         got = localize(str(video), r["query"], checkpoint=str(DEMO_MOMENTS), top=5)
         _same_moments(got, ANSWERS["localize"][f"{r['vid']}|{r['query']}"])
+    from video_retrieval.moments.predictor import MomentPredictor
+
+    head = MomentPredictor.from_checkpoint(DEMO_MOMENTS).model
+    assert {layer.form for layer in head.t2v} == {"post_norm"}  # the form it was trained with
     enc, agg, _ = load_retrieval_model(DEMO_CLIPS)
     want = ANSWERS["clips"]
     video = worlds / "mom" / "videos" / want["video"]
@@ -117,6 +121,8 @@ def test_old_lightning_moment_checkpoint_loads_and_resumes(worlds, tmp_path, mon
 
     module = load_module(OLD_MOMENT_CKPT)
     assert isinstance(module, MomentDETRModule) and module.hparams.hidden_dim == 16
+    # trained before the published T2V form was the default: it keeps the form it learned
+    assert [layer.form for layer in module.model.t2v] == ["post_norm", "post_norm"]
     mom = worlds / "mom"
     monkeypatch.chdir(tmp_path)  # its predictions_dir is relative: runs/old_fixture/predictions
     rc = vr_main([
@@ -139,6 +145,8 @@ def test_old_lightning_moment_checkpoint_loads_and_resumes(worlds, tmp_path, mon
     new = torch.load(last[0], weights_only=True, map_location="cpu")
     assert new["epoch"] == 1  # continued from the old checkpoint's epoch 0
     assert new["hyper_parameters"]["hidden_dim"] == 16
+    assert new["hyper_parameters"]["t2v_form"] == "post_norm"
+    assert new["moment_meta"]["model_kwargs"]["t2v_form"] == "post_norm"
     assert (
         new["hyper_parameters"]["_class_path"]
         == "video_retrieval.train.moment_module.MomentDETRModule"

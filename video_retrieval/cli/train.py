@@ -126,17 +126,21 @@ def config_conflicts(asked: dict, stored: dict, inferred=()) -> list[str]:
     return out
 
 
-def _inferred_hparams(model) -> tuple:
-    """``INFERRED_HPARAMS`` of the config's module class (keys where 0 means "from the data")."""
+def _module_class_attr(path: str, attr: str, default):
+    """``attr`` of the class a (checked) dotted path names, or ``default``."""
     import importlib
 
-    path = str(getattr(model, "class_path", "") or "")
-    mod, _, name = path.rpartition(".")
+    mod, _, name = str(path or "").rpartition(".")
     try:
         cls = getattr(importlib.import_module(mod), name) if mod else None
     except (ImportError, AttributeError):
-        return ()
-    return tuple(getattr(cls, "INFERRED_HPARAMS", ()))
+        return default
+    return getattr(cls, attr, default)
+
+
+def _inferred_hparams(model) -> tuple:
+    """``INFERRED_HPARAMS`` of the config's module class (keys where 0 means "from the data")."""
+    return tuple(_module_class_attr(getattr(model, "class_path", ""), "INFERRED_HPARAMS", ()))
 
 
 class VRLightningCLI(LightningCLI):
@@ -159,6 +163,9 @@ class VRLightningCLI(LightningCLI):
         stored = read_checkpoint(ckpt, label=f"--ckpt_path {ckpt}", mmap=True)
         stored = dict(stored.get("hyper_parameters") or {})
         hparams = {k: v for k, v in stored.items() if k != "_instantiator"}
+        if "_class_path" in hparams:  # what it was trained with where it predates a setting
+            hparams = {**_module_class_attr(hparams["_class_path"], "CHECKPOINT_DEFAULTS", {}),
+                       **hparams}  # fmt: skip
         if hparams:
             if "_class_path" in hparams:
                 kwargs = {k: v for k, v in hparams.items() if k != "_class_path"}

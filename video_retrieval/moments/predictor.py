@@ -59,9 +59,10 @@ def build_head(head: str, model_kwargs: dict):
 
         return MomentDETR(**model_kwargs)
     if head == "qd_detr":
-        from video_retrieval.temporal.qd_detr import QDDETR
+        from video_retrieval.temporal.qd_detr import LEGACY_T2V_FORM, QDDETR
 
-        return QDDETR(**model_kwargs)
+        # a head recorded before the T2V form was a choice used the old form
+        return QDDETR(**{"t2v_form": LEGACY_T2V_FORM, **model_kwargs})
     raise UserError(f"unknown moment head {head!r} (known: {', '.join(MOMENT_HEADS)})")
 
 

@@ -30,6 +30,7 @@ from video_retrieval.moments.predictor import MOMENT_HEADS, build_head, postproc
 from video_retrieval.temporal.cheap_dropout import use_cheap_dropout
 from video_retrieval.temporal.moment_loss import MomentCriterion
 from video_retrieval.temporal.moment_matcher import HungarianMatcher
+from video_retrieval.temporal.qd_detr import LEGACY_T2V_FORM
 from video_retrieval.train.moment_data import MomentDataModule
 
 LR_SCHEDULES = ("step", "cosine")
@@ -50,7 +51,8 @@ class MomentDETRModule(L.LightningModule):
 
     ``head``: ``moment_detr`` (Moment-DETR, the published recipe) or ``qd_detr`` (QD-DETR:
     query-dependent video tokens, input-adaptive saliency, negative-pair and rank-contrastive
-    saliency losses, anchor decoder; ``t2v_layers`` defaults to ``enc_layers``).
+    saliency losses, anchor decoder; ``t2v_layers`` defaults to ``enc_layers``; ``t2v_form``:
+    ``published`` or ``post_norm``, ``temporal.qd_detr.T2V_FORMS``).
     ``lr_schedule``: ``step`` (StepLR every ``lr_drop`` epochs, x0.1: Moment-DETR's; with
     ``lr_drop`` past ``max_epochs`` the rate is constant) or ``cosine`` (linear warm-up over
     ``warmup_epochs``, then cosine decay to ``lr * min_lr_ratio`` at ``max_epochs``; per step).
@@ -60,6 +62,8 @@ class MomentDETRModule(L.LightningModule):
 
     #: 0 in a config = taken from the data module at setup (a resume does not conflict)
     INFERRED_HPARAMS = ("v_feat_dim", "t_feat_dim")
+    #: what a checkpoint that does not record these was trained with (it predates them)
+    CHECKPOINT_DEFAULTS = {"t2v_form": LEGACY_T2V_FORM}
 
     def __init__(
         self,
@@ -78,6 +82,7 @@ class MomentDETRModule(L.LightningModule):
         use_tef: bool = True,
         aux_loss: bool = True,
         t2v_layers: int | None = None,
+        t2v_form: str = "published",
         lr: float = 1e-4,
         weight_decay: float = 1e-4,
         lr_drop: int = 400,
@@ -127,7 +132,18 @@ class MomentDETRModule(L.LightningModule):
         kw = {k: h[k] for k in keys}
         if h.head == "qd_detr":
             kw["t2v_layers"] = h.t2v_layers
+            kw["t2v_form"] = h.get("t2v_form", LEGACY_T2V_FORM)
         return kw
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint from before a setting existed was trained with its old value
+        (``CHECKPOINT_DEFAULTS``): rebuild the head with it before its weights are loaded."""
+        stored = checkpoint.get("hyper_parameters") or {}
+        old = {k: v for k, v in self.CHECKPOINT_DEFAULTS.items() if k not in stored}
+        if any(self.hparams.get(k) != v for k, v in old.items()):
+            self.hparams.update(old)
+            if self.model is not None:
+                self._build()
 
     def _build(self):
         self.model = build_head(self.hparams.head, self.model_kwargs())
@@ -321,7 +337,7 @@ def load_module(ckpt_path) -> MomentDETRModule:
     meta = ckpt.get("moment_meta")
     if not meta:
         raise UserError(f"{ckpt_path}: not a moment checkpoint (no moment_meta)")
-    hp = dict(ckpt.get("hyper_parameters", {}))
+    hp = {**MomentDETRModule.CHECKPOINT_DEFAULTS, **dict(ckpt.get("hyper_parameters", {}))}
     hp.update(meta["model_kwargs"])
     hp["head"] = meta.get("head", "moment_detr")
     allowed = MomentDETRModule.__init__.__code__.co_varnames
