@@ -16,28 +16,14 @@ from pathlib import Path
 import ffmpeg as ffmpeg_python
 import numpy as np
 import pytest
+from _cli_util import TINY, box_video, one_line_error, run_cli, tiny_index
 
-from video_retrieval.cli import main
 from video_retrieval.index.api import Index
-from video_retrieval.media.write import ffmpeg_exe, write_video
+from video_retrieval.media.write import ffmpeg_exe
 from video_retrieval.models.assets import DEMO_RETRIEVAL
 
 VR = [sys.executable, "-m", "video_retrieval.cli"]
-TINY = ["--model", "vr-tiny", "--random-weights"]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-
-
-def box_video(path, seed: int, seconds: float = 2.0, fps: float = 10.0) -> Path:
-    """A coloured box sliding left or right; ``seed`` picks colour and direction."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * fps)
-    x = np.full((n, 48, 64, 3), 20, np.uint8)
-    colour = rng.integers(60, 255, 3).astype(np.uint8)
-    for t in range(n):
-        pos = int(48 * t / max(n - 1, 1))
-        pos = pos if seed % 2 else 48 - pos
-        x[t, 16:32, pos : pos + 16] = colour
-    return write_video(path, x, fps=fps, gop=5)
 
 
 @pytest.fixture(scope="module")
@@ -48,23 +34,6 @@ def vids(tmp_path_factory) -> Path:
     return d
 
 
-def one_line_error(err: str, *needles: str) -> str:
-    """The single stderr line of a failed command (warnings aside), which contains ``needles``."""
-    lines = [x for x in err.strip().splitlines() if not x.startswith("warning:")]
-    assert "Traceback" not in err, err
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
-
-
 def run_vr(*argv, env=None, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*VR, *map(str, argv)],
@@ -73,12 +42,6 @@ def run_vr(*argv, env=None, timeout=300) -> subprocess.CompletedProcess:
         timeout=timeout,
         env={**os.environ, **OFFLINE, **(env or {})},
     )
-
-
-def tiny_index(vids, d, *extra) -> Path:
-    assert main(["index", str(vids), "--index", str(d), *TINY, "--fps", "2", "--workers", "0",
-                 "--json", *extra]) == 0  # fmt: skip
-    return d
 
 
 # -- 1. no silent random weights ----------------------------------------------------------------

@@ -13,7 +13,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from video_retrieval.temporal.features import VideoFeatures
 
 ATOL = 1e-5

@@ -19,6 +19,7 @@ videos) come from the data modules' ``setup``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import warnings
@@ -75,6 +76,17 @@ def check_ckpt_path(value: str | None) -> None:
     read_checkpoint(value, label=f"--ckpt_path {value}", mmap=True)  # refuses foreign classes
 
 
+def _user_error_in(exc: BaseException) -> UserError | None:
+    """The ``UserError`` that ``exc`` was raised from (its ``__cause__`` / ``__context__``)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UserError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _is_checkpoint_mismatch(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, (RuntimeError, KeyError)) and (
@@ -90,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError:
         raise
     except Exception as exc:
+        cause = _user_error_in(exc)
+        if cause is not None:  # jsonargparse wraps errors raised while building the classes
+            raise cause from None
         if ckpt is not None and _is_checkpoint_mismatch(exc):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(
@@ -192,6 +207,8 @@ def _main(argv: list[str] | None = None) -> int:
     # ``vr train`` passes its own argv slice; LightningCLI would warn that sys.argv differs.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # the seed is in the saved config; Lightning's "Seed set to N" line is noise beside errors
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     VRLightningCLI(
         LightningModule,
         LightningDataModule,
