@@ -77,6 +77,8 @@ def test_key_padding_bias_equals_previous_formula(heads, dtype):
 
 
 def old_tight_similarity(self, text, video):
+    """The chunked batching before einops (each pair's logit is ``pair_logits``, tested against
+    CLIP4Clip's formula in ``test_temporal_reference``); this checks only the batching."""
     nt, nv = len(text), len(video)
     if nt == 0 or nv == 0:
         return text.sentence.new_zeros(nt, nv)
@@ -99,7 +101,7 @@ def old_tight_similarity(self, text, video):
 
 
 @pytest.mark.parametrize("pair_chunk", [1, 2, 5, 1024])
-def test_tight_transformer_similarity_equals_previous_formula(pair_chunk):
+def test_tight_transformer_similarity_batching_equals_previous_formula(pair_chunk):
     torch.manual_seed(0)
     agg = build_aggregator("tight_transformer", D, max_frames=6, heads=2, pair_chunk=pair_chunk)
     agg.eval()  # dropout off

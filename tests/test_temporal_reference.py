@@ -198,3 +198,38 @@ def test_qd_detr_saliency_is_scaled_by_the_square_root_of_the_width():
     # each clip: sum over 16 channels of 2 * 3 = 96, divided by sqrt(16) = 4 -> 24 (by d: 6)
     with torch.no_grad():
         np.testing.assert_allclose(head.saliency(memory, glob).numpy(), [[24.0, 24.0, 24.0]])
+
+
+# ---------------------------------------------------------------------------------- tightTransf
+def _tight_reference(agg, sentence: np.ndarray, f: np.ndarray, mask: np.ndarray) -> float:
+    """CLIP4Clip tightTransf for one (text, video) pair: tokens [t; f_1..f_T] + positions, the
+    pre-LN blocks with -1e6 on padded frames (the text token always valid), then the pooler
+    LN -> token 0 -> Linear -> QuickGELU, and Linear(D, 1). No logit scale."""
+    x = np.concatenate([sentence[None], f * mask[:, None]])
+    x = x + _np(agg.position_embeddings.weight)[: len(x)]
+    key_bias = np.where(np.concatenate([[1.0], mask]) > 0, 0.0, -1.0e6)
+    for blk in agg.transformer.resblocks:
+        h = _layer_norm(x, blk.ln_1)
+        x = x + _mha(h, h, h, blk.attn, key_bias)
+        u = _linear(_layer_norm(x, blk.ln_2), blk.mlp.c_fc)
+        x = x + _linear(u / (1 + np.exp(-1.702 * u)), blk.mlp.c_proj)
+    u = _linear(_layer_norm(x, agg.ln_pool)[0], agg.pool_dense)
+    return float(_linear(u / (1 + np.exp(-1.702 * u)), agg.similarity_dense)[0])
+
+
+def test_tight_transformer_is_clip4clips_cross_encoder():
+    from video_retrieval.temporal.features import TextFeatures
+    from video_retrieval.temporal.tight_transformer import TightTransformer
+
+    agg = TightTransformer(4, max_frames=3, layers=2, heads=2, pair_chunk=2).double().eval()
+    _randomize(agg, 7, scale=0.3)
+    rng = np.random.default_rng(8)
+    sentences = rng.standard_normal((2, 4))
+    frames = rng.standard_normal((3, 3, 4))
+    masks = np.array([[1, 1, 1], [1, 0, 0], [1, 1, 0]], dtype=float)
+    with torch.no_grad():
+        got = _np(agg.similarity(TextFeatures(torch.from_numpy(sentences)),
+                                 VideoFeatures(torch.from_numpy(frames),
+                                               torch.from_numpy(masks > 0))))  # fmt: skip
+    want = [[_tight_reference(agg, s, f, m) for f, m in zip(frames, masks)] for s in sentences]
+    np.testing.assert_allclose(got, want, atol=ATOL)
