@@ -69,8 +69,10 @@ def test_tuning_takes_the_smallest_setting_that_reaches_the_target(kind):
     opts = AnnOptions(kind=kind, target_recall=0.97, sample=len(x))  # every row is a query
     index, info = build_measured(x, opts)
     assert info["type"] == kind and info["target_recall"] == 0.97
+    # every row is a query, so the quantizers (all but HNSW's) had to train on the queries too
     assert info["sample"] == {"video_queries": 3000, "text_queries": 0, "k": 10,
-                              "recall_video": info["recall_at_10"], "recall_text": None}  # fmt: skip
+                              "recall_video": info["recall_at_10"], "recall_text": None,
+                              "queries_in_training": None if kind == "hnsw" else 1.0}  # fmt: skip
     tuned = {k: v for k, v in info["params"].items() if k in ("efSearch", "nprobe", "rerank")}
 
     def recall_at(step):
@@ -254,13 +256,13 @@ def test_vr_index_records_the_measured_ann_and_vr_search_uses_it(vids, tmp_path,
     assert ann["params"] == {"M": 32, "efConstruction": 80, "efSearch": 16}
     assert ann["recall_at_10"] == 1.0
     assert ann["sample"] == {"video_queries": 6, "text_queries": 3, "k": 5, "recall_video": 1.0,
-                             "recall_text": 1.0}  # fmt: skip
+                             "recall_text": 1.0, "queries_in_training": None}  # fmt: skip
     # the recorded parameter is the one searches use (edit it: the loaded index follows)
     manifest["ann"]["params"]["efSearch"] = 48
     (d / "manifest.json").write_text(json.dumps(manifest))
     assert Index.open(d).ann().hnsw.efSearch == 48
     rc, out, _ = run_cli(capsys, "index", vids, "--index", d, "--workers", "0")
-    assert rc == 0 and "ANN hnsw (efSearch 16, recall@10 1.000 on 6 held-out videos)" in out
+    assert rc == 0 and "ANN hnsw (efSearch 16, recall@10 1.000 on 6 sampled videos)" in out
 
 
 def test_compressed_index_searches_like_the_exact_one(vids, tmp_path, capsys):
@@ -331,3 +333,23 @@ def test_ann_flag_errors_are_one_line(extra, needles, vids, tmp_path, capsys):
     assert rc == 2
     one_line_error(err, *needles)
     assert not d.exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("kind", ["ivf", "sq8", "ivf-pq"])
+def test_recall_queries_are_kept_out_of_the_quantizer_training(kind):
+    """Recall is measured on vectors the quantizer never trained on (when enough rows are left
+    to train it), and the manifest says so."""
+    from video_retrieval.index.ann import build_ann, train_rows
+
+    x = clustered()
+    _, info = build_measured(x, AnnOptions(kind=kind, target_recall=0.9, sample=500))
+    assert info["sample"]["queries_in_training"] == 0.0
+    # the same rows by hand: 500 queries drawn from 3000, the training rows are the others
+    holdout = np.arange(0, 3000, 6)
+    rows = train_rows(3000, 100_000, 0, holdout, need=39)
+    assert len(rows) == 2500 and not np.isin(holdout, rows).any()
+    trained: list = []
+    build_ann(x, kind, holdout=holdout, trained_on=trained)
+    assert not np.isin(holdout, trained[0]).any()
+    # too few rows left to train (every row a query): all rows train it, as recorded above
+    assert len(train_rows(100, 100_000, 0, np.arange(100), need=39)) == 100

@@ -103,7 +103,7 @@ def add_arguments(parser) -> None:
         "--recall-sample",
         type=int,
         default=1000,
-        help="held-out video vectors (and at most as many captions) recall is measured on",
+        help="collection vectors (each with its own row left out of its answers, kept out of the quantizer training) and at most as many captions that recall is measured on",
     )
     parser.add_argument(
         "--prune", action="store_true", help="drop indexed files that no longer exist"

@@ -87,8 +87,9 @@ class AnnOptions:
 
 @dataclass
 class RecallSample:
-    """Queries and their exact answers: held-out collection vectors (own row excluded) and text
-    queries; ``threshold`` is each query's exact k-th best cosine."""
+    """Queries and their exact answers: a random sample of the collection's own vectors (each
+    query's own row excluded from its answers, and the sample kept out of the quantizers'
+    training) and text queries; ``threshold`` is each query's exact k-th best cosine."""
 
     queries: np.ndarray  # [Q, D]
     self_ids: np.ndarray  # [Q] the query's own row, -1 for text queries
@@ -96,6 +97,8 @@ class RecallSample:
     threshold: np.ndarray  # [Q]
     n_video: int
     n_text: int
+    #: share of the video queries in the quantizers' training sample (None: nothing trained)
+    in_training: float | None = None
 
 
 def recall_sample(x: np.ndarray, sample: int, text_queries=None, seed: int = 0) -> RecallSample:
@@ -202,6 +205,7 @@ def _sample_info(rs: RecallSample, r: dict) -> dict:
         "k": int(rs.k[0]) if len(rs.k) else RECALL_K,  # 10, or fewer in a tiny collection
         "recall_video": None if not rs.n_video else round(r["video"], 4),
         "recall_text": None if not rs.n_text else round(r["text"], 4),
+        "queries_in_training": None if rs.in_training is None else round(rs.in_training, 4),
     }
 
 
@@ -229,7 +233,11 @@ def build_measured(
     if kind == "ivf-pq" and n < PQ_MIN_VECTORS:
         reason = f"{n} vectors are too few to train its codebooks (needs {PQ_MIN_VECTORS})"
         return _fallback(x, rs, target, requested, {"type": kind, "reason": reason}, log)
-    index = build_ann(x, kind, seed=options.seed)
+    holdout = rs.self_ids[rs.self_ids >= 0]
+    trained: list = []
+    index = build_ann(x, kind, seed=options.seed, holdout=holdout, trained_on=trained)
+    if trained and len(holdout):  # share of the video queries the quantizer trained on
+        rs.in_training = float(np.isin(holdout, trained[0]).mean())
     depths = rerank_ladder(kind)
     deepest = {"rerank": depths[-1]} if depths else {}
 

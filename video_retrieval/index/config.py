@@ -50,7 +50,7 @@ class IndexConfig:
     target_recall: float | None = None  # tuned to reach it, else exact (None: index's own / 0.95)
     max_memory: str | int | None = None  # --ann auto: memory budget of the ANN (None: RAM / 2)
     recall_captions: str | None = None  # captions.jsonl / text file: text queries for recall
-    recall_sample: int = 1000  # held-out video vectors (and at most as many captions)
+    recall_sample: int = 1000  # sampled collection vectors (and at most as many captions)
     num_nodes: int = 1  # > 1: Lightning multi-node DDP (one process per node launched each)
     precision: str = "auto"
     device: str = "cpu"
