@@ -8,9 +8,10 @@ its captions keep file order.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from video_retrieval.datasets.text_files import json_lines
 
 from video_retrieval.errors import UserError
 
@@ -93,27 +94,22 @@ def load_captions_jsonl(
     root = Path(video_root) if video_root is not None else path.parent
     out = RetrievalSplit(name=split or path.stem)
     index: dict[tuple, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-                video, caption = rec["video"], rec["caption"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise UserError(f"{path}:{lineno}: bad captions record ({exc})") from None
-            if split is not None and rec.get("split") != split:
-                continue
-            vpath = Path(video)
-            if not vpath.is_absolute():
-                vpath = root / vpath
-            start, end = rec.get("start"), rec.get("end")
-            key = (str(vpath), start, end)
-            if key not in index:
-                index[key] = len(out.videos)
-                vid = rec.get("video_id") or vpath.stem
-                out.videos.append(VideoItem(vid, str(vpath), start, end))
-            out.captions.append(str(caption).strip())
-            out.caption_video.append(index[key])
+    for lineno, rec in json_lines(path):
+        try:
+            video, caption = rec["video"], rec["caption"]
+        except (KeyError, TypeError) as exc:
+            raise UserError(f"{path}:{lineno}: bad captions record ({exc})") from None
+        if split is not None and rec.get("split") != split:
+            continue
+        vpath = Path(video)
+        if not vpath.is_absolute():
+            vpath = root / vpath
+        start, end = rec.get("start"), rec.get("end")
+        key = (str(vpath), start, end)
+        if key not in index:
+            index[key] = len(out.videos)
+            vid = rec.get("video_id") or vpath.stem
+            out.videos.append(VideoItem(vid, str(vpath), start, end))
+        out.captions.append(str(caption).strip())
+        out.caption_video.append(index[key])
     return out

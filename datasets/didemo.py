@@ -20,11 +20,11 @@ reported by the missing-video checks (``vr data check``, the data modules' setup
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from video_retrieval.datasets.captions_jsonl import RetrievalSplit, VideoItem, _require
+from video_retrieval.datasets.text_files import read_json_file
 
 from video_retrieval.errors import UserError
 
@@ -103,11 +103,7 @@ def didemo_video_path(video_dir: str | Path, name: str) -> str:
 
 
 def read_didemo_records(data_json: str | Path) -> list[dict]:
-    with open(_require(Path(data_json), "DiDeMo json"), encoding="utf-8") as f:
-        try:
-            records = json.load(f)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{data_json}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    records = read_json_file(_require(Path(data_json), "DiDeMo json"), str(data_json))
     if not isinstance(records, list):
         raise UserError(f"{data_json}: expected a list of DiDeMo records")
     return records

@@ -22,6 +22,8 @@ import json
 import math
 from pathlib import Path
 
+from video_retrieval.datasets.text_files import json_lines
+
 from video_retrieval.errors import UserError
 
 
@@ -71,18 +73,10 @@ def read_json_lines(path, what: str) -> list[tuple[int, dict]]:
     if not p.is_file():
         raise UserError(f"no such {what} file: {p}")
     out = []
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{p}:{n}: expected a JSON object, not {type(row).__name__}")
-            out.append((n, row))
+    for n, row in json_lines(p):
+        if not isinstance(row, dict):
+            raise UserError(f"{p}:{n}: expected a JSON object, not {type(row).__name__}")
+        out.append((n, row))
     if not out:
         raise UserError(f"{p}: no {what} rows (empty file)")
     return out

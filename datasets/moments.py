@@ -35,6 +35,7 @@ from video_retrieval.datasets.moment_preds import (
     finite,
     read_json_lines,
 )
+from video_retrieval.datasets.text_files import text_lines
 
 from video_retrieval.errors import UserError
 
@@ -135,36 +136,35 @@ def load_charades_sta(path, durations: dict | str | None = None) -> list[dict]:
     durations = durations or {}
     rows = []
     p = _require(path)
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if "##" not in line:
-                raise UserError(f"{p}:{n}: expected '<vid> <start> <end>##<sentence>'")
-            head, sentence = line.split("##", 1)
-            parts = head.split()
-            if len(parts) != 3:
-                raise UserError(f"{p}:{n}: expected '<vid> <start> <end>' before '##'")
-            vid = parts[0]
-            try:
-                s, e = check_window([float(parts[1]), float(parts[2])], "window", False)
-            except ValueError as exc:
-                msg = str(exc) if isinstance(exc, RowError) else "start/end are not numbers"
-                raise UserError(f"{p}:{n}: {msg}") from None
-            dur = durations.get(vid)
-            if dur is not None:
-                e = min(e, dur)
-                s = min(s, e)
-            rows.append(
-                {
-                    "qid": len(rows),
-                    "query": sentence.strip(),
-                    "vid": vid,
-                    "duration": dur,
-                    "relevant_windows": [[s, e]],
-                }
-            )
+    for n, line in text_lines(p):
+        line = line.strip()
+        if not line:
+            continue
+        if "##" not in line:
+            raise UserError(f"{p}:{n}: expected '<vid> <start> <end>##<sentence>'")
+        head, sentence = line.split("##", 1)
+        parts = head.split()
+        if len(parts) != 3:
+            raise UserError(f"{p}:{n}: expected '<vid> <start> <end>' before '##'")
+        vid = parts[0]
+        try:
+            s, e = check_window([float(parts[1]), float(parts[2])], "window", False)
+        except ValueError as exc:
+            msg = str(exc) if isinstance(exc, RowError) else "start/end are not numbers"
+            raise UserError(f"{p}:{n}: {msg}") from None
+        dur = durations.get(vid)
+        if dur is not None:
+            e = min(e, dur)
+            s = min(s, e)
+        rows.append(
+            {
+                "qid": len(rows),
+                "query": sentence.strip(),
+                "vid": vid,
+                "duration": dur,
+                "relevant_windows": [[s, e]],
+            }
+        )
     if not rows:
         raise UserError(f"{p}: no annotation lines (empty file)")
     return rows
@@ -258,8 +258,8 @@ def detect_format(path) -> str:
     """``didemo`` (a JSON list), ``qvhighlights`` (JSON lines) or ``charades`` (``##`` lines),
     from the first non-blank character / line of the file."""
     p = _require(path)
-    with open(p, encoding="utf-8") as f:
-        head = f.read(4096)
+    with open(p, "rb") as f:
+        head = f.read(4096).decode("utf-8", errors="replace")  # the readers name bad bytes
     text = head.lstrip()
     if not text:
         raise UserError(f"{p}: empty annotation file")

@@ -16,10 +16,10 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 from video_retrieval.datasets.captions_jsonl import RetrievalSplit, VideoItem, _require
+from video_retrieval.datasets.text_files import read_json_file
 
 from video_retrieval.errors import UserError
 
@@ -136,8 +136,10 @@ def load_temporal_pairs(
     pair's ``kind``, "direction" | "order", with ``with_kind``).
 
     Pairs whose videos are not both in the split are skipped."""
-    with open(_require(Path(path), "temporal pairs file"), encoding="utf-8") as f:
-        pairs = json.load(f)
+    pairs = read_json_file(_require(Path(path), "temporal pairs file"), str(path))
+    if not isinstance(pairs, list) or not all(isinstance(p, dict) and {"a", "b"} <= set(p)
+                                              for p in pairs):  # fmt: skip
+        raise UserError(f'{path}: expected a list of {{"a", "b", "kind"}} pairs')
     index = {v.video_id: i for i, v in enumerate(split.videos)}
     out = []
     for p in pairs:

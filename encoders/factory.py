@@ -37,9 +37,16 @@ from video_retrieval.encoders.weights_io import (
 
 from video_retrieval.errors import UserError
 
+#: what a ``save_encoder`` spec may say (``create_encoder``'s architecture arguments)
+SPEC_KEYS = ("model", "backend", "seed", "quick_gelu", "hf_config", "precision", "device")
 
-def _read_encoder_file_spec(path: Path) -> dict | None:
-    """The spec stored by ``save_encoder`` in a safetensors file, or None for other files."""
+
+def read_encoder_file_spec(path: Path) -> dict | None:
+    """The architecture stored by ``save_encoder`` in a safetensors file (``SPEC_KEYS``), or None
+    for any other file. A spec that is not a JSON object, names keys ``create_encoder`` does not
+    take, or lacks its model is a one-line ``UserError``; where the weights came from is dropped
+    (the file itself holds them, and a spec naming a file would send the loader in circles)."""
+    path = Path(path)
     if path.suffix != ".safetensors":
         return None
     from safetensors import safe_open
@@ -51,7 +58,19 @@ def _read_encoder_file_spec(path: Path) -> dict | None:
         raise UserError(f"{path}: not a readable safetensors file ({e})") from e
     if meta.get("format") != ENCODER_FILE_FORMAT:
         return None
-    return json.loads(meta["spec"])
+    try:
+        spec = json.loads(meta.get("spec") or "")
+    except json.JSONDecodeError:
+        raise UserError(f"{path}: its encoder spec (safetensors metadata) is not JSON") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("model"), str):
+        raise UserError(f"{path}: its encoder spec names no model")
+    spec = {k: v for k, v in spec.items() if k not in ("weights", "checkpoint", "pretrained")}
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise UserError(
+            f"{path}: its encoder spec has keys this version does not know ({', '.join(unknown)})"
+        )
+    return spec
 
 
 def _build_open_clip(name: str, seed: int, quick_gelu: bool, pretrained: str | None = None):
@@ -123,7 +142,7 @@ def create_encoder(
     if ckpt_path is not None and not ckpt_path.is_file():
         raise UserError(f"no such file: {ckpt_path} (checkpoint)")
 
-    file_spec = _read_encoder_file_spec(ckpt_path) if ckpt_path is not None else None
+    file_spec = read_encoder_file_spec(ckpt_path) if ckpt_path is not None else None
     if file_spec is not None:
         if model is not None and model != file_spec["model"]:
             raise UserError(

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from video_retrieval.errors import UserError
 from video_retrieval.models.assets import ASSETS, DEMO_CLIPS, DEMO_MOMENTS, DEMO_RETRIEVAL  # noqa: F401 - the demo's public names
 
 
@@ -154,6 +155,10 @@ def run_demo(
     from video_retrieval.metrics.moments import evaluate
     from video_retrieval.moments.localize import curve_label, localize, top_hit
 
+    for name, value, lo in (("num_videos", num_videos, 4), ("moment_videos", moment_videos, 1),
+                            ("searches", searches, 0)):  # fmt: skip
+        if int(value) < lo:
+            raise UserError(f"--{name.replace('_', '-')} must be at least {lo}, got {value}")
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -162,8 +167,6 @@ def run_demo(
     cckpt = Path(clip_checkpoint) if clip_checkpoint else DEMO_CLIPS
     cckpt = cckpt if cckpt.is_file() else None
     if not ckpt.is_file():
-        from video_retrieval.errors import UserError
-
         raise UserError(f"demo model not found: {ckpt} (see README: 'Reproduce the demo model')")
 
     _say(f"[1/5] Generating a synthetic collection (seed {seed}, unseen in training) in {out}/")

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="--captions: keep only this split; --dataset: train|val|test|compositional",
     )
     parser.add_argument("--out", required=True, help="cache directory")
-    from video_retrieval.cli.common import add_model_arguments
+    from video_retrieval.cli.common import add_model_arguments, bounded
 
     add_model_arguments(
         parser,
@@ -50,9 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     frames = parser.add_mutually_exclusive_group()
     frames.add_argument(
-        "--num-frames", type=int, default=None, help="T uniformly sampled frames (default 12)"
+        "--num-frames",
+        type=bounded("num_frames"),
+        default=None,
+        help="T uniformly sampled frames (default 12)",
     )
-    frames.add_argument("--fps", type=float, default=None, help="sample F frames per second")
+    frames.add_argument(
+        "--fps", type=bounded("fps"), default=None, help="sample F frames per second"
+    )
     parser.add_argument(
         "--max-frames", type=int, default=12, help="with --fps: uniformly subsample to at most this"
     )
@@ -79,9 +84,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch-topk", type=int, default=16, help="K patches kept per frame")
     parser.add_argument("--max-words", type=int, default=32, help="token length incl. SOT/EOT")
     parser.add_argument("--no-words", action="store_true", help="do not store word features")
-    parser.add_argument("--batch-size", type=int, default=64, help="frames per encoder batch")
+    parser.add_argument(
+        "--batch-size", type=bounded("batch_size"), default=64, help="frames per encoder batch"
+    )
     parser.add_argument("--chunk-size", type=int, default=16, help="videos per journaled chunk")
-    parser.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
+    parser.add_argument(
+        "--workers", type=bounded("workers"), default=2, help="decoding threads (default 2)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cache")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import os
 
+from video_retrieval.cli.common import ranged
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="demo_out", help="working folder (default: demo_out)")
     parser.add_argument(
         "--seed", type=int, default=20261125, help="seed of the generated collection"
     )
-    parser.add_argument("--num-videos", type=int, default=48, help="short videos to index")
-    parser.add_argument("--moment-videos", type=int, default=3, help="long videos to localize in")
-    parser.add_argument("--searches", type=int, default=4, help="example searches to print")
+    parser.add_argument(
+        "--num-videos",
+        type=ranged(4, 2000, "short videos"),
+        default=48,
+        help="short videos to index",
+    )
+    parser.add_argument(
+        "--moment-videos", type=ranged(1, 100, "long videos"), default=3,
+        help="long videos to localize in",
+    )  # fmt: skip
+    parser.add_argument(
+        "--searches", type=ranged(0, 100, "searches"), default=4, help="example searches to print"
+    )
     parser.add_argument(
         "--checkpoint", default=None, help="retrieval checkpoint (default: bundled)"
     )

@@ -21,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+from video_retrieval.cli.common import bounded
 from video_retrieval.errors import UserError
 from video_retrieval.index.evaluate import evaluate_retrieval, read_caption_lines
 
@@ -44,8 +45,8 @@ def add_arguments(parser) -> None:
         metavar="CKPT",
         help="CLIPRerank's frame-level CLIP, independent of the index's model (vr train checkpoint)",
     )
-    r.add_argument("--candidates", type=int, default=100)
-    r.add_argument("--alpha", type=float, default=0.4)
+    r.add_argument("--candidates", type=bounded("candidates"), default=100)
+    r.add_argument("--alpha", type=bounded("alpha"), default=0.4)
     r.add_argument("--split", default=None, help="only captions whose 'split' equals this")
     r.add_argument("--json", action="store_true")
     m = sub.add_parser(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from video_retrieval.cli.common import add_model_arguments
+from video_retrieval.cli.common import add_model_arguments, bounded
 from video_retrieval.errors import UserError
 
 
@@ -33,16 +33,23 @@ def add_arguments(parser) -> None:
     g = parser.add_mutually_exclusive_group()
     g.add_argument(
         "--fps",
-        type=float,
+        type=bounded("fps"),
         default=None,
         help="frames sampled per second (default: the checkpoint's or the index's own "
         "sampling, else 1)",
     )
-    g.add_argument("--num-frames", type=int, default=None, help="frames per video, evenly spread")
-    parser.add_argument("--batch-size", type=int, default=64, help="frames per encoder batch")
+    g.add_argument(
+        "--num-frames",
+        type=bounded("num_frames"),
+        default=None,
+        help="frames per video, evenly spread",
+    )
+    parser.add_argument(
+        "--batch-size", type=bounded("batch_size"), default=64, help="frames per encoder batch"
+    )
     parser.add_argument(
         "--patches",
-        type=int,
+        type=bounded("patches"),
         default=None,
         metavar="K",
         help="also store K projected patch tokens per frame (closest to CLS), so that UCoFiA "
@@ -54,21 +61,25 @@ def add_arguments(parser) -> None:
         choices=["auto", "fp32", "bf16"],
         help="encoder precision (auto: bf16 autocast where the CPU/GPU supports it)",
     )
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding videos")
+    parser.add_argument(
+        "--workers", type=bounded("workers"), default=2, help="DataLoader workers decoding videos"
+    )
     parser.add_argument(
         "--devices",
-        type=int,
+        type=bounded("devices"),
         default=1,
         help="processes per node (Lightning DDP on CPU) for encoding",
     )
     parser.add_argument(
         "--num-nodes",
-        type=int,
+        type=bounded("num_nodes"),
         default=1,
         help="machines (Lightning multi-node DDP over a shared filesystem; run the same command "
         "on every node with MASTER_ADDR, MASTER_PORT and NODE_RANK set, or under torchrun / srun)",
     )
-    parser.add_argument("--shard-size", type=int, default=64, help="videos per shard (at most)")
+    parser.add_argument(
+        "--shard-size", type=bounded("shard_size"), default=64, help="videos per shard (at most)"
+    )
     from video_retrieval.index.ann import KINDS
 
     parser.add_argument(
@@ -81,7 +92,7 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--target-recall",
-        type=float,
+        type=bounded("target_recall"),
         default=None,
         help="approximate kinds: recall@10 (measured on the collection) the search parameter is "
         "tuned to reach; exact search when it cannot be reached (default: the index's own, 0.95)",
@@ -101,7 +112,7 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--recall-sample",
-        type=int,
+        type=bounded("recall_sample"),
         default=1000,
         help="collection vectors (each with its own row left out of its answers, kept out of the quantizer training) and at most as many captions that recall is measured on",
     )

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from video_retrieval.atomic import atomic_path
-from video_retrieval.cli.common import add_model_arguments
+from video_retrieval.cli.common import add_model_arguments, bounded
+from video_retrieval.datasets.text_files import json_line, text_lines
 from video_retrieval.errors import UserError
 
 
@@ -34,7 +35,9 @@ def add_arguments(parser) -> None:
         help="zero-shot with a retrieval checkpoint pooling each 2 s clip +-1 s "
         "(configs/moments_synth_clips.yaml); replaces --model",
     )
-    parser.add_argument("--top", type=int, default=5, help="moments to return (default 5)")
+    parser.add_argument(
+        "--top", type=bounded("top"), default=5, help="moments to return (default 5)"
+    )
     parser.add_argument(
         "--plot", default=None, metavar="OUT.png", help="write a PNG of similarity over time"
     )
@@ -97,16 +100,17 @@ def read_queries(path, video: str | None, video_dir: str | None) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"no such queries file: {path}")
+    if video_dir is not None and not Path(video_dir).is_dir():
+        raise UserError(f"--video-dir {video_dir}: no such folder")
     rows = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in text_lines(p, str(path)):
         text = line.strip()
         if not text:
             continue
         if text.startswith("{"):
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            row = json_line(text, str(path), n)
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{n}: expected a JSON object")
             query = row.get("query")
             vid = row.get("vid")
             where = row.get("video") or video

@@ -19,6 +19,8 @@ import os
 import sys
 
 from video_retrieval import __version__
+from video_retrieval.cli import common
+from video_retrieval.cli.common import VRArgumentParser
 from video_retrieval.errors import UserError
 
 COMMANDS: dict[str, str] = {
@@ -44,7 +46,7 @@ def _module(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = VRArgumentParser(
         prog="vr",
         description="Video-text retrieval and moment localization.",
         epilog="Errors are one line; --debug (or VR_DEBUG=1) shows the Python traceback.",
@@ -84,7 +86,8 @@ def os_error_line(exc: OSError) -> str:
         errno.EACCES: "permission denied: choose a folder you can write to",
         errno.EPERM: "operation not permitted",
     }
-    why = hints.get(exc.errno, exc.strerror or type(exc).__name__)
+    text = " ".join(str(exc).split())[:200]
+    why = hints.get(exc.errno) or exc.strerror or text or type(exc).__name__
     return f"{why}{where}"
 
 
@@ -92,10 +95,11 @@ def _run(argv: list[str]) -> int:
     if argv and argv[0] == "train":
         return _module("train").main(argv[1:]) or 0
     parser = build_parser()
+    common.CURRENT_ARGV = list(argv)
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        parser.print_help(sys.stderr)
+        return EXIT_USER_ERROR  # no command is a usage error, as for any other missing argument
     if getattr(args, "_unavailable", False):
         print(f"vr {args.command}: not yet available", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -110,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (vr search ... | head): not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 141
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - the one place that turns errors into lines

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import sys
 
+from video_retrieval.cli.common import bounded
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("query", nargs="?", help="the sentence to search for")
@@ -27,9 +29,12 @@ def add_arguments(parser) -> None:
         help="index directory built by vr index; repeat it to search several indexes built "
         "with one model (hits merged by score)",
     )
-    parser.add_argument("-k", type=int, default=10, help="results to return (default 10)")
+    parser.add_argument("-k", type=bounded("k"), default=10, help="results to return (default 10)")
     parser.add_argument(
-        "--candidates", type=int, default=100, help="stage-1 ANN candidates to rerank (default 100)"
+        "--candidates",
+        type=bounded("candidates"),
+        default=100,
+        help="stage-1 ANN candidates to rerank (default 100)",
     )
     parser.add_argument(
         "--rerank",
@@ -46,7 +51,10 @@ def add_arguments(parser) -> None:
         "checkpoint (e.g. the clip encoder trained on clips.jsonl); candidates are decoded again",
     )
     parser.add_argument(
-        "--alpha", type=float, default=0.4, help="CLIPRerank weight of the base score (default 0.4)"
+        "--alpha",
+        type=bounded("alpha"),
+        default=0.4,
+        help="CLIPRerank weight of the base score (default 0.4)",
     )
     parser.add_argument("--json", action="store_true", help="print results as JSON")
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import sys
 
+from video_retrieval.cli.common import bounded
+
 
 def add_arguments(parser) -> None:
     parser.add_argument(
@@ -39,7 +41,10 @@ def add_arguments(parser) -> None:
         "requests may choose auto, none, cliprerank or this one",
     )
     parser.add_argument(
-        "--candidates", type=int, default=100, help="stage-1 ANN candidates (default 100)"
+        "--candidates",
+        type=bounded("candidates"),
+        default=100,
+        help="stage-1 ANN candidates (default 100)",
     )
     parser.add_argument(
         "--cache-dir",

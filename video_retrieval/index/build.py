@@ -302,7 +302,7 @@ def run_indexing(inputs, index_dir, cfg: IndexConfig | None = None) -> dict | No
     """
     from video_retrieval.index import distributed as ddp
 
-    cfg = cfg or IndexConfig()
+    cfg = (cfg or IndexConfig()).check()
     ddp.check_launch(cfg)
     if ddp.launch_rank(cfg) > 0:  # a DDP worker: never takes the lock, rank 0 plans and reports
         ddp.run_worker(replace(cfg))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from video_retrieval.errors import UserError
+from video_retrieval.index.limits import check
 from video_retrieval.media.files import content_hash
 from video_retrieval.models.weights import (
     checkpoint_kind,
@@ -65,18 +66,23 @@ class IndexConfig:
             or self.backend != "open_clip" or self.encoder_spec
         )  # fmt: skip
 
+    def check(self) -> IndexConfig:
+        """Refuse numeric options outside ``limits.BOUNDS`` (the bounds of the CLI flags)."""
+        for name in ("batch_size", "workers", "devices", "num_nodes", "shard_size",
+                     "recall_sample", "fps", "num_frames", "patches", "target_recall"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, check(name, value))
+        return self
+
     def sampling(self) -> dict:
         if self.fps is not None and self.num_frames is not None:
             raise UserError("give --fps or --num-frames, not both")
         if self.num_frames is not None:
-            if self.num_frames < 1:
-                raise UserError(f"--num-frames must be >= 1, got {self.num_frames}")
-            out = {"fps": None, "num_frames": int(self.num_frames)}
+            out = {"fps": None, "num_frames": check("num_frames", self.num_frames)}
         else:
-            fps = 1.0 if self.fps is None else float(self.fps)
-            if not fps > 0:
-                raise UserError(f"--fps must be > 0, got {fps}")
-            out = {"fps": fps, "num_frames": None}
+            fps = 1.0 if self.fps is None else check("fps", self.fps)
+            out = {"fps": float(fps), "num_frames": None}
         if self.symmetric_window:  # recorded only when on: older fingerprints stay equal
             out["symmetric_window"] = True
         return out
@@ -167,9 +173,7 @@ def with_checkpoint_sampling(cfg: IndexConfig, own: dict | None) -> IndexConfig:
 
 
 def make_fingerprint(encoder, cfg: IndexConfig, aggregator_label: str) -> dict:
-    patches = int(cfg.patches or 0)
-    if patches < 0:
-        raise UserError(f"--patches must be >= 0, got {cfg.patches}")
+    patches = check("patches", cfg.patches or 0)
     fp = {
         "encoder": encoder.fingerprint(),
         "sampling": cfg.sampling(),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from video_retrieval.datasets.text_files import json_lines
 from video_retrieval.errors import UserError
 
 
@@ -26,32 +27,23 @@ def read_caption_lines(path, split=None) -> list[tuple[str, str, int]]:
         raise UserError(f"no such captions file: {path}")
     out = []
     lines = 0
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            lines += 1
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f'{path}:{n}: expected a {{"video", "caption"}} JSON object')
-            for key in ("video", "caption"):
-                if key not in row:
-                    raise UserError(f"{path}:{n}: missing field {key!r}")
-            video, caption = row["video"], row["caption"]
-            if not isinstance(video, str) or not video.strip():
-                raise UserError(
-                    f"{path}:{n}: 'video' must be a non-empty path, not {json.dumps(video)}"
-                )
-            if not isinstance(caption, str):
-                raise UserError(
-                    f"{path}:{n}: 'caption' must be a string, not {json.dumps(caption)}"
-                )
-            if split is not None and row.get("split") != split:
-                continue
-            out.append((str((p.parent / video).resolve()), caption, n))
+    for n, row in json_lines(p, str(path)):
+        lines += 1
+        if not isinstance(row, dict):
+            raise UserError(f'{path}:{n}: expected a {{"video", "caption"}} JSON object')
+        for key in ("video", "caption"):
+            if key not in row:
+                raise UserError(f"{path}:{n}: missing field {key!r}")
+        video, caption = row["video"], row["caption"]
+        if not isinstance(video, str) or not video.strip():
+            raise UserError(
+                f"{path}:{n}: 'video' must be a non-empty path, not {json.dumps(video)}"
+            )
+        if not isinstance(caption, str):
+            raise UserError(f"{path}:{n}: 'caption' must be a string, not {json.dumps(caption)}")
+        if split is not None and row.get("split") != split:
+            continue
+        out.append((str((p.parent / video).resolve()), caption, n))
     if not lines:
         raise UserError(f"{path}: no captions (empty file)")
     if not out:

@@ -87,8 +87,10 @@ def read_index_json(index_dir, path: Path):
         return read_json(path)
     except FileNotFoundError:
         raise IndexDamaged(index_dir, path, "is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except json.JSONDecodeError as exc:
         raise IndexDamaged(index_dir, path, f"is not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise IndexDamaged(index_dir, path, "is not UTF-8 text (overwritten or corrupt)") from None
 
 
 def load_index_npy(index_dir, path: Path, mmap: bool = True) -> np.ndarray:

@@ -21,10 +21,6 @@ from video_retrieval.errors import VideoDecodeError
 from video_retrieval.index import files as store
 from video_retrieval.media.files import content_hash
 
-#: a decodable part shorter than the container's declared duration by more than this (one
-#: 2 s moment clip) is a truncated file, reported as a failure rather than indexed as a short video
-TRUNCATION_SLACK_S = 2.0
-
 
 # -- reader -------------------------------------------------------------------------------------
 def failure_reason(exc: BaseException) -> str:
@@ -36,9 +32,9 @@ def failure_reason(exc: BaseException) -> str:
 
 def read_sampled_frames(path, sampling: dict, size: int | None):
     """``decode.load_frames`` with an index's sampling settings; a file whose decodable part
-    falls short of the container's declared duration by more than ``TRUNCATION_SLACK_S``
-    raises ``VideoDecodeError`` (truncated files are failures, not short videos)."""
-    from video_retrieval.media.decode import load_frames, probe_video, symmetric_bounds
+    falls short of the container's declared duration (``decode.truncation``) raises
+    ``VideoDecodeError`` (truncated files are failures, not short videos)."""
+    from video_retrieval.media.decode import load_frames, probe_video, symmetric_bounds, truncation
 
     start = end = None
     if sampling.get("symmetric_window"):
@@ -51,13 +47,9 @@ def read_sampled_frames(path, sampling: dict, size: int | None):
         end=end,
         size=size,
     )
-    declared = float(getattr(fr, "header_duration", 0.0) or 0.0)
-    if declared > 0 and declared - fr.duration > TRUNCATION_SLACK_S:
-        raise VideoDecodeError(
-            path,
-            f"truncated: decodable frames end at {fr.duration:.2f}s of the {declared:.2f}s the "
-            "container declares",
-        )
+    why = truncation(fr.duration, getattr(fr, "header_duration", 0.0))
+    if why:
+        raise VideoDecodeError(path, why)
     return fr
 
 

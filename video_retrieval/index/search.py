@@ -24,6 +24,7 @@ import numpy as np
 
 from video_retrieval.errors import UserError
 from video_retrieval.index.hits import Hit
+from video_retrieval.index.limits import check
 from video_retrieval.index.queries import check_queries, check_query, encode_queries, encode_query
 from video_retrieval.index.rerank import (
     QueryFeatures,
@@ -123,9 +124,8 @@ def search_index(
     rerank_model: str | None = None,
 ) -> list[Hit]:
     query = check_query(query)
-    if k < 1:
-        raise UserError(f"-k must be at least 1, got {k}")
-    candidates = max(int(candidates), int(k))
+    k = check("k", k)
+    candidates = max(check("candidates", candidates), k)
     encoder, pool_agg = index.models()
     reranker = get_reranker(index, rerank, alpha, rerank_model)
     q = encode_query(encoder, pool_agg, query, words=bool(getattr(reranker, "needs_words", False)))
@@ -220,9 +220,8 @@ def search_batch(
     if not indexes:
         raise UserError("no index given")
     queries = check_queries(queries)
-    if k < 1:
-        raise UserError(f"-k must be at least 1, got {k}")
-    candidates = max(int(candidates), int(k))
+    k = check("k", k)
+    candidates = max(check("candidates", candidates), k)
     check_same_model(indexes)
     encoder, pool_agg = indexes[0].models()
     for other in indexes[1:]:

@@ -68,6 +68,8 @@ class IndexStore:
         if manifest is None:
             if (d / "journal").is_dir() and writer_active(d):
                 raise UserError(f"index {d} is being built by a running vr index; try again later")
+            if (d / "journal").is_dir() or (d / "shards").is_dir():  # an index without its manifest
+                raise IndexDamaged(d, d / "manifest.json", "is missing")
             raise UserError(f"{d} is not an index directory (build one with vr index)")
         if not manifest.get("complete"):
             if writer_active(d):

@@ -100,6 +100,23 @@ class Frames:
     header_duration: float = 0.0  # video stream duration the header claims (0 if none)
 
 
+#: a decodable part shorter than the container's declared duration by more than this (one
+#: 2 s moment clip) is a truncated file: refused, not treated as a shorter video
+TRUNCATION_SLACK_S = 2.0
+
+
+def truncation(duration: float, header_duration: float) -> str | None:
+    """Why a video whose decodable frames end at ``duration`` while its container declares
+    ``header_duration`` is truncated, or None when it is not (``TRUNCATION_SLACK_S``)."""
+    declared = float(header_duration or 0.0)
+    if declared > 0 and declared - float(duration) > TRUNCATION_SLACK_S:
+        return (
+            f"truncated: decodable frames end at {duration:.2f}s of the {declared:.2f}s the "
+            "container declares"
+        )
+    return None
+
+
 def probe_video(path, exact: bool = True) -> VideoInfo:
     """Duration, frame rate, frame count, upright size and rotation of a video file.
 

@@ -49,6 +49,27 @@ def read_checkpoint(path, label: str | None = None, mmap: bool = False) -> dict:
     return check_class_paths(obj, label)
 
 
+def read_moment_checkpoint(path) -> tuple[dict, dict]:
+    """``(checkpoint, moment_meta)`` of a moment-head checkpoint, its meta checked: a dict with
+    the head's ``model_kwargs`` (a dict), the ``encoder_source`` of its clip features and a
+    ``state_dict``; anything else is one ``UserError`` naming the file."""
+    ckpt = read_checkpoint(path)
+    meta = ckpt.get("moment_meta") if isinstance(ckpt, dict) else None
+    if not meta:
+        raise UserError(
+            f"{path}: not a moment checkpoint (no moment head settings); train one with "
+            "`vr train fit --config configs/moments_*.yaml`"
+        )
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: its moment head settings are not a mapping (damaged file?)")
+    for key, kind in (("model_kwargs", dict), ("encoder_source", dict)):
+        if not isinstance(meta.get(key), kind):
+            raise UserError(f"{path}: its moment head settings lack {key} (damaged file?)")
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise UserError(f"{path}: holds no weights (state_dict)")
+    return ckpt, meta
+
+
 def load_retrieval_model(path, device: str | torch.device = "cpu", precision: str = "auto"):
     """``(encoder, aggregator, meta)`` from a ``vr train`` retrieval checkpoint (eval mode).
 
@@ -128,10 +149,8 @@ def slim_moment_checkpoint(src, dst, encoder=None) -> dict:
     relative to ``dst``'s folder and its fingerprint replaces the recorded one, so a predictor
     rebuilds exactly that encoder. The clip features of a re-pointed head must agree with the
     original's to fp16 precision; that is the caller's promise (the demo assets are made so)."""
-    ckpt = read_checkpoint(src)
-    meta = dict(ckpt.get("moment_meta") or {})
-    if not meta:
-        raise UserError(f"{src}: not a moment checkpoint (no moment_meta)")
+    ckpt, meta = read_moment_checkpoint(src)
+    meta = dict(meta)
     out = Path(dst).expanduser()
     if encoder is not None:
         enc_path = Path(encoder).expanduser()

@@ -85,6 +85,12 @@ def resolve_encoder_args(
         return {"model": model, "checkpoint": checkpoint, "backend": "hf"}
     if random_weights:
         return {"model": model or RANDOM_MODEL, "backend": "open_clip"}
+    if checkpoint and model is None:
+        from video_retrieval.encoders.factory import read_encoder_file_spec
+
+        spec = read_encoder_file_spec(Path(checkpoint).expanduser())
+        if spec is not None:  # a save_encoder file names its own model
+            return {"model": spec["model"], "checkpoint": checkpoint, "backend": "open_clip"}
     if pretrained or checkpoint:
         return {
             "model": model or DEFAULT_MODEL,

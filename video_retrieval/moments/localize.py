@@ -35,11 +35,20 @@ from video_retrieval.errors import UserError
 
 
 def _check(video, query) -> tuple[str, str]:
+    """The video's absolute path and the stripped query; a truncated video (its decodable frames
+    end well before the duration its container declares) is refused, as ``vr index`` refuses it,
+    rather than localized in its first seconds."""
+    from video_retrieval.media.decode import probe_video, truncation
+
     if not isinstance(query, str) or not query.strip():
         raise UserError("the query is empty: give a sentence to localize")
     p = Path(video).expanduser()
     if not p.is_file():
         raise UserError(f"no such video file: {video}")
+    info = probe_video(p)
+    why = truncation(info.duration, info.header_duration)
+    if why:
+        raise UserError(f"{video}: {why}")
     return str(p.resolve()), query.strip()
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from video_retrieval.errors import UserError
-from video_retrieval.models.checkpoints import read_checkpoint
+from video_retrieval.models.checkpoints import read_moment_checkpoint
 from video_retrieval.temporal.moment_matcher import FOREGROUND, span_cxw_to_se, temporal_nms
 
 
@@ -53,17 +53,24 @@ MOMENT_HEADS = ("moment_detr", "qd_detr")
 
 
 def build_head(head: str, model_kwargs: dict):
-    """The ``nn.Module`` of a moment head from its name and constructor arguments."""
+    """The ``nn.Module`` of a moment head from its name and constructor arguments (arguments
+    the head does not take, or values it refuses, are one ``UserError``)."""
     if head == "moment_detr":
-        from video_retrieval.temporal.moment_detr import MomentDETR
+        from video_retrieval.temporal.moment_detr import MomentDETR as cls
 
-        return MomentDETR(**model_kwargs)
-    if head == "qd_detr":
-        from video_retrieval.temporal.qd_detr import LEGACY_T2V_FORM, QDDETR
+        kwargs = dict(model_kwargs)
+    elif head == "qd_detr":
+        from video_retrieval.temporal.qd_detr import LEGACY_T2V_FORM
+        from video_retrieval.temporal.qd_detr import QDDETR as cls
 
         # a head recorded before the T2V form was a choice used the old form
-        return QDDETR(**{"t2v_form": LEGACY_T2V_FORM, **model_kwargs})
-    raise UserError(f"unknown moment head {head!r} (known: {', '.join(MOMENT_HEADS)})")
+        kwargs = {"t2v_form": LEGACY_T2V_FORM, **model_kwargs}
+    else:
+        raise UserError(f"unknown moment head {head!r} (known: {', '.join(MOMENT_HEADS)})")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"the {head} head cannot be built from these settings ({exc})") from None
 
 
 def build_feature_models(source: dict, clip_pooling: str = "frame"):
@@ -118,13 +125,7 @@ class MomentPredictor:
         cls, path, device: str = "cpu", encoder=None, pool_aggregator=None
     ) -> MomentPredictor:
         path = Path(path)
-        ckpt = read_checkpoint(path)
-        meta = ckpt.get("moment_meta")
-        if not meta:
-            raise UserError(
-                f"{path}: not a moment checkpoint (no moment_meta); train one with "
-                "`vr train fit --config configs/moments_*.yaml`"
-            )
+        ckpt, meta = read_moment_checkpoint(path)
         model = build_head(str(meta.get("head", "moment_detr")), dict(meta["model_kwargs"]))
         state = {
             k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")

@@ -25,7 +25,7 @@ import torch
 from video_retrieval.errors import UserError
 from video_retrieval.metrics.moment_protocols import charades_metrics, didemo_metrics
 from video_retrieval.metrics.moments import evaluate
-from video_retrieval.models.checkpoints import read_checkpoint
+from video_retrieval.models.checkpoints import read_moment_checkpoint
 from video_retrieval.moments.predictor import MOMENT_HEADS, build_head, postprocess
 from video_retrieval.temporal.cheap_dropout import use_cheap_dropout
 from video_retrieval.temporal.moment_loss import MomentCriterion
@@ -333,10 +333,7 @@ def predict_split(module: MomentDETRModule, dm: MomentDataModule, split: str) ->
 
 def load_module(ckpt_path) -> MomentDETRModule:
     """A ``MomentDETRModule`` with its weights from a checkpoint (``weights_only=True``)."""
-    ckpt = read_checkpoint(ckpt_path)
-    meta = ckpt.get("moment_meta")
-    if not meta:
-        raise UserError(f"{ckpt_path}: not a moment checkpoint (no moment_meta)")
+    ckpt, meta = read_moment_checkpoint(ckpt_path)
     hp = {**MomentDETRModule.CHECKPOINT_DEFAULTS, **dict(ckpt.get("hyper_parameters", {}))}
     hp.update(meta["model_kwargs"])
     hp["head"] = meta.get("head", "moment_detr")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from video_retrieval.errors import UserError
+from video_retrieval.index.limits import check
 
 # Request limits (also in the OpenAPI schema at /docs).
 MAX_QUERY_CHARS = 300  # the CLIP text tower reads at most 77 tokens
@@ -62,8 +63,8 @@ class ServeConfig:
             raise UserError("--token must be at least 8 characters")
         if not 0 <= int(self.port) <= 65535:
             raise UserError(f"--port must be in 0..65535, got {self.port}")
-        if self.candidates < 1:
-            raise UserError(f"--candidates must be >= 1, got {self.candidates}")
+        self.candidates = check("candidates", self.candidates)  # the CLI's bounds
+        self.alpha = check("alpha", self.alpha)
         if self.thumb_cache_mb <= 0 or self.media_cache_mb <= 0:
             raise UserError("cache sizes must be positive (MB)")
         if self.reload_interval < 0:
