@@ -96,7 +96,17 @@ def test_build_writes_the_documented_layout(vids, tmp_path):
     m = json.loads((d / "manifest.json").read_text())
     assert m["format_version"] == 2 and m["complete"] is True
     assert m["files"] == {"videos": "videos.000001.json", "pooled": "pooled.000001.npy",
-                          "ann": "ann.000001.faiss"}  # fmt: skip
+                          "ann": "ann.000001.faiss", "checksums": "checksums.000001.json"}  # fmt: skip
+    # every file of the generation and of each shard: its size and BLAKE2b checksum
+    import hashlib
+
+    def digest(path):
+        data = path.read_bytes()
+        return {"bytes": len(data), "blake2b": hashlib.blake2b(data, digest_size=16).hexdigest()}
+
+    assert m["checksums"] == {name: digest(d / name) for name in m["files"].values()}
+    shard_records = json.loads((d / m["files"]["checksums"]).read_text())["shards"]
+    assert shard_records == {p.name: digest(p) for p in (d / "shards").iterdir()}
     assert m["model"]["weights"] == {"kind": "random", "model": "vr-tiny", "seed": 0}
     assert set(m["fingerprint"]) == {"encoder", "sampling", "aggregator"}
     assert m["fingerprint"]["sampling"] == {"fps": 2.0, "num_frames": None}
@@ -164,12 +174,16 @@ def test_incremental_add_changed_and_prune(vids, tmp_path):
     s = build([src], d, prune=True).build_summary
     assert (s["pruned"], s["videos"]) == (1, 4)
     assert str((src / "clip2.mp4").resolve()) not in contents(d)
-    # shards with no live video left are deleted
-    files = json.loads((d / "manifest.json").read_text())["files"]
+    # two generations stay on disk, the manifest's and the one before (readers that opened it
+    # keep working across one update); shards neither of them reads are deleted
+    m = json.loads((d / "manifest.json").read_text())
+    files, gen = m["files"], m["generation"]
+    previous = {k: v.replace(f"{gen:06d}", f"{gen - 1:06d}") for k, v in files.items()}
+    for stem in ("videos", "pooled", "ann", "checksums"):
+        assert sorted(p.name for p in d.glob(f"{stem}.*")) == sorted([previous[stem], files[stem]])
     live = {v["shard"] for v in json.loads((d / files["videos"]).read_text())}
-    # one generation of videos/pooled/ann files on disk: the manifest's
-    assert sorted(p.name for p in d.glob("videos.*")) == [files["videos"]]
-    assert {p.stem for p in (d / "shards").glob("*.npy")} == live
+    before_live = {v["shard"] for v in json.loads((d / previous["videos"]).read_text())}
+    assert {p.stem for p in (d / "shards").glob("*.npy")} == live | before_live
     assert first is not None
 
 

@@ -35,7 +35,7 @@ TARGETS = {
     ],
     "video_retrieval/metrics/": [
         "tests/test_metrics_retrieval.py", "tests/test_metrics_moments.py",
-        "tests/test_metrics_moment_protocols.py",
+        "tests/test_metrics_moment_protocols.py", "tests/test_datasets_real.py",
     ],
     "video_retrieval/index/ann_recall.py": ["tests/test_index_ann_recall.py"],
     "video_retrieval/models/checkpoints.py": [
@@ -45,16 +45,26 @@ TARGETS = {
 }  # fmt: skip
 
 
+def _sync(src: Path, dst: Path) -> None:
+    """Copy ``src`` over ``dst`` keeping modification times (files that did not change keep
+    theirs, so a rerun of mutmut resumes instead of starting again)."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(src, dst, ignore=ignore, dirs_exist_ok=True, copy_function=_copy_if_changed)
+
+
+def _copy_if_changed(src: str, dst: str) -> None:
+    s, d = Path(src), Path(dst)
+    if not d.exists() or s.stat().st_mtime != d.stat().st_mtime or s.read_bytes() != d.read_bytes():
+        shutil.copy2(s, d)
+
+
 def workspace(targets: dict[str, list[str]]) -> Path:
     """``build/mutation/``: the package in its installed layout, the tests, the configs."""
-    if WORK.exists():
-        shutil.rmtree(WORK)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(ROOT / "video_retrieval", WORK / "video_retrieval", ignore=ignore)
+    _sync(ROOT / "video_retrieval", WORK / "video_retrieval")
     for name in MAPPED:
-        shutil.copytree(ROOT / name, WORK / "video_retrieval" / name, ignore=ignore)
+        _sync(ROOT / name, WORK / "video_retrieval" / name)
     for name in ("tests", "configs", "benchmarks"):
-        shutil.copytree(ROOT / name, WORK / name, ignore=ignore)
+        _sync(ROOT / name, WORK / name)
     tests = sorted({t for ts in targets.values() for t in ts})
     toml = (ROOT / "pyproject.toml").read_text()
     only = [p + "*" if p.endswith("/") else p for p in targets]

@@ -137,3 +137,18 @@ def ranged(lo: int, hi: int, what: str):
         return value
 
     return convert
+
+
+def shown(text: str) -> str:
+    """A path or name as one printable line of text output: a byte that was not UTF-8 (kept by
+    Python as a surrogate escape) as ``\\xNN``, and a newline, tab or other control character
+    as its escape, so one result stays one line."""
+    out = []
+    for ch in str(text):
+        if "\udc80" <= ch <= "\udcff":
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)

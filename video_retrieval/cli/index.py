@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from video_retrieval.cli.common import add_model_arguments, bounded
+from video_retrieval.cli.common import add_model_arguments, bounded, shown
 from video_retrieval.errors import UserError
 
 
@@ -122,7 +122,13 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--repair",
         action="store_true",
-        help="rebuild a damaged index from its shards and journal (no inputs needed)",
+        help="rebuild a damaged index from every file that survives, moving what it cannot "
+        "use to INDEX/quarantine/ (no inputs needed; exit 1 when a video was lost)",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every file of the index against its recorded size and checksum",
     )
     parser.add_argument(
         "--no-wait",
@@ -152,7 +158,7 @@ def _print_summary(s: dict) -> None:
     if s["failed"]:
         print(f"{len(s['failed'])} file(s) could not be indexed (see failures.jsonl):")
         for f in s["failed"]:
-            print(f"  {f['path']}: {f['reason']}")
+            print(f"  {shown(f['path'])}: {f['reason']}")
 
 
 def _print_repair(s: dict) -> None:
@@ -162,12 +168,20 @@ def _print_repair(s: dict) -> None:
         f"repaired {s['index']}: {s['videos']} videos, {s['frames']} frames, "
         f"ANN {summary_line(s['ann'])}"
     )
-    if s["manifest_rebuilt"]:
-        print("manifest.json was rebuilt from the journal")
+    print(f"kept {s['kept']} video(s) from the surviving files", end="")
+    print("; manifest.json rebuilt" if s["manifest_rebuilt"] else "")
+    if s["reencoded"]:
+        print(f"re-encoded {len(s['reencoded'])} video(s) from their source files:")
+        for path in s["reencoded"]:
+            print(f"  {shown(path)}")
+    if s["quarantined"]:
+        print(f"moved {len(s['quarantined'])} unusable file(s) aside (not deleted):")
+        for path in s["quarantined"]:
+            print(f"  {shown(path)}")
     if s["lost"]:
-        print(f"{len(s['lost'])} video(s) lost their shard; index their files again to re-encode:")
+        print(f"LOST {len(s['lost'])} video(s): their frames and their source files are gone:")
         for f in s["lost"]:
-            print(f"  {f['path']}: {f['reason']}")
+            print(f"  {shown(f['path'])}: {f['reason']}")
 
 
 def run(args) -> int:
@@ -199,6 +213,17 @@ def run(args) -> int:
         wait=not args.no_wait,
         progress=False if (args.no_progress or args.json) else None,
     )
+    if args.verify:
+        from video_retrieval.index.verify import verify_index
+
+        report = verify_index(args.index)
+        if args.json:
+            print(json.dumps(report, indent=1))
+        else:
+            print(f"index {report['index']}: all {report['checked']} files match their checksums")
+            if report["unrecorded"]:
+                print(f"{len(report['unrecorded'])} shard(s) from an earlier vr have no checksums")
+        return 0
     if args.repair:
         summary = run_repair(args.index, cfg)
         if args.json:
@@ -206,7 +231,7 @@ def run(args) -> int:
             print()
         else:
             _print_repair(summary)
-        return 0
+        return 1 if summary["lost"] else 0  # something could not be recovered
     if not args.inputs:
         raise UserError("give the video files or folders to index (or --repair)")
     summary = run_indexing(args.inputs, args.index, cfg)

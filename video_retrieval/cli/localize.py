@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from video_retrieval.atomic import atomic_path
-from video_retrieval.cli.common import add_model_arguments, bounded
+from video_retrieval.cli.common import add_model_arguments, bounded, shown
 from video_retrieval.datasets.text_files import json_line, text_lines
 from video_retrieval.errors import UserError
 
@@ -85,7 +85,7 @@ def run(args) -> int:
         json.dump(out, sys.stdout, indent=1)
         print()
         return 0
-    print(f'{res["video"]}: "{res["query"]}" ({res["method"]})')
+    print(f'{shown(res["video"])}: "{res["query"]}" ({res["method"]})')
     for i, m in enumerate(res["moments"], start=1):
         print(f"{i:>3}  {m['start']:7.2f}s - {m['end']:7.2f}s  score {m['score']:+.4f}")
     if args.plot:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from video_retrieval.cli.common import bounded
+from video_retrieval.cli.common import bounded, shown
 
 
 def add_arguments(parser) -> None:
@@ -64,7 +64,8 @@ def _print_hits(hits) -> None:
         print("no results (the index is empty)")
     for h in hits:
         print(
-            f"{h.rank:>3}  {h.score:+.4f}  {h.video}  [{h.moment[0]:.2f}s - {h.moment[1]:.2f}s]  thumbnail@{h.thumbnail_time:.2f}s"
+            f"{h.rank:>3}  {h.score:+.4f}  {shown(h.video)}  [{h.moment[0]:.2f}s - "
+            f"{h.moment[1]:.2f}s]  thumbnail@{h.thumbnail_time:.2f}s"
         )
 
 
@@ -72,16 +73,26 @@ def run_many(args, indexes) -> int:
     """``--queries FILE`` and/or several ``--index``: ``search.search_batch``."""
     from video_retrieval.index.queries import check_query, read_query_file
     from video_retrieval.index.search import resolve_rerank, results_json, search_batch
+    from video_retrieval.index.store import GenerationGone
 
     if args.queries:
         lines = read_query_file(args.queries)
     else:
         lines = [(None, check_query(args.query))]
     texts = [q for _, q in lines]
-    results = search_batch(
-        indexes, texts, k=args.k, candidates=args.candidates, rerank=args.rerank,
-        alpha=args.alpha, rerank_model=args.rerank_model,
-    )  # fmt: skip
+
+    def search():
+        return search_batch(
+            indexes, texts, k=args.k, candidates=args.candidates, rerank=args.rerank,
+            alpha=args.alpha, rerank_model=args.rerank_model,
+        )  # fmt: skip
+
+    try:
+        results = search()
+    except GenerationGone:  # an update removed what an index had opened: its newest version
+        for index in indexes:
+            index.refresh()
+        results = search()
     weights = indexes[0].weights
     rerank = resolve_rerank(indexes[0], args.rerank, args.rerank_model)
     for (line, query), hits in zip(lines, results):

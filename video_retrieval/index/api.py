@@ -18,7 +18,7 @@ from video_retrieval.index.build import run_indexing
 from video_retrieval.index.config import IndexConfig
 from video_retrieval.index.hits import Hit
 from video_retrieval.index.search import search_batch, search_index
-from video_retrieval.index.store import IndexStore
+from video_retrieval.index.store import GenerationGone, IndexStore
 
 
 class Index(IndexStore):
@@ -30,6 +30,24 @@ class Index(IndexStore):
         >>> for hit in idx.search("a blue square grows", k=3, rerank="cliprerank"):
         ...     print(hit.rank, hit.video, round(hit.score, 3), hit.moment)  # doctest: +SKIP
     """
+
+    def refresh(self) -> None:
+        """Move to the newest generation of the index on disk, keeping the loaded models (the
+        index must still be built with them)."""
+        fresh = type(self).open(self.dir)
+        if self._models is not None:
+            fresh.share_models(self)
+        keep = {k: v for k, v in self.__dict__.items() if k == "build_summary"}
+        self.__dict__.update({**fresh.__dict__, **keep})
+
+    def _retry_once(self, run):
+        """``run()``; if an update removed the generation this reader opened while it was
+        reading (``GenerationGone``), reopen the newest one and run it again."""
+        try:
+            return run()
+        except GenerationGone:
+            self.refresh()
+            return run()
 
     @classmethod
     def build(cls, inputs, index_dir, **options) -> Index:
@@ -60,15 +78,10 @@ class Index(IndexStore):
         for long videos, none for short ones, as measured). ``rerank_model``: a separate
         frame encoder (a vr train checkpoint) for CLIPRerank's max-over-frames term. Returns up
         to ``k`` ``Hit``s, best first."""
-        return search_index(
-            self,
-            query,
-            k=k,
-            candidates=candidates,
-            rerank=rerank,
-            alpha=alpha,
-            rerank_model=rerank_model,
-        )
+        return self._retry_once(
+            lambda: search_index(self, query, k=k, candidates=candidates, rerank=rerank,
+                                 alpha=alpha, rerank_model=rerank_model)
+        )  # fmt: skip
 
     def search_batch(
         self,
@@ -83,9 +96,9 @@ class Index(IndexStore):
         """``search`` for many queries in one pass: queries are encoded ``batch_size`` at a
         time and stage 1 is one FAISS batch search per batch. Returns one hit list per query,
         in order, equal to ``[self.search(q, ...) for q in queries]``."""
-        return search_batch(
-            self, queries, k=k, candidates=candidates, rerank=rerank, alpha=alpha,
-            batch_size=batch_size, rerank_model=rerank_model,
+        return self._retry_once(
+            lambda: search_batch(self, queries, k=k, candidates=candidates, rerank=rerank,
+                                 alpha=alpha, batch_size=batch_size, rerank_model=rerank_model)
         )  # fmt: skip
 
 

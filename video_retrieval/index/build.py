@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from video_retrieval.atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json
+from video_retrieval.atomic import atomic_write_bytes, atomic_write_json
 from video_retrieval.errors import UserError
 from video_retrieval.index import files as store
+from video_retrieval.index.checksums import digest_bytes, digest_file, mismatch, npy_bytes
 from video_retrieval.index.config import (
     IndexConfig,
     load_models,
@@ -192,6 +193,10 @@ def finalize(
         e = state.videos[path]
         sh = e["shard"]
         if sh not in metas:
+            for name, record in state.shard_files.get(sh, {}).items():  # sizes (hash: --verify)
+                why = mismatch(store.shard_path(index_dir, name), record, full=False)
+                if why:
+                    raise store.IndexDamaged(index_dir, store.shard_path(index_dir, name), why)
             metas[sh] = {v["path"]: v for v in store.load_shard_meta(index_dir, sh)["videos"]}
             arrays[sh] = store.load_shard_frames(index_dir, sh)
         m = metas[sh].get(path)
@@ -205,13 +210,24 @@ def finalize(
     pooled = pool_videos(aggregator, frames) if frames else np.zeros((0, dim), np.float32)
     gen = store.next_generation(manifest)
     files = store.generation_files(gen)
-    atomic_save_npy(index_dir / files["pooled"], pooled)
-    atomic_write_json(index_dir / files["videos"], videos)
+    written = {}  # the generation's files and their checksums, as written
+
+    def write(key: str, data: bytes) -> None:
+        atomic_write_bytes(index_dir / files[key], data)
+        written[files[key]] = digest_bytes(data)
+
+    write("pooled", npy_bytes(pooled))
+    write("videos", (json.dumps(videos, indent=1, sort_keys=True) + "\n").encode())
+    shard_files = {n: r for sh in metas for n, r in state.shard_files.get(sh, {}).items()}
+    write(
+        "checksums", (json.dumps({"shards": shard_files}, indent=1, sort_keys=True) + "\n").encode()
+    )
     opts = ann_kind if isinstance(ann_kind, AnnOptions) else AnnOptions(kind=ann_kind or "auto")
     ann, ann_info = build_measured(
         pooled, opts, log=lambda line: print(f"warning: {line}", file=sys.stderr)
     )
     save_ann(ann, index_dir / files["ann"])
+    written[files["ann"]] = digest_file(index_dir / files["ann"])
     fail_lines = "".join(
         json.dumps({"path": p, "reason": f.get("reason", "")}, sort_keys=True) + "\n"
         for p, f in sorted(state.failures.items())
@@ -229,6 +245,7 @@ def finalize(
             "failures": len(state.failures),
         },
         "ann": ann_info,
+        "checksums": written,
         "complete": True,
     }
     atomic_write_json(index_dir / store.MANIFEST, manifest)  # the switch
@@ -236,7 +253,7 @@ def finalize(
     return manifest
 
 
-def _encode_local(
+def encode_local(
     items, cfg: IndexConfig, encoder, index_dir, run: int, progress: bool
 ) -> ShardWriter:
     writer = ShardWriter(index_dir, run, 0, cfg.shard_size, cfg.shard_frames)
@@ -353,11 +370,33 @@ def _open_for_writing(index_dir: Path, cfg: IndexConfig):
     return encoder, pool_agg, cfg, manifest
 
 
+def _check_journal(index_dir: Path, manifest: dict, state: store.IndexState) -> None:
+    """Refuse to update an index whose journal does not account for the videos its current
+    generation serves (the journal was deleted or cut short): a run would take their shards
+    for leftovers of killed runs. ``--repair`` recovers them from every other source."""
+    files = store.manifest_files(manifest)
+    if not files or not manifest.get("complete"):
+        return
+    try:
+        videos = store.read_json(index_dir / files["videos"])
+    except (OSError, ValueError):
+        return  # a damaged generation: this run writes a new one from the journal
+    known = set(state.videos) | state.dropped | set(state.failures)
+    missing = [v.get("path") for v in videos if isinstance(v, dict) and v.get("path") not in known]
+    if missing:
+        raise UserError(
+            f"index {index_dir}: its journal does not record {len(missing)} of its indexed "
+            f"videos (journal/ damaged or deleted); run vr index --index {index_dir} --repair "
+            "first: it recovers them from the other files, deleting nothing"
+        )
+
+
 def _run_locked(paths: list[Path], index_dir: Path, cfg: IndexConfig) -> dict:
     t_start = time.perf_counter()
     encoder, pool_agg, cfg, manifest = _open_for_writing(index_dir, cfg)
     ann_opts = ann_options(cfg, encoder, pool_agg, manifest)
     state = store.replay(index_dir)
+    _check_journal(index_dir, manifest, state)
     todo, events, counts = make_plan(paths, state, cfg.prune)
     store.remove_orphans(index_dir, state, keep=store.referenced_shards(index_dir, manifest))
     run = store.next_run_id(index_dir)
@@ -387,7 +426,7 @@ def _run_locked(paths: list[Path], index_dir: Path, cfg: IndexConfig) -> dict:
         }
         ddp.predict_distributed(plan, IndexConfig(**conf), encoder)
     else:
-        _encode_local(todo, cfg, encoder, index_dir, run, progress)
+        encode_local(todo, cfg, encoder, index_dir, run, progress)
     enc_seconds = time.perf_counter() - t_enc
 
     state = store.replay(index_dir)
@@ -399,7 +438,7 @@ def _run_locked(paths: list[Path], index_dir: Path, cfg: IndexConfig) -> dict:
     ]
     frames_now = int(sum(v["length"] for v in encoded_now))
     manifest = finalize(index_dir, state, pool_agg, manifest, ann_opts)
-    store.remove_orphans(index_dir, state)
+    store.remove_orphans(index_dir, state, keep=store.referenced_shards(index_dir, manifest))
     given = {str(p) for p in paths}
     failed = [
         {"path": p, "reason": f.get("reason", "")}

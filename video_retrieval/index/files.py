@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from video_retrieval.atomic import atomic_save_npy, atomic_write_json
+from video_retrieval.atomic import atomic_write_bytes
 from video_retrieval.errors import UserError
 
 FORMAT_VERSION = 2
@@ -191,15 +191,26 @@ def write_shard(
     frames: np.ndarray,
     videos: list[dict],
     patches: np.ndarray | None = None,
-) -> None:
+) -> dict[str, dict]:
     """Write one shard: the fp16 frame matrix (and patch tokens ``[frames, K, D]``) first,
-    then its metadata (all atomically)."""
+    then its metadata (all atomically). Returns the size and checksum of each file written
+    (``checksums``), for the journal line that commits the shard."""
+    from video_retrieval.index.checksums import digest_bytes, npy_bytes
+
     d = Path(index_dir) / SHARDS
     d.mkdir(parents=True, exist_ok=True)
-    if patches is not None:
-        atomic_save_npy(d / f"{name}.patches.npy", np.asarray(patches, dtype=np.float16))
-    atomic_save_npy(d / f"{name}.npy", np.asarray(frames, dtype=np.float16))
-    atomic_write_json(d / f"{name}.json", {"shard": name, "videos": videos})
+    written = {}
+    parts = (
+        [(".patches.npy", patches), (".npy", frames)] if patches is not None else [(".npy", frames)]
+    )
+    for suffix, array in parts:
+        data = npy_bytes(np.asarray(array, dtype=np.float16))
+        atomic_write_bytes(d / f"{name}{suffix}", data)
+        written[f"{name}{suffix}"] = digest_bytes(data)
+    meta = (json.dumps({"shard": name, "videos": videos}, indent=1, sort_keys=True) + "\n").encode()
+    atomic_write_bytes(d / f"{name}.json", meta)
+    written[f"{name}.json"] = digest_bytes(meta)
+    return written
 
 
 def shard_path(index_dir, name: str, part: str = "") -> Path:
@@ -274,6 +285,8 @@ class IndexState:
     failures: dict[str, dict] = field(default_factory=dict)  # path -> {reason, size, mtime_ns,...}
     shards: set[str] = field(default_factory=set)  # every committed shard
     config: dict | None = None  # the last run's {"fingerprint", "model", "embed_dim"}
+    shard_files: dict[str, dict] = field(default_factory=dict)  # shard -> {file: checksum}
+    dropped: set[str] = field(default_factory=set)  # paths pruned (or lost) since last indexed
 
     def live_shards(self) -> set[str]:
         return {v["shard"] for v in self.videos.values()}
@@ -285,15 +298,19 @@ def replay(index_dir) -> IndexState:
         kind = e.get("event")
         if kind == "shard":
             state.shards.add(e["shard"])
+            if e.get("files"):
+                state.shard_files[e["shard"]] = e["files"]
             for v in e["videos"]:
                 state.videos[v["path"]] = {**v, "shard": e["shard"]}
                 state.failures.pop(v["path"], None)
+                state.dropped.discard(v["path"])
         elif kind == "fail":
             state.videos.pop(e["path"], None)
             state.failures[e["path"]] = {k: e[k] for k in e if k not in ("event", "path")}
         elif kind == "drop":
             state.videos.pop(e["path"], None)
             state.failures.pop(e["path"], None)
+            state.dropped.add(e["path"])
         elif kind == "touch":
             for table in (state.videos, state.failures):
                 if e["path"] in table:
@@ -304,11 +321,15 @@ def replay(index_dir) -> IndexState:
 
 
 # -- generations and clean-up ------------------------------------------------------------------
+GENERATION_STEMS = ("videos", "pooled", "ann", "checksums")
+
+
 def generation_files(gen: int) -> dict[str, str]:
     return {
         "videos": f"videos.{gen:06d}.json",
         "pooled": f"pooled.{gen:06d}.npy",
         "ann": f"ann.{gen:06d}.faiss",
+        "checksums": f"checksums.{gen:06d}.json",  # the shard files' sizes and checksums
     }
 
 
@@ -323,16 +344,26 @@ def next_generation(manifest: dict | None) -> int:
     return int((manifest or {}).get("generation", 0)) + 1
 
 
+def previous_generation_files(manifest: dict | None) -> dict[str, str]:
+    """The files of the generation before the manifest's (kept for readers that opened it)."""
+    gen = int((manifest or {}).get("generation", 0))
+    return generation_files(gen - 1) if gen > 1 else {}
+
+
 def referenced_shards(index_dir, manifest: dict | None) -> set[str]:
-    """Shards the manifest's current generation reads (readers may hold it open)."""
-    files = manifest_files(manifest)
-    if not files:
-        return set()
-    try:
-        videos = read_json(Path(index_dir) / files["videos"])
-    except (OSError, ValueError):
-        return set()
-    return {v.get("shard") for v in videos if isinstance(v, dict)}
+    """Shards the manifest's current generation and the one before read: a reader that opened
+    either keeps finding its shards until a second update."""
+    out: set[str] = set()
+    for files in (manifest_files(manifest), previous_generation_files(manifest)):
+        if not files:
+            continue
+        try:
+            videos = read_json(Path(index_dir) / files["videos"])
+        except (OSError, ValueError):
+            continue
+        if isinstance(videos, list):
+            out |= {v.get("shard") for v in videos if isinstance(v, dict)}
+    return out
 
 
 def clean_temp_files(index_dir) -> int:
@@ -350,11 +381,14 @@ def clean_temp_files(index_dir) -> int:
 
 
 def remove_stale_generations(index_dir, manifest: dict) -> None:
-    """Delete videos/pooled/ann files of other generations than the manifest's."""
-    keep = set(manifest_files(manifest).values())
+    """Delete the files of generations older than the manifest's and the one before it (a
+    reader that opened the previous generation keeps reading it until the next update)."""
+    keep = set(manifest_files(manifest).values()) | set(
+        previous_generation_files(manifest).values()
+    )
     for p in Path(index_dir).iterdir():
         stem = p.name.split(".")[0]
-        if stem in ("videos", "pooled", "ann") and p.is_file() and p.name not in keep:
+        if stem in GENERATION_STEMS and p.is_file() and p.name not in keep:
             p.unlink(missing_ok=True)
 
 

@@ -244,11 +244,10 @@ class ShardWriter:
         if self.buffer[0][2] is not None:
             patches = np.concatenate([p for _, _, p in self.buffer])
         frames = np.concatenate([e for _, e, _ in self.buffer])
-        store.write_shard(self.index_dir, name, frames, metas, patches)
-        keys = ("path", "size", "mtime_ns", "sha256", "offset", "length")
-        self.journal.append(
-            {"event": "shard", "shard": name, "videos": [{k: m[k] for k in keys} for m in metas]}
-        )
+        files = store.write_shard(self.index_dir, name, frames, metas, patches)
+        # the journal line holds everything the shard's .json does, and the files' checksums,
+        # so that either can rebuild the other
+        self.journal.append({"event": "shard", "shard": name, "videos": metas, "files": files})
         self.videos_written += len(metas)
         self.frames_written += offset
         self.buffer, self.nframes = [], 0

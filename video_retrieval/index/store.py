@@ -4,16 +4,26 @@ consistency rules: ``files``).
 
 This is the read side only: it never imports the writers (``build``, ``repair``) or the
 searchers (``search``); ``api.Index`` adds those on top.
+
+Integrity: opening checks the generation's files against the sizes and checksums the manifest
+records (``checksums``; hashes for files up to 64 MB), and a shard's files when they are first
+read; the ANN's answers must be cosines (in [-1, 1]). A writer keeps the generation before the
+newest one on disk, so a reader that opened it keeps working across one update; when even that
+generation is gone (two updates while it was open) the reader gets ``GenerationGone`` and
+``api.Index`` reopens the newest generation and tries once more, instead of calling a healthy
+index damaged.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
 
 from video_retrieval.errors import UserError
+from video_retrieval.index.checksums import mismatch
 from video_retrieval.index.files import (
     IndexDamaged,
     load_index_npy,
@@ -24,6 +34,14 @@ from video_retrieval.index.files import (
     read_manifest,
     writer_active,
 )
+
+#: a cosine can exceed 1 by rounding only; an ANN answering more is damaged
+SCORE_SLACK = 1e-3
+
+
+class GenerationGone(IndexDamaged):
+    """A file of the generation this reader opened was removed by later updates (the index on
+    disk is healthy and newer): reopen it (``api.Index`` does) and try again."""
 
 
 class IndexStore:
@@ -37,6 +55,7 @@ class IndexStore:
         self._ann = None
         self._models = None
         self._shard_cache: dict[str, np.ndarray] = {}
+        self._shard_records: dict | None = None
         self.build_summary: dict | None = None
 
     # construction
@@ -61,6 +80,8 @@ class IndexStore:
         if encoder is not None:
             idx.check_encoder(encoder)
             idx._models = (encoder, idx._pool_aggregator(None))
+        if os.environ.pop("VR_TEST_PAUSE_AFTER_OPEN", None):  # the isolation test stops here once
+            os.kill(os.getpid(), signal.SIGSTOP)
         return idx
 
     @classmethod
@@ -79,6 +100,17 @@ class IndexStore:
                 "run the same vr index command again to finish it"
             )
         files = manifest_files(manifest)
+        records = manifest.get("checksums") or {}
+        for key in ("videos", "pooled", "checksums", "ann"):
+            name = files.get(key)
+            if name is None:
+                continue
+            record = records.get(name)
+            if key == "ann" and record:  # its size now, its checksum where it is loaded
+                record = {"bytes": record["bytes"]}
+            why = mismatch(d / name, record)
+            if why:
+                raise IndexDamaged(d, d / name, why)
         videos = read_index_json(d, d / files["videos"])
         if not isinstance(videos, list) or not all(
             isinstance(v, dict) and {"path", "shard", "offset", "length"} <= set(v) for v in videos
@@ -178,9 +210,13 @@ class IndexStore:
         if self._ann is None:
             from video_retrieval.index.ann import load_ann
 
-            path = self.dir / manifest_files(self.manifest)["ann"]
+            name = manifest_files(self.manifest)["ann"]
+            path = self.dir / name
+            why = mismatch(path, (self.manifest.get("checksums") or {}).get(name))
+            if why:
+                raise self._damaged(path, why)
             if not path.exists():
-                raise IndexDamaged(self.dir, path, "is missing")
+                raise self._damaged(path, "is missing")
             try:
                 ann = load_ann(path, params=self.ann_info.get("params"))
             except RuntimeError as exc:  # FAISS reports damage as RuntimeError
@@ -200,14 +236,54 @@ class IndexStore:
 
         _, depth = search_params(self.ann_info)
         if depth:
-            return ann_search(self.ann(), queries, k, rerank_from=self.pooled, rerank=depth)
-        return ann_search(self.ann(), queries, k)
+            scores, rows = ann_search(self.ann(), queries, k, rerank_from=self.pooled, rerank=depth)
+        else:
+            scores, rows = ann_search(self.ann(), queries, k)
+        found = scores[rows >= 0]
+        if found.size and (np.abs(found).max() > 1 + SCORE_SLACK or not np.isfinite(found).all()):
+            path = self.dir / manifest_files(self.manifest)["ann"]
+            raise IndexDamaged(self.dir, path, "answers scores that are not cosines (corrupt)")
+        return scores, rows
+
+    def _generation_moved(self) -> bool:
+        """Does the manifest on disk name a newer generation than the one this reader opened?"""
+        try:
+            on_disk = read_manifest(self.dir)
+        except UserError:
+            return False
+        return bool(on_disk) and on_disk.get("generation") != self.manifest.get("generation")
+
+    def _damaged(self, path: Path, why: str) -> IndexDamaged:
+        """The error for a file of this generation: ``GenerationGone`` when it is missing
+        because later updates removed it, ``IndexDamaged`` otherwise."""
+        if why == "is missing" and self._generation_moved():
+            return GenerationGone(self.dir, path, "was removed by a newer update of the index")
+        return IndexDamaged(self.dir, path, why)
+
+    def shard_records(self) -> dict:
+        """Sizes and checksums of the shard files of this generation (``checksums.<gen>.json``;
+        empty for indexes written before checksums)."""
+        if self._shard_records is None:
+            name = manifest_files(self.manifest).get("checksums")
+            records = {}
+            if name and (self.dir / name).exists():
+                got = read_index_json(self.dir, self.dir / name)
+                records = got.get("shards", {}) if isinstance(got, dict) else {}
+            elif name and self.manifest.get("checksums"):
+                raise self._damaged(self.dir / name, "is missing")
+            self._shard_records = records
+        return self._shard_records
 
     def _shard(self, i: int, patches: bool = False) -> np.ndarray:
         v = self.videos[i]
         key = v["shard"] + (".patches" if patches else "")
         arr = self._shard_cache.get(key)
         if arr is None:
+            file = v["shard"] + (".patches.npy" if patches else ".npy")
+            path = self.dir / "shards" / file
+            why = mismatch(path, self.shard_records().get(file))
+            if why or not path.exists():
+                raise self._damaged(path, why or "is missing")
             load = load_shard_patches if patches else load_shard_frames
             arr = load(self.dir, v["shard"])
             if arr.shape[0] < v["offset"] + v["length"]:

@@ -91,3 +91,15 @@ def content_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
                 break
             h.update(b)
     return h.hexdigest()
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` as valid UTF-8 text for JSON meant for browsers: a byte that is not UTF-8 (kept
+    by Python as a surrogate escape) becomes ``\\xNN``, as ``ls -b`` shows it. Names that are
+    UTF-8 are returned unchanged."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")

@@ -76,7 +76,7 @@ class FrameReader:
         key = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{start}|{end}|"
         key += f"{self.symmetric_window}|"
         key += f"{self.num_frames}|{self.frame_size}"
-        return self.cache_dir / (hashlib.sha1(key.encode()).hexdigest()[:24] + ".npz")
+        return self.cache_dir / (hashlib.sha1(os.fsencode(key)).hexdigest()[:24] + ".npz")
 
     def read(self, path: str, start=None, end=None) -> tuple[np.ndarray, np.ndarray]:
         """(pixels uint8 [T,S,S,3], mask bool [T]); raises on a missing/undecodable video."""

@@ -119,7 +119,7 @@ def source_key(path, *parts) -> str:
     """A cache key for ``path`` as it is now (path, size, mtime) plus ``parts``."""
     st = os.stat(path)
     raw = "\0".join([os.path.abspath(path), str(st.st_size), str(st.st_mtime_ns), *map(str, parts)])
-    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+    return hashlib.sha256(os.fsencode(raw)).hexdigest()[:32]  # names are bytes on disk
 
 
 class DiskCache:

@@ -33,6 +33,7 @@ from collections import OrderedDict
 import numpy as np
 
 from video_retrieval.errors import UserError
+from video_retrieval.media.files import display_path
 from video_retrieval.web.config import MAX_K, MAX_QUERY_CHARS, MAX_TOP
 
 
@@ -160,7 +161,7 @@ def http_hit(row: dict, vid: int) -> dict:
     """A ``vr search --json`` row as the HTTP API gives it: ``moment`` as ``[start, end]``
     seconds and the video's index ``id``."""
     m = row["moment"]
-    return {**row, "moment": [m["start"], m["end"]], "id": vid}
+    return {**row, "video": display_path(row["video"]), "moment": [m["start"], m["end"]], "id": vid}
 
 
 def index_clip_features(frames: np.ndarray, ts: np.ndarray, duration: float, clip_len: float):
@@ -262,7 +263,7 @@ class LocalizeService:
         with self.lock:
             rows, sims = zero_shot_query(encoder, feats, duration, query, clip_len, top)
         return {
-            "video": entry["path"],
+            "video": display_path(entry["path"]),
             "query": query,
             "moments": _round_moments(rows),
             "saliency": [round(float(x), 6) for x in sims],
@@ -275,7 +276,7 @@ class LocalizeService:
     def _with_head(self, row: int, entry: dict, query: str, top: int) -> dict:
         path = entry["path"]
         if not os.path.isfile(path):
-            raise NotFound(f"video {row} ({path}) is no longer on disk")
+            raise NotFound(f"video {row} ({display_path(path)}) is no longer on disk")
         st = os.stat(path)
         key = (row, path, st.st_size, st.st_mtime_ns)
         with self.head_lock:
@@ -290,7 +291,7 @@ class LocalizeService:
                 self._encodings.move_to_end(key)
             pred = self.predictor.predict(path, query, top=top, video=video)
         return {
-            "video": path,
+            "video": display_path(path),
             "query": query,
             "moments": _round_moments(pred["moments"]),
             "saliency": [round(float(x), 6) for x in pred.get("saliency", [])],

@@ -85,6 +85,17 @@ class ServiceState:
             )  # fmt: skip
             return True
 
+    def run_search(self, query: str, k: int = 10, rerank: str | None = None) -> dict:
+        """``search.search``; when an update removed the generation being served before the
+        watcher swapped it (``GenerationGone``), reload now and search the new one."""
+        from video_retrieval.index.store import GenerationGone
+
+        try:
+            return self.search.search(query, k=k, rerank=rerank)
+        except GenerationGone:
+            self.reload_if_changed()
+            return self.search.search(query, k=k, rerank=rerank)
+
     def video(self, vid) -> tuple[int, dict]:
         return self.localize.video(vid)
 

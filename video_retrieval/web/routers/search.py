@@ -40,14 +40,12 @@ def search(
     rerank: Annotated[str | None, Query(description="one of /api/info's rerankers")] = None,
 ) -> dict:
     """Rank the indexed videos for ``q``: ANN over pooled vectors, then the reranker."""
-    return with_urls(state.search.search(q, k=k, rerank=rerank))
+    return with_urls(state.run_search(q, k=k, rerank=rerank))
 
 
 @router.post("/search", response_model=BatchSearchResponse, responses=ERRORS)
 def search_batch(state: StateDep, body: BatchSearchRequest) -> dict:
     """Several queries in one request, answered in order."""
     t0 = time.perf_counter()
-    searches = [
-        with_urls(state.search.search(q, k=body.k, rerank=body.rerank)) for q in body.queries
-    ]
+    searches = [with_urls(state.run_search(q, k=body.k, rerank=body.rerank)) for q in body.queries]
     return {"took_ms": round((time.perf_counter() - t0) * 1e3, 3), "searches": searches}
