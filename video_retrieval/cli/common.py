@@ -56,13 +56,16 @@ class VRArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def unknown_options(self) -> list[str]:
-        """Options of the command line this parser does not know (for one without subcommands)."""
-        if self._subparsers is not None:
-            return []
+        """Options of the command line this parser does not know (for a parser with
+        subcommands: those before its subcommand)."""
+        choices = set()
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                choices |= set(action.choices)
         known = self._option_string_actions
         out = []
         for token in CURRENT_ARGV:
-            if token == "--":
+            if token == "--" or (choices and token in choices and self.prog.split()[-1] != token):
                 break
             name = token.split("=", 1)[0]
             if (

@@ -259,14 +259,16 @@ def read_events(index_dir) -> list[dict]:
     if not d.is_dir():
         return events
     for p in sorted(d.glob("*.jsonl")):
-        with open(p) as f:
+        with open(p, "rb") as f:
             for line in f:
-                if not line.endswith("\n"):
+                if not line.endswith(b"\n"):
                     break  # torn write of a killed run
                 try:
-                    events.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break
+                    event = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    continue  # an overwritten line: the other sources of --repair cover it
+                if isinstance(event, dict):
+                    events.append(event)
     return events
 
 
@@ -293,31 +295,41 @@ class IndexState:
 
 
 def replay(index_dir) -> IndexState:
+    """The index's live content from its journal; an event that lacks what its kind needs (an
+    overwritten line that still parses) is skipped, as an unreadable line is."""
     state = IndexState()
     for e in read_events(index_dir):
-        kind = e.get("event")
-        if kind == "shard":
-            state.shards.add(e["shard"])
-            if e.get("files"):
-                state.shard_files[e["shard"]] = e["files"]
-            for v in e["videos"]:
-                state.videos[v["path"]] = {**v, "shard": e["shard"]}
-                state.failures.pop(v["path"], None)
-                state.dropped.discard(v["path"])
-        elif kind == "fail":
-            state.videos.pop(e["path"], None)
-            state.failures[e["path"]] = {k: e[k] for k in e if k not in ("event", "path")}
-        elif kind == "drop":
-            state.videos.pop(e["path"], None)
-            state.failures.pop(e["path"], None)
-            state.dropped.add(e["path"])
-        elif kind == "touch":
-            for table in (state.videos, state.failures):
-                if e["path"] in table:
-                    table[e["path"]].update(size=e["size"], mtime_ns=e["mtime_ns"])
-        elif kind == "config":
-            state.config = {k: e[k] for k in ("fingerprint", "model", "embed_dim") if k in e}
+        try:
+            _apply(state, e)
+        except (KeyError, TypeError, AttributeError):
+            continue
     return state
+
+
+def _apply(state: IndexState, e: dict) -> None:
+    kind = e.get("event")
+    if kind == "shard":
+        videos = [{**v, "shard": e["shard"]} for v in e["videos"]]
+        state.shards.add(e["shard"])
+        if e.get("files"):
+            state.shard_files[e["shard"]] = dict(e["files"])
+        for v in videos:
+            state.videos[v["path"]] = v
+            state.failures.pop(v["path"], None)
+            state.dropped.discard(v["path"])
+    elif kind == "fail":
+        state.videos.pop(e["path"], None)
+        state.failures[e["path"]] = {k: e[k] for k in e if k not in ("event", "path")}
+    elif kind == "drop":
+        state.videos.pop(e["path"], None)
+        state.failures.pop(e["path"], None)
+        state.dropped.add(e["path"])
+    elif kind == "touch":
+        for table in (state.videos, state.failures):
+            if e["path"] in table:
+                table[e["path"]].update(size=e["size"], mtime_ns=e["mtime_ns"])
+    elif kind == "config":
+        state.config = {k: e[k] for k in ("fingerprint", "model", "embed_dim") if k in e}
 
 
 # -- generations and clean-up ------------------------------------------------------------------
