@@ -311,3 +311,21 @@ def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
     assert "Traceback" in res.stderr
     res = run_vr("search", "a box", "--index", d, env={"VR_DEBUG": "1"})
     assert "Traceback" in res.stderr
+
+
+def test_localize_refuses_a_truncated_file_as_index_does(tmp_path, capsys):
+    src = box_video(tmp_path / "long.mp4", 1, seconds=10.0)
+    fast = tmp_path / "faststart.mp4"
+    ffmpeg_python.input(str(src)).output(str(fast), c="copy", movflags="+faststart").run(
+        cmd=ffmpeg_exe(), quiet=True, overwrite_output=True
+    )
+    fast.write_bytes(fast.read_bytes()[: fast.stat().st_size // 2])
+    rc, out, err = run_cli(capsys, "localize", fast, "a box", *TINY)
+    assert rc == 2 and out == ""
+    one_line_error(err, "truncated", "10.00s the container declares")
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"query": "a box", "video": str(fast)}) + "\n")
+    rc, _, err = run_cli(capsys, "localize", "--queries", queries, "--out", tmp_path / "p.jsonl",
+                         *TINY)  # fmt: skip
+    assert rc == 2 and not (tmp_path / "p.jsonl").exists()
+    one_line_error(err, "truncated")

@@ -135,6 +135,7 @@ def read_queries(path, video: str | None, video_dir: str | None) -> list[dict]:
 
 
 def run_batch(args) -> int:
+    from video_retrieval.moments.localize import check_whole_video
     from video_retrieval.moments.predictor import MomentPredictor
 
     if args.query is not None:
@@ -166,6 +167,8 @@ def run_batch(args) -> int:
             return rows.tolist(), sims.tolist()
 
     rows.sort(key=lambda r: str(r["video"]))  # queries of one video together
+    for video in dict.fromkeys(r["video"] for r in rows):  # refused before anything is written
+        check_whole_video(video)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:

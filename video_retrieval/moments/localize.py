@@ -35,21 +35,25 @@ from video_retrieval.errors import UserError
 
 
 def _check(video, query) -> tuple[str, str]:
-    """The video's absolute path and the stripped query; a truncated video (its decodable frames
-    end well before the duration its container declares) is refused, as ``vr index`` refuses it,
-    rather than localized in its first seconds."""
-    from video_retrieval.media.decode import probe_video, truncation
-
+    """The video's absolute path and the stripped query."""
     if not isinstance(query, str) or not query.strip():
         raise UserError("the query is empty: give a sentence to localize")
     p = Path(video).expanduser()
     if not p.is_file():
         raise UserError(f"no such video file: {video}")
-    info = probe_video(p)
+    return str(p.resolve()), query.strip()
+
+
+def check_whole_video(path: str) -> None:
+    """A truncated video (its decodable frames end well before the duration its container
+    declares) is refused, as ``vr index`` refuses it, rather than localized in its first
+    seconds."""
+    from video_retrieval.media.decode import probe_video, truncation
+
+    info = probe_video(path)
     why = truncation(info.duration, info.header_duration)
     if why:
-        raise UserError(f"{video}: {why}")
-    return str(p.resolve()), query.strip()
+        raise UserError(f"{path}: {why}")
 
 
 def _moments(rows) -> list[dict]:
@@ -155,6 +159,7 @@ def localize(
             from video_retrieval.moments.predictor import MomentPredictor
 
             predictor = MomentPredictor.from_checkpoint(checkpoint)
+        check_whole_video(path)
         pred = predictor.predict(path, query, top=top)
         result = {
             "video": path,
@@ -172,6 +177,7 @@ def localize(
         zs = ZeroShotLocalizer.build(
             model, pretrained, clip_encoder, encoder, random_weights, clip_len=clip_len
         )
+        check_whole_video(path)
         rows, sims, duration = zs.predict(path, query, top)
         result = {
             "video": path,
