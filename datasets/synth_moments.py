@@ -41,7 +41,7 @@ from video_retrieval.datasets.synth_render import (
     render_frames,
 )
 
-from video_retrieval.atomic import atomic_write_text
+from video_retrieval.media.atomic import atomic_write_text
 
 WORLD_VERSION = 1
 

@@ -31,8 +31,8 @@ from video_retrieval.encoders.registry import (
 )
 from video_retrieval.temporal.features import TextFeatures
 
-from video_retrieval.atomic import atomic_path
 from video_retrieval.errors import UserError
+from video_retrieval.media.atomic import atomic_path
 
 register_model_configs()  # vr-tiny / vr-micro, before any open_clip lookup below
 

@@ -236,7 +236,7 @@ def test_damaged_index_is_one_line_and_repairs(what, vids, tmp_path, capsys):
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
 def test_full_or_read_only_disk_during_indexing(code, vids, tmp_path, capsys, monkeypatch):
-    import video_retrieval.atomic as atomic
+    import video_retrieval.media.atomic as atomic
 
     d = tiny_index(vids, tmp_path / "i", "--shard-size", "1")
     before = [v["path"] for v in Index.open(d).videos]

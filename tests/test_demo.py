@@ -48,9 +48,11 @@ def test_demo_reduced(tmp_path, capsys):
     assert "<- the default search" in printed
     # the Moment-DETR head is used when one is bundled, else the zero-shot baseline (over the
     # bundled clip encoder's pooled clips when it is there)
-    method = "zero_shot_pooled" if DEMO_CLIPS.is_file() else "zero_shot"
-    method = "moment_detr" if DEMO_MOMENTS.is_file() else method
+    method = "head" if DEMO_MOMENTS.is_file() else "zero_shot"
     assert s["moment_method"] == method and s["localize"]["method"] == method
+    if method == "zero_shot":
+        features = "pooled_clips" if DEMO_CLIPS.is_file() else "frames"
+        assert s["localize"]["features"] == features
     assert {"MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP"} <= set(s["moments"])
     moments = s["localize"]["moments"]
     assert moments and all(0 <= m["start"] < m["end"] <= 90 for m in moments)

@@ -317,11 +317,12 @@ def test_old_string_manifest_still_searches(vids, tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, needles",
     [
-        (["--target-recall", "1.5"], ["--target-recall must be in (0, 1], got 1.5"]),
+        (["--target-recall", "1.5"], ["--target-recall: must be in 0.01..1.0", "got 1.5"]),
+        (["--target-recall", "0"], ["--target-recall: must be in 0.01..1.0", "got 0"]),
         (["--max-memory", "lots"], ["--max-memory 'lots'"]),
         (["--recall-captions", "/nonexistent.jsonl"], ["--recall-captions: no such file"]),
         (["--recall-captions", "BAD"], ["line 2: not valid JSON"]),
-        (["--recall-sample", "0"], ["--recall-sample must be >= 1"]),
+        (["--recall-sample", "0"], ["--recall-sample: must be in 1..", "got 0"]),
     ],
 )
 def test_ann_flag_errors_are_one_line(extra, needles, vids, tmp_path, capsys):

@@ -116,7 +116,7 @@ def test_two_nodes_equal_one_process(vids, tmp_path):
                                     "torchrun or srun"]),
         ({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999", "NODE_RANK": "2"},
          ["--num-nodes", "2"], ["NODE_RANK=2 must be in 0..1"]),
-        ({}, ["--num-nodes", "0"], ["--num-nodes must be >= 1, got 0"]),
+        ({}, ["--num-nodes", "0"], ["argument --num-nodes: must be in 1..", "got 0"]),
         ({"TORCHELASTIC_RUN_ID": "t1", "RANK": "0", "GROUP_RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "3",
           "WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"},
          ["--devices", "2"], ["the launcher started 3 processes but --num-nodes 1 x --devices 2"]),

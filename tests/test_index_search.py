@@ -128,7 +128,7 @@ def test_search_scores_follow_the_two_stages(index_dir):
         frames, ts = idx.frames(row)
         f = frames / np.linalg.norm(frames, axis=1, keepdims=True)
         assert h.score == pytest.approx(0.4 * base[row] + 0.6 * (f @ q).max(), abs=1e-5)
-        assert 0.0 <= h.moment[0] <= h.thumbnail_time <= h.moment[1] <= 3.0 + 1e-6
+        assert 0.0 <= h.moment.start <= h.thumbnail_time <= h.moment.end <= 3.0 + 1e-6
         assert h.thumbnail_time in set(np.round(ts, 6)) or np.isclose(ts, h.thumbnail_time).any()
     assert len(idx.search("a red box", k=2, candidates=1)) == 2  # candidates >= k
 
@@ -186,13 +186,23 @@ def test_search_cli_json_schema_and_refusals(index_dir, capsys):
     rc = main(["search", "a blue box", "--index", str(index_dir / "idx"), "-k", "2", "--json"])
     cap = capsys.readouterr()
     out = json.loads(cap.out)
-    assert rc == 0 and set(out) == {"query", "results", "weights", "rerank"}
+    assert rc == 0 and set(out) == {
+        "query",
+        "results",
+        "weights",
+        "rerank",
+        "score_kind",
+        "generation",
+    }
+    assert out["score_kind"] == "cosine" and out["generation"] == 1
     assert out["query"] == "a blue box" and out["rerank"] == "none"  # auto: short videos
     assert out["weights"] == {"kind": "random", "model": "vr-tiny", "seed": 0}
     assert "RANDOM weights" in cap.err  # said loudly, on stderr
     assert len(out["results"]) == 2
     for r in out["results"]:
-        assert set(r) == {"rank", "video", "score", "moment", "thumbnail_time"}
+        assert set(r) == {"rank", "id", "video", "score", "base_score", "moment", "thumbnail_time",
+                          "duration"}  # fmt: skip
+        assert r["score"] == r["base_score"]  # no reranking: the stage-1 cosine
         assert set(r["moment"]) == {"start", "end"} and Path(r["video"]).is_absolute()
     assert main(["search", "   ", "--index", str(index_dir / "idx")]) == 2
     assert "query is empty" in capsys.readouterr().err

@@ -99,7 +99,15 @@ def test_vr_search_queries_file_prints_one_json_line_per_query(world, capsys):
     rows = [json.loads(x) for x in out.splitlines()]
     assert [r["query"] for r in rows] == QUERIES
     assert [r["line"] for r in rows] == [1, 3, 4, 5, 6]  # the blank line 2 is skipped
-    assert set(rows[0]) == {"query", "results", "rerank", "weights", "line"}
+    assert set(rows[0]) == {
+        "query",
+        "results",
+        "rerank",
+        "score_kind",
+        "generation",
+        "weights",
+        "line",
+    }
     assert rows[0]["weights"] == {"kind": "random", "model": "vr-tiny", "seed": 0}
     for r in rows:  # each equals a single vr search of that query
         rc, one, _ = run_cli(
@@ -114,7 +122,9 @@ def test_vr_search_queries_file_prints_one_json_line_per_query(world, capsys):
                          "--index", world / "AB", "-k", "2")  # fmt: skip
     assert rc == 0
     lines = out.splitlines()
-    assert lines[0] == f"query (line 1): {QUERIES[0]}" and len(lines) == 5 * 3
+    # per query: its line, the column header, two hits
+    assert lines[0] == f"query (line 1): {QUERIES[0]}" and len(lines) == 5 * 4
+    assert lines[1].startswith("rank  score (cosine)  video")
 
 
 def test_vr_search_several_indexes(world, capsys):

@@ -48,7 +48,8 @@ def test_zero_shot_with_a_clip_encoder(video, capsys):
     if ckpt is None:
         pytest.skip("no bundled retrieval model")
     res = localize(video, "a red box", top=2, clip_encoder=ckpt)
-    assert res["method"] == "zero_shot_pooled" and len(res["saliency"]) == 4
+    assert res["method"] == "zero_shot" and res["features"] == "pooled_clips"
+    assert len(res["saliency"]) == 4
     enc, agg, _ = load_retrieval_model(ckpt)
     feats, _, _ = clip_features(enc, video, 2.0, frames_per_clip=4, aggregator=agg, context=1.0)
     with torch.no_grad():
@@ -64,11 +65,14 @@ def test_cli_json_and_plot(video, tmp_path, capsys):
     rc = main(["localize", str(video), "a red box", "--top", "2", "--plot", str(png), "--json",
                "--model", "vr-tiny", "--random-weights"])  # fmt: skip
     out = json.loads(capsys.readouterr().out)
-    assert rc == 0 and set(out) == {
-        "video", "query", "moments", "saliency", "clip_len", "duration", "method", "weights"
-    }  # fmt: skip
+    from video_retrieval.schemas import Localization
+
+    assert rc == 0 and set(out) == set(Localization.model_fields)  # the one schema
     assert out["duration"] == 8.0 and out["clip_len"] == 2.0 and out["method"] == "zero_shot"
+    assert out["features"] == "frames" and out["saliency_unit"] == "cosine"
+    assert out["nms_iou"] == 0.5
     assert all(set(m) == {"start", "end", "score"} for m in out["moments"])
+    assert all(0 <= m["score"] <= 1 for m in out["moments"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
@@ -83,14 +87,14 @@ def test_refusals(video, tmp_path, capsys):
     assert "no such checkpoint" in capsys.readouterr().err
 
 
-def _result(method="moment_detr", head="qd_detr", n=3, video="none.mp4"):
+def _result(method="head", head="QD-DETR", n=3, video="none.mp4", features=None):
     moments = [{"start": 12.0, "end": 18.0, "score": 0.9}, {"start": 12.0, "end": 20.0,
                "score": 0.8}, {"start": 38.0, "end": 40.0, "score": 0.4}]  # fmt: skip
     moments += [{"start": 10.0 + i, "end": 20.0 + i, "score": 0.3 - 0.01 * i} for i in range(n - 3)]
     res = {"video": video, "query": "the little purple star goes up " * 4, "moments": moments[:n],
            "saliency": list(np.linspace(-1, 1, 36)), "clip_len": 2.0, "duration": 72.0,
-           "method": method}  # fmt: skip
-    if method == "moment_detr":
+           "method": method, "features": features}  # fmt: skip
+    if method == "head":
         res["head"] = head
     return res
 
@@ -103,9 +107,10 @@ def _texts(fig):
     texts = []
     for ax in fig.axes:
         parts = [ax.title, ax._left_title, ax._right_title]
-        if ax.axison:
-            parts += [ax.xaxis.label, ax.yaxis.label]
-            parts += ax.get_xticklabels() + ax.get_yticklabels()
+        if ax.axison:  # a twin axes' hidden x axis draws nothing
+            for axis in (ax.xaxis, ax.yaxis):
+                if axis.get_visible():
+                    parts += [axis.label, *axis.get_ticklabels()]
         if ax.get_legend() is not None:
             parts += ax.get_legend().get_texts()
         texts += [(t.get_text(), t.get_window_extent(r)) for t in parts
@@ -113,31 +118,34 @@ def _texts(fig):
     return texts
 
 
-def test_plot_names_the_curve_shows_ground_truth_lanes_and_legend():
-    from video_retrieval.moments.localize import moment_figure
+def test_plot_says_what_the_curve_is_and_puts_moments_on_their_score_scale():
+    from video_retrieval.moments.plot import moment_figure
 
-    fig = moment_figure(_result(), ground_truth=[[12, 20], [38, 40]])
-    curve, lanes = fig.axes[0], fig.axes[1]
-    assert curve.get_ylabel() == "saliency\n(QD-DETR head)"
-    legend = [t.get_text() for t in curve.get_legend().get_texts()]
-    assert legend == ["saliency (QD-DETR head)", "ground truth", "top prediction (#1)",
-                      "other predictions (lanes)"]  # fmt: skip
-    # one lane per window, top to bottom: the ground truth, then the moments by rank
-    labels = [t.get_text() for t in lanes.get_yticklabels()][::-1]
-    assert labels == ["ground truth", "#1  score 0.90", "#2  score 0.80", "#3  score 0.40"]
-    # the ground-truth lane has both windows, each moment lane its own window
-    bars = sorted((round(p.get_y() + p.get_height() / 2), p.get_x(), p.get_x() + p.get_width())
-                  for p in lanes.patches)  # fmt: skip
-    assert bars == [(0, 38.0, 40.0), (1, 12.0, 20.0), (2, 12.0, 18.0), (3, 12.0, 20.0),
-                    (3, 38.0, 40.0)]  # fmt: skip
-    assert lanes.get_xlabel() == "time (s)"
-    for method, words in (("zero_shot", "similarity (zero-shot)"),
-                          ("zero_shot_pooled", "(zero-shot, pooled clips)")):  # fmt: skip
-        f = moment_figure(_result(method))
+    fig = moment_figure(_result(), ground_truth=[[12, 20], [38, 40]], thumbnails=0)
+    curve, scores = fig.axes[0], fig.axes[1]
+    assert curve.get_ylabel() == "saliency logit (QD-DETR head)\nhigher = more relevant"
+    assert scores.get_ylabel() == "moment score (0-1)" and scores.get_ylim() == (0, 1.12)
+    # each moment is a bar from its start to its end at the height of its score
+    bars = sorted(tuple(np.round(seg, 3).ravel()) for coll in scores.collections
+                  for seg in coll.get_segments())  # fmt: skip
+    assert bars == [(12.0, 0.8, 20.0, 0.8), (12.0, 0.9, 18.0, 0.9), (38.0, 0.4, 40.0, 0.4)]
+    labels = sorted(t.get_text() for t in scores.texts)
+    assert labels == ["#1 0.90", "#2 0.80", "#3 0.40"]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["saliency logit (QD-DETR head), higher = more relevant", "ground truth",
+                      "#1 moment (at its score)", "other moments"]  # fmt: skip
+    # the legend sits below the axes, not over the data
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    assert fig.legends[0].get_window_extent(r).y1 <= curve.get_window_extent(r).y0 + 1
+    assert curve.get_xlabel() == "time (s)"
+    for features, words in (("frames", "query-clip cosine\n(zero-shot, CLIP frames)"),
+                            ("pooled_clips", "(zero-shot, pooled clips)"),
+                            ("index_frames", "(zero-shot, index frames)")):  # fmt: skip
+        f = moment_figure(_result("zero_shot", features=features), thumbnails=0)
         assert words in f.axes[0].get_ylabel()
-        assert [t.get_text() for t in f.axes[1].get_yticklabels()][-1] == "#1  score 0.90"
-    moment_detr = moment_figure(_result(head="moment_detr"))
-    assert moment_detr.axes[0].get_ylabel() == "saliency\n(Moment-DETR head)"
+    moment_detr = moment_figure(_result(head="Moment-DETR"), thumbnails=0)
+    assert moment_detr.axes[0].get_ylabel().startswith("saliency logit (Moment-DETR head)")
 
 
 @pytest.fixture(scope="module")
@@ -147,14 +155,14 @@ def long_video(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("loc72") / "long.mp4", x, fps=2)
 
 
-@pytest.mark.parametrize("n", [3, 10])
-def test_plot_labels_do_not_collide(long_video, n):
-    from video_retrieval.moments.localize import moment_figure
+@pytest.mark.parametrize("n", [3, 5])
+def test_plot_has_a_thumbnail_per_moment_and_no_colliding_axis_texts(long_video, n):
+    from video_retrieval.moments.plot import moment_figure
 
-    # overlapping and identical windows, a long query, ground truth and thumbnails
     fig = moment_figure(_result(n=n, video=str(long_video)), ground_truth=[[12, 20], [38, 40]])
     texts = _texts(fig)
-    assert sum(t.startswith("#1 @") for t, _ in texts) == 1  # the thumbnails are there
+    for i in range(1, n + 1):  # every moment has its thumbnail (the fifth too)
+        assert sum(t.startswith(f"#{i} @") for t, _ in texts) == 1
     assert len(texts) > 10
     for i, (a, ba) in enumerate(texts):
         for b, bb in texts[i + 1 :]:

@@ -41,5 +41,5 @@ def test_python_snippet_runs_as_written(i, demo_out, monkeypatch, capsys):
     if "localize(" in code:
         moment = namespace["result"]["moments"][0]
         assert 0 <= moment["start"] < moment["end"] <= namespace["result"]["duration"] + 1e-6
-        assert namespace["result"]["method"] == "moment_detr"
+        assert namespace["result"]["method"] == "head"
         assert namespace["frames"].pixels.shape[0] == 12

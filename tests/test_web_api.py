@@ -64,12 +64,15 @@ def test_healthz_and_info(client, state):
     assert client.get("/healthz").json() == {"status": "ok", "videos": len(state.index)}
     info = client.get("/api/info").json()
     assert info["videos"] == len(state.index) == 8 + len(HELD_OUT)
-    assert info["rerankers"] == ["auto", "none", "cliprerank"] and info["default_rerank"] == "auto"
+    assert (
+        info["rerankers"] == ["auto", "none", "cliprerank", "query_scored", "mean"]
+        and info["default_rerank"] == "auto"
+    )
     assert info["auto_rerank"] == "none"  # as vr search: the demo index is pooled by seqTransf
     assert info["limits"] == {
         "max_query_chars": MAX_QUERY_CHARS, "max_k": MAX_K, "max_batch": MAX_BATCH, "max_top": 20,
     }  # fmt: skip
-    assert info["localize_method"] == "zero_shot_index"
+    assert info["localize_method"] == "zero_shot"
     assert info["fingerprint"] == state.index.fingerprint
 
 
@@ -84,7 +87,7 @@ def test_openapi_documents_every_endpoint(client):
 
 
 def test_docs_page_is_served_without_a_cdn(client, token_client):
-    """/docs loads Swagger UI from the app (swagger-ui-bundle), so it works offline."""
+    """/docs loads Swagger UI 5 from the app (swagger-ui-py), so it works offline."""
     html = client.get("/docs").text
     srcs = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert "/static/swagger/swagger-ui-bundle.js" in srcs
@@ -98,6 +101,13 @@ def test_docs_page_is_served_without_a_cdn(client, token_client):
     # with a token: the page passes it on to its spec request; the assets need none
     page = token_client.get("/docs", params={"token": TOKEN})
     assert page.status_code == 200 and f"url: '/openapi.json?token={TOKEN}'" in page.text
+
+
+def test_favicon_is_served_without_a_token(token_client):
+    """Browsers ask for /favicon.ico on their own, without the page's token."""
+    r = token_client.get("/favicon.ico")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml")
+    assert r.content.startswith(b"<svg")
     assert token_client.get("/static/swagger/swagger-ui.css").status_code == 200
     spec = token_client.get("/openapi.json", params={"token": TOKEN})
     assert spec.status_code == 200 and "/api/search" in spec.json()["paths"]
@@ -122,14 +132,12 @@ def test_search_gives_the_cli_rows_plus_id_and_urls(client, state, world):
         body = r.json()
         assert body["query"] == cap["caption"] and body["took_ms"] > 0
         hits = state.index.search(cap["caption"], k=5, rerank=rerank or "auto")  # = `vr search`
-        want = [h.to_dict() for h in hits]
-        for w in want:  # the HTTP API gives the moment as [start, end]
-            w["moment"] = [w["moment"]["start"], w["moment"]["end"]]
-        assert [{k: v for k, v in row.items() if k not in ("id", "thumbnail", "media")}
+        want = [h.to_dict() for h in hits]  # the rows of `vr search --json`, plus two URLs
+        assert [{k: v for k, v in row.items() if k not in ("thumbnail", "media")}
                 for row in body["results"]] == want  # fmt: skip
     for row in body["results"]:
         assert state.index.videos[row["id"]]["path"] == row["video"]
-        assert len(row["moment"]) == 2 and row["moment"][0] < row["moment"][1]
+        assert row["moment"]["start"] < row["moment"]["end"] <= row["duration"]
         g = state.index.manifest["generation"]
         assert row["media"] == f"/media/{row['id']}?g={g}"
         assert row["thumbnail"] == f"/thumb/{row['id']}?t={row['thumbnail_time']}&g={g}"
@@ -173,7 +181,10 @@ def test_search_bad_inputs(client):
     )
     assert "k: Input should be a valid integer" in error_of(get(q="a", k="ten"), 422)
     msg = error_of(get(q="a", rerank="/etc/passwd"), 400)
-    assert msg == "unknown rerank '/etc/passwd': this server offers ['auto', 'none', 'cliprerank']"
+    assert (
+        msg
+        == "unknown rerank '/etc/passwd': this server offers ['auto', 'none', 'cliprerank', 'query_scored', 'mean']"
+    )
 
 
 def test_batch_search_bad_inputs(client):
@@ -231,9 +242,9 @@ def test_localize_zero_shot_over_index_frames(client, state, world):
     body = r.json()
     entry = state.index.videos[cap["id"]]
     assert body["id"] == cap["id"] and body["video"] == entry["path"]
-    assert body["method"] == "zero_shot_index" and body["duration"] == entry["duration"]
+    assert body["method"] == "zero_shot" and body["features"] == "index_frames"
+    assert body["duration"] == entry["duration"] and body["saliency_unit"] == "cosine"
     assert len(body["saliency"]) == int(np.ceil(entry["duration"] / body["clip_len"] - 1e-6))
-    assert body["clip_seconds"] == body["clip_len"]
     scores = [m["score"] for m in body["moments"]]
     assert 1 <= len(scores) <= 3 and scores == sorted(scores, reverse=True)
     assert all(0 <= m["start"] < m["end"] <= entry["duration"] for m in body["moments"])
@@ -275,8 +286,8 @@ def test_localize_with_the_moment_head_encodes_each_video_once(world, tmp_path):
     with TestClient(create_app(state=st), base_url=BASE) as c:
         a = c.get("/api/localize", params={"id": cap["id"], "q": cap["caption"], "top": 3}).json()
         b = c.get("/api/localize", params={"id": cap["id"], "q": "a red circle", "top": 2}).json()
-        assert c.get("/api/info").json()["localize_method"] == "moment_detr"
-    assert a["method"] == b["method"] == "moment_detr"
+        assert c.get("/api/info").json()["localize_method"] == "head"
+    assert a["method"] == b["method"] == "head" and a["saliency_unit"] == "logit"
     assert st.localize.encoded == 1  # the second query reused the clip encodings
     ref = localize(path, cap["caption"], checkpoint=str(DEMO_MOMENTS), top=3)  # the library
     for key in ("moments", "saliency", "clip_len", "duration", "head", "windows"):

@@ -131,36 +131,37 @@ def test_search_page_shows_hits_and_plays_the_moment(server, world, page, tmp_pa
     page.wait_for_function(  # every thumbnail decoded
         "() => [...document.querySelectorAll('.hit img')].every(i => i.complete && i.naturalWidth)"
     )
-    start = float(hits.first.get_attribute("data-start"))
-    end = float(hits.first.get_attribute("data-end"))
-    page.evaluate(  # where playback starts, and where it stops
+    page.evaluate(  # where playback starts
         """() => { const v = document.getElementById('video'); window.__playing = [];
                    v.addEventListener('playing', () => window.__playing.push(v.currentTime)); }"""
     )
     hits.first.click()
-    page.wait_for_function("() => window.__playing.length > 0")
-    t = page.evaluate("window.__playing[0]")
-    assert start - 1e-3 <= t <= end + 1e-3, (t, start, end)
-    page.wait_for_function("() => document.getElementById('video').paused")
-    stop = page.evaluate("document.getElementById('video').currentTime")
-    assert start < stop <= end + 0.35, (
-        stop,
-        end,
-    )  # paused at the moment's end (timeupdate: 0.25 s)
-    # the localized moments appear as bands on the saliency timeline; a band seeks
+    # a 4-s clip the caption describes as a whole is played whole, its best moment named
     page.wait_for_selector("#bands .band")
-    assert page.locator("#moment-info").inner_text().startswith("Localized (zero_shot_index)")
+    text = page.locator("#moment-info").inner_text()
+    assert text.startswith("Best moment ") and "zero-shot" in text, text
+    assert text.endswith("playing the whole clip."), text
+    page.wait_for_function("() => window.__playing.length > 0")
+    assert page.evaluate("window.__playing[0]") < 0.3
     points = page.get_attribute("#saliency", "points")
     assert len(points.split()) >= 2
+    # a band plays its moment: it seeks to the start and pauses at the end
     band = page.locator("#bands .band").first
-    label = band.get_attribute("aria-label")
-    band_start = float(label.split(": ")[1].split(" s to ")[0])
+    band_start, band_end = (
+        float(band.get_attribute("data-start")),
+        float(band.get_attribute("data-end")),
+    )
+    assert f"{band_start:.1f}" in band.get_attribute("aria-label")
+    page.evaluate("() => { document.getElementById('video').pause(); }")
     band.click()
     page.wait_for_function(
-        "s => { const v = document.getElementById('video'); return !v.seeking && "
-        "Math.abs(v.currentTime - s) < 0.3; }",
+        "s => { const v = document.getElementById('video'); return !v.seeking && !v.paused && "
+        "v.currentTime >= s - 0.05; }",
         arg=band_start,
     )
+    page.wait_for_function("() => document.getElementById('video').paused")
+    stop = page.evaluate("document.getElementById('video').currentTime")
+    assert band_start < stop <= band_end + 0.35, (stop, band_end)  # timeupdate: 0.25 s
     shot = tmp_path / "serve.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
@@ -174,7 +175,7 @@ def test_search_form_updates_the_url(server, page):
     page.get_by_role("button", name="Search").click()
     page.wait_for_selector("[data-video]")
     assert "q=a+red+circle+grows" in page.url and f"token={TOKEN}" in page.url
-    assert page.locator("#status").inner_text().startswith("12 results for")
+    assert page.locator("#status").inner_text().startswith("10 results for")  # the default k
 
 
 def test_page_fits_a_phone_screen(server, world, browser):
@@ -223,7 +224,12 @@ PLAY_AND_SEEK = """async (src) => {
     const d = g.getImageData(c.width >> 1, c.height >> 1, 1, 1).data;
     return [d[0], d[1], d[2]];
   };
-  const seek = (t) => new Promise((ok) => { v.onseeked = () => ok(); v.currentTime = t; });
+  // seeked fires before the new frame is painted on a loaded machine: wait for both
+  const seek = (t) => Promise.all([
+    new Promise((ok) => { v.onseeked = () => ok(); }),
+    new Promise((ok) => v.requestVideoFrameCallback(() => ok())),
+    Promise.resolve().then(() => { v.currentTime = t; }),
+  ]);
   await seek(2.0);
   const at2 = grab();
   await seek(0.6);

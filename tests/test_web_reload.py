@@ -83,8 +83,8 @@ def test_reload_serves_the_new_generation_with_the_same_models(world, tmp_path):
 
 
 def test_watcher_reloads_and_a_rebuild_with_other_settings_is_refused(world, tmp_path):
-    from video_retrieval.atomic import atomic_write_json
     from video_retrieval.index import files as store
+    from video_retrieval.media.atomic import atomic_write_json
 
     videos = sorted((world["index"].parent / "collection" / "videos").iterdir())
     index_dir = tmp_path / "index"

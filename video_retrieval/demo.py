@@ -74,7 +74,7 @@ def run_searches(index, captions: list[tuple[str, str]], n: int, k: int) -> list
         _say(f'\n  query: "{caption}"   (its video: {Path(video).name})')
         for h in hits:
             mark = "  <- the described video" if h.video == video else ""
-            s, e = h.moment
+            s, e = h.moment.start, h.moment.end
             _say(
                 f"    {h.rank}. {Path(h.video).name:<14} score {h.score:.3f}  moment {s:5.1f}-{e:5.1f} s{mark}"
             )
@@ -86,11 +86,9 @@ def run_searches(index, captions: list[tuple[str, str]], n: int, k: int) -> list
 
 def localizer_name(result: dict) -> str:
     """How a localization result was made, in words (the head's name or the zero-shot kind)."""
-    from video_retrieval.moments.localize import HEAD_NAMES
-
-    if result.get("method") == "moment_detr":
-        return f"{HEAD_NAMES.get(result.get('head', 'moment_detr'), 'DETR')} head"
-    if result.get("method") == "zero_shot_pooled":
+    if result.get("method") == "head":
+        return f"{result.get('head') or 'trained'} head"
+    if result.get("features") == "pooled_clips":
         return "zero-shot, pooled clips"
     return "zero-shot"
 
@@ -153,7 +151,8 @@ def run_demo(
     from video_retrieval.index.api import Index
     from video_retrieval.index.evaluate import evaluate_retrieval, read_captions
     from video_retrieval.metrics.moments import evaluate
-    from video_retrieval.moments.localize import curve_label, localize, top_hit
+    from video_retrieval.moments.localize import localize, top_hit
+    from video_retrieval.moments.plot import curve_label
 
     for name, value, lo in (("num_videos", num_videos, 4), ("moment_videos", moment_videos, 1),
                             ("searches", searches, 0)):  # fmt: skip

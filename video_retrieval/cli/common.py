@@ -7,7 +7,7 @@ import argparse
 import difflib
 
 from video_retrieval.errors import UserError
-from video_retrieval.index.limits import check
+from video_retrieval.limits import check
 
 
 def add_model_arguments(parser, checkpoint_help: str) -> None:

@@ -14,10 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-from video_retrieval.atomic import atomic_path
 from video_retrieval.cli.common import add_model_arguments, bounded, shown
 from video_retrieval.datasets.text_files import json_line, text_lines
 from video_retrieval.errors import UserError
+from video_retrieval.media.atomic import atomic_path
 
 
 def add_arguments(parser) -> None:
@@ -40,6 +40,15 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--plot", default=None, metavar="OUT.png", help="write a PNG of similarity over time"
+    )
+    parser.add_argument(
+        "--nms",
+        type=bounded("nms_iou"),
+        default=None,
+        metavar="IOU",
+        help="drop a moment that overlaps a better one by more than this IoU (default 0.5; 1 "
+        "keeps every window; batch mode writes a head's windows unsuppressed unless given, as "
+        "the QVHighlights evaluator expects)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument(
@@ -76,18 +85,20 @@ def run(args) -> int:
         raise UserError("give VIDEO and QUERY (or --queries FILE --out PREDS.jsonl)")
     if args.out:
         raise UserError("--out is for batch mode (--queries FILE)")
-    from video_retrieval.moments.localize import localize
+    from video_retrieval.moments.localize import DEFAULT_NMS_IOU, localize
 
-    res = localize(args.video, args.query, top=args.top, plot=args.plot, **_model_kwargs(args))
+    nms = DEFAULT_NMS_IOU if args.nms is None else args.nms
+    res = localize(args.video, args.query, top=args.top, plot=args.plot, nms_iou=nms,
+                   **_model_kwargs(args))  # fmt: skip
     if args.json:
-        keys = ("video", "query", "moments", "saliency", "clip_len", "duration", "method")
-        out = {k: res[k] for k in keys} | {"weights": res["weights"]}
-        json.dump(out, sys.stdout, indent=1)
+        json.dump(res, sys.stdout, indent=1)
         print()
         return 0
-    print(f'{shown(res["video"])}: "{res["query"]}" ({res["method"]})')
+    how = f"{res['head']} head" if res["method"] == "head" else f"zero-shot ({res['features']})"
+    print(f'{shown(res["video"])} ({res["duration"]:.1f} s): "{res["query"]}", {how}')
+    print("rank  start - end        score (0-1)")
     for i, m in enumerate(res["moments"], start=1):
-        print(f"{i:>3}  {m['start']:7.2f}s - {m['end']:7.2f}s  score {m['score']:+.4f}")
+        print(f"{i:>4}  {m['start']:7.2f} - {m['end']:7.2f} s  {m['score']:.3f}")
     if args.plot:
         print(f"plot written to {args.plot}")
     return 0
@@ -135,8 +146,11 @@ def read_queries(path, video: str | None, video_dir: str | None) -> list[dict]:
 
 
 def run_batch(args) -> int:
+    import numpy as np
+
     from video_retrieval.moments.localize import check_whole_video
     from video_retrieval.moments.predictor import MomentPredictor
+    from video_retrieval.temporal.moment_matcher import temporal_nms
 
     if args.query is not None:
         raise UserError("give QUERY or --queries FILE, not both")
@@ -153,8 +167,11 @@ def run_batch(args) -> int:
             if video not in encoded:  # encode each video once, query it many times
                 encoded.clear()
                 encoded[video] = predictor.encode_video(video)
-            pred = predictor.predict(video, query, top=args.top, video=encoded[video])
-            return pred["moments"], pred["saliency"]
+            pred = predictor.predict(video, query, top=max(args.top, 10), video=encoded[video])
+            windows = pred["moments"]
+            if args.nms is not None:
+                windows = temporal_nms(np.asarray(windows, float).reshape(-1, 3), args.nms)
+            return list(windows)[: args.top], pred["saliency"]
     else:
         from video_retrieval.moments.localize import ZeroShotLocalizer
 
@@ -163,7 +180,8 @@ def run_batch(args) -> int:
         )
 
         def predict(video, query):
-            rows, sims, _ = zero_shot.predict(video, query, args.top)
+            nms = 0.5 if args.nms is None else args.nms  # the zero-shot recipe's own NMS
+            rows, sims, _ = zero_shot.predict(video, query, args.top, nms)
             return rows.tolist(), sims.tolist()
 
     rows.sort(key=lambda r: str(r["video"]))  # queries of one video together

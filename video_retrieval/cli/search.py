@@ -59,21 +59,30 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print results as JSON")
 
 
-def _print_hits(hits) -> None:
+def _print_hits(hits, kind: str) -> None:
+    """Hits as text, under a header that says what each column is."""
     if not hits:
         print("no results (the index is empty)")
+        return
+    print(f"rank  score ({kind})  video  best moment  thumbnail")
     for h in hits:
         print(
-            f"{h.rank:>3}  {h.score:+.4f}  {shown(h.video)}  [{h.moment[0]:.2f}s - "
-            f"{h.moment[1]:.2f}s]  thumbnail@{h.thumbnail_time:.2f}s"
+            f"{h.rank:>4}  {h.score:+.4f}  {shown(h.video)}  "
+            f"{h.moment.start:.2f}-{h.moment.end:.2f} s  {h.thumbnail_time:.2f} s"
         )
 
 
 def run_many(args, indexes) -> int:
     """``--queries FILE`` and/or several ``--index``: ``search.search_batch``."""
-    from video_retrieval.index.queries import check_query, read_query_file
-    from video_retrieval.index.search import resolve_rerank, results_json, search_batch
+    from video_retrieval.index.queries import read_query_file
+    from video_retrieval.index.search import (
+        resolve_rerank,
+        results_json,
+        score_kind,
+        search_batch,
+    )
     from video_retrieval.index.store import GenerationGone
+    from video_retrieval.limits import check_query
 
     if args.queries:
         lines = read_query_file(args.queries)
@@ -97,7 +106,9 @@ def run_many(args, indexes) -> int:
     rerank = resolve_rerank(indexes[0], args.rerank, args.rerank_model)
     for (line, query), hits in zip(lines, results):
         if args.json:
-            out = {**results_json(query, hits), "rerank": rerank, "weights": weights}
+            out = {**results_json(query, hits, indexes[0], rerank), "weights": weights}
+            if len(indexes) > 1:
+                out["generation"] = None  # hits come from several indexes (each hit's "index")
             if line is not None:
                 out["line"] = line
             # one object per query: indented for one query, one line each for a file
@@ -105,22 +116,24 @@ def run_many(args, indexes) -> int:
             continue
         if args.queries:
             print(f"query (line {line}): {query}")
-        _print_hits(hits)
+        _print_hits(hits, score_kind(rerank))
     return 0
 
 
 def run(args) -> int:
     from video_retrieval.errors import UserError
-    from video_retrieval.index.api import Index
-    from video_retrieval.index.queries import check_query
-    from video_retrieval.index.search import resolve_rerank, results_json
-    from video_retrieval.models.weights import warn_if_random
+    from video_retrieval.limits import check_query
 
+    # what can be refused without a model is refused before torch is imported (~1.5 s)
     if (args.query is None) == (args.queries is None):
         raise UserError('give one query ("QUERY") or --queries FILE, not both' if args.queries
                         else 'give a query to search for ("QUERY") or --queries FILE')  # fmt: skip
     if args.queries is None:
         check_query(args.query)
+    from video_retrieval.index.api import Index
+    from video_retrieval.index.search import resolve_rerank, results_json, score_kind
+    from video_retrieval.models.weights import warn_if_random
+
     indexes = [Index.open(d) for d in args.index]
     warn_if_random(indexes[0].weights)
     if args.queries or len(indexes) > 1:
@@ -135,11 +148,11 @@ def run(args) -> int:
         alpha=args.alpha,
         rerank_model=args.rerank_model,
     )
+    rerank = resolve_rerank(index, args.rerank, args.rerank_model)
     if args.json:
-        rerank = resolve_rerank(index, args.rerank, args.rerank_model)
-        out = {**results_json(query, hits), "rerank": rerank, "weights": index.weights}
+        out = {**results_json(query, hits, index, rerank), "weights": index.weights}
         json.dump(out, sys.stdout, indent=1)
         print()
         return 0
-    _print_hits(hits)
+    _print_hits(hits, score_kind(rerank))
     return 0

@@ -33,8 +33,8 @@ import re
 
 import numpy as np
 
-from video_retrieval.atomic import atomic_path
 from video_retrieval.errors import UserError
+from video_retrieval.media.atomic import atomic_path
 
 KINDS = ("flat", "hnsw", "ivf", "fp16", "sq8", "hnsw-sq8", "ivf-sq8", "ivf-pq")
 

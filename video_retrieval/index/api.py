@@ -28,7 +28,7 @@ class Index(IndexStore):
 
         >>> idx = Index.open("my_index")                                   # doctest: +SKIP
         >>> for hit in idx.search("a blue square grows", k=3, rerank="cliprerank"):
-        ...     print(hit.rank, hit.video, round(hit.score, 3), hit.moment)  # doctest: +SKIP
+        ...     print(hit.rank, hit.video, round(hit.score, 3), hit.moment.start, hit.moment.end)  # doctest: +SKIP
     """
 
     def refresh(self) -> None:

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from video_retrieval.atomic import atomic_write_bytes, atomic_write_json
 from video_retrieval.errors import UserError
 from video_retrieval.index import files as store
 from video_retrieval.index.checksums import digest_bytes, digest_file, mismatch, npy_bytes
@@ -49,6 +48,7 @@ from video_retrieval.index.pipeline import (
     make_loader,
 )
 from video_retrieval.index.rerank import uniform_indices
+from video_retrieval.media.atomic import atomic_write_bytes, atomic_write_json
 from video_retrieval.media.files import FileSignature, content_hash, find_videos
 from video_retrieval.models.weights import (
     manifest_weights,

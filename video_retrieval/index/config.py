@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from video_retrieval.errors import UserError
-from video_retrieval.index.limits import check
+from video_retrieval.limits import check
 from video_retrieval.media.files import content_hash
 from video_retrieval.models.weights import (
     checkpoint_kind,

@@ -51,8 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from video_retrieval.atomic import atomic_write_bytes
 from video_retrieval.errors import UserError
+from video_retrieval.media.atomic import atomic_write_bytes
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)

@@ -1,26 +1,24 @@
-"""One search result, as the CLI, the HTTP API and the Python API return it."""
+"""One search result, as the CLI, the HTTP API and the Python API return it (``schemas.Hit``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from video_retrieval.schemas import Hit, Span
+
+__all__ = ["Hit", "Span", "make_hit"]
 
 
-@dataclass
-class Hit:
-    """One search result; ``moment`` and ``thumbnail_time`` are seconds."""
-
-    rank: int
-    video: str
-    score: float
-    moment: tuple[float, float]
-    thumbnail_time: float
-    base_score: float = 0.0
-
-    def to_dict(self) -> dict:
-        return {
-            "rank": self.rank,
-            "video": self.video,
-            "score": round(float(self.score), 6),
-            "moment": {"start": round(self.moment[0], 3), "end": round(self.moment[1], 3)},
-            "thumbnail_time": round(self.thumbnail_time, 3),
-        }
+def make_hit(rank: int, row: int, video: str, score: float, base_score: float,
+             moment: tuple[float, float], thumbnail_time: float,
+             duration: float | None = None) -> Hit:  # fmt: skip
+    """A hit with its numbers rounded as every output shows them (6 decimals: frame times such
+    as 1.9375 s at 16 fps stay exact), so that the CLI, the API and Python give the same rows."""
+    return Hit(
+        rank=int(rank),
+        id=int(row),
+        video=str(video),
+        score=round(float(score), 6),
+        base_score=round(float(base_score), 6),
+        moment=Span(start=round(float(moment[0]), 6), end=round(float(moment[1]), 6)),
+        thumbnail_time=round(float(thumbnail_time), 6),
+        duration=None if not duration else round(float(duration), 6),
+    )

@@ -13,12 +13,6 @@ from video_retrieval.index.rerank import (
 )
 
 
-def check_query(query) -> str:
-    if not isinstance(query, str) or not query.strip():
-        raise UserError("the query is empty: give a sentence to search for")
-    return query.strip()
-
-
 @torch.no_grad()
 def encode_query(encoder, aggregator, query: str, words: bool = False) -> QueryFeatures:
     """Sentence (and optionally word) features of one query."""

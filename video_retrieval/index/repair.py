@@ -309,7 +309,7 @@ def run_repair(index_dir, cfg: IndexConfig | None = None) -> dict:
 
 def _rewrite_shard_json(index_dir: Path, chosen: dict[str, dict], report: Report) -> None:
     """Write the ``.json`` of every shard that serves videos but lost its own."""
-    from video_retrieval.atomic import atomic_write_json
+    from video_retrieval.media.atomic import atomic_write_json
 
     by_shard: dict[str, list[dict]] = {}
     for e in chosen.values():

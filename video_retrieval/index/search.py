@@ -18,14 +18,11 @@ query scoring over every stored frame helped both most, so it is the default the
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from video_retrieval.errors import UserError
-from video_retrieval.index.hits import Hit
-from video_retrieval.index.limits import check
-from video_retrieval.index.queries import check_queries, check_query, encode_queries, encode_query
+from video_retrieval.index.hits import Hit, make_hit
+from video_retrieval.index.queries import check_queries, encode_query
 from video_retrieval.index.rerank import (
     QueryFeatures,
     best_moment,
@@ -33,6 +30,8 @@ from video_retrieval.index.rerank import (
     frame_similarities,
 )
 from video_retrieval.index.store import IndexStore
+from video_retrieval.limits import check, check_query
+from video_retrieval.schemas import SearchResult
 
 #: an index whose median video is at least this long (seconds) holds "long videos": the
 #: partial-relevance setting (the synthetic split is 30-120 s; MSR-VTT clips are 10-30 s)
@@ -136,8 +135,15 @@ def search_index(
 def rank_candidates(
     index: IndexStore, q: QueryFeatures, base, rows, reranker, k: int, margin: float = 0.25
 ) -> list[Hit]:
-    """Stage 2 for one encoded query: rerank the candidate ``rows`` (base scores ``base``),
-    keep the best ``k``, and give each its best moment and thumbnail."""
+    """Stage 2 for one encoded query: rerank the candidate ``rows`` (their stage-1 scores are
+    recomputed exactly from the pooled vectors, so a hit's numbers do not depend on how many
+    queries FAISS searched at once), keep the best ``k``, and give each its best moment and
+    thumbnail."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows):
+        pooled = np.asarray(index.pooled[np.sort(rows)], dtype=np.float64)
+        lookup = dict(zip(np.sort(rows).tolist(), pooled @ q.embedding.astype(np.float64)))
+        base = np.array([lookup[int(r)] for r in rows], dtype=np.float64)
     if reranker is None:  # only the hits' frames are read (for their moments)
         final = base
         order = np.argsort(-final, kind="stable")[:k]
@@ -151,23 +157,25 @@ def rank_candidates(
         emb, ts = frames[j]
         row = int(rows[j])
         sims = frame_similarities(q.embedding, emb)
-        start, end, thumb = best_moment(sims, ts, index.videos[row].get("duration", 0.0), margin)
-        hits.append(
-            Hit(
-                rank,
-                index.videos[row]["path"],
-                float(final[j]),
-                (start, end),
-                thumb,
-                float(base[j]),
-            )
-        )
+        entry = index.videos[row]
+        moment = best_moment(sims, ts, entry.get("duration", 0.0), margin)
+        hits.append(make_hit(rank, row, entry["path"], final[j], base[j], moment[:2], moment[2],
+                             entry.get("duration")))  # fmt: skip
     return hits
 
 
-def results_json(query: str, hits: list[Hit]) -> dict:
-    """The stable ``--json`` schema of ``vr search``."""
-    return {"query": query, "results": [h.to_dict() for h in hits]}
+def results_json(query: str, hits: list[Hit], index: IndexStore, rerank: str) -> dict:
+    """The ``--json`` answer of ``vr search`` (``schemas.SearchResult``; the HTTP API's too)."""
+    return SearchResult(
+        query=query, rerank=rerank, score_kind=score_kind(rerank),
+        generation=index.manifest.get("generation"), results=hits,
+    ).model_dump()  # fmt: skip
+
+
+def score_kind(rerank: str) -> str:
+    """The scale of a hit's score under ``rerank`` (resolved): cosines unless a trained
+    cross-encoder scores (its logits)."""
+    return "cosine" if rerank in ("none", "cliprerank", "query_scored", "mean") else "logit"
 
 
 def _search_encoded(index: IndexStore, qf: list[QueryFeatures], k, candidates, reranker, margin):
@@ -214,8 +222,9 @@ def search_batch(
 ) -> list[list[Hit]]:
     """Two-stage search of many queries over one index or several (sharded search: the same
     model required; each index is searched, then the hits are merged by score, a video found in
-    two indexes counted once). Queries are encoded ``batch_size`` at a time and stage 1 is one
-    FAISS batch search per batch and index. One hit list per query, best first."""
+    two indexes counted once). Stage 1 is one FAISS batch search per ``batch_size`` queries and
+    index; every hit equals the hit a single search of its query gives. One hit list per query,
+    best first."""
     indexes = [index] if isinstance(index, IndexStore) else list(index)
     if not indexes:
         raise UserError("no index given")
@@ -231,8 +240,14 @@ def search_batch(
     words = bool(getattr(reranker, "needs_words", False))
     out: list[list[Hit]] = []
     for s in range(0, len(queries), max(1, int(batch_size))):
-        qf = encode_queries(encoder, pool_agg, queries[s : s + batch_size], words, batch_size)
+        # one query at a time through the text tower: its embedding, hence every number of
+        # its hits, is then exactly a single search's (a batched pass rounds differently,
+        # most under bf16 autocast); stage 1 and stage 2 still run per batch
+        qf = [encode_query(encoder, pool_agg, q, words) for q in queries[s : s + batch_size]]
         per_index = [_search_encoded(idx, qf, k, candidates, reranker, margin) for idx in indexes]
+        if len(indexes) > 1:  # a hit's id is a row of its own index: say which
+            per_index = [[[h.model_copy(update={"index": str(idx.dir)}) for h in hits]
+                          for hits in lists] for idx, lists in zip(indexes, per_index)]  # fmt: skip
         for j in range(len(qf)):
             out.append(merge_hits([hits[j] for hits in per_index], k))
     return out
@@ -249,4 +264,4 @@ def merge_hits(lists: list[list[Hit]], k: int) -> list[Hit]:
             if h.video not in best or h.score > best[h.video].score:
                 best[h.video] = h
     merged = sorted(best.values(), key=lambda h: -h.score)[:k]
-    return [replace(h, rank=r) for r, h in enumerate(merged, start=1)]
+    return [h.model_copy(update={"rank": r}) for r, h in enumerate(merged, start=1)]

@@ -23,8 +23,8 @@ from pathlib import Path
 import ffmpeg
 import numpy as np
 
-from video_retrieval.atomic import atomic_path
 from video_retrieval.errors import UserError
+from video_retrieval.media.atomic import atomic_path
 
 # Output options per codec name; each chosen so the result decodes with decord and PyAV.
 CODECS: dict[str, dict[str, str | int]] = {

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from video_retrieval.atomic import atomic_torch_save
 from video_retrieval.errors import UserError
+from video_retrieval.media.atomic import atomic_torch_save
 from video_retrieval.models.class_paths import check_class_paths
 
 

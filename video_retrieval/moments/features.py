@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from video_retrieval.atomic import atomic_savez
+from video_retrieval.media.atomic import atomic_savez
 
 
 def num_clips_for(duration: float, clip_len: float) -> int:

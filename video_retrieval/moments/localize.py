@@ -1,8 +1,9 @@
 """Query one video: where does the sentence happen?
 
-``localize(video, query)`` returns ``{"video", "query", "moments": [{"start", "end", "score"}],
-"saliency": [...], "clip_len", "duration", "method", "weights"}`` (and ``"head"``:
-``moment_detr`` / ``qd_detr`` when ``method`` is ``moment_detr``, a trained DETR head). With a
+``localize(video, query)`` returns a ``schemas.Localization`` as a dict: ``{"video", "query",
+"moments": [{"start", "end", "score"}], "saliency": [...], "saliency_unit", "clip_len",
+"duration", "method" ("head" or "zero_shot"), "head" ("QD-DETR" / "Moment-DETR"), "features",
+"nms_iou", "weights"}``. With a
 moment checkpoint (``checkpoint=``) the trained moment head (``moment_predictor.MomentPredictor``) predicts the
 windows, over sliding windows of its trained length when the video is longer; without one, the
 zero-shot baseline
@@ -20,7 +21,7 @@ Example::
     >>> from video_retrieval import localize
     >>> out = localize("videos/cooking.mp4", "someone cracks an egg", top=3)   # doctest: +SKIP
     >>> out["moments"][0]                                                       # doctest: +SKIP
-    {'start': 12.0, 'end': 18.0, 'score': 1.73}
+    {'start': 12.0, 'end': 18.0, 'score': 0.87}
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from video_retrieval.atomic import atomic_path
 from video_retrieval.errors import UserError
+from video_retrieval.limits import check
+from video_retrieval.schemas import Localization, Moment
 
 
 def _check(video, query) -> tuple[str, str]:
@@ -56,12 +58,35 @@ def check_whole_video(path: str) -> None:
         raise UserError(f"{path}: {why}")
 
 
-def _moments(rows) -> list[dict]:
-    out = []
-    for r in rows:
-        s, e, sc = (float(x) for x in r[:3])
-        out.append({"start": round(s, 3), "end": round(e, 3), "score": round(sc, 6)})
-    return out
+#: the trained heads' names, as the answers say them
+HEAD_NAMES = {"moment_detr": "Moment-DETR", "qd_detr": "QD-DETR"}
+#: moments overlapping a better one by more than this IoU are not returned
+DEFAULT_NMS_IOU = 0.5
+
+
+def localization(
+    video, query: str, rows, saliency, clip_len: float, duration: float, *, method: str,
+    top: int, nms_iou: float | None = DEFAULT_NMS_IOU, head: str | None = None,
+    features: str | None = None, windows: int = 1, weights: dict | None = None,
+) -> dict:  # fmt: skip
+    """The answer of every localizer (``schemas.Localization`` as a dict): the candidate
+    ``rows`` ``[[start, end, score in [0, 1]], ...]`` reduced by temporal NMS (``nms_iou``;
+    None or a negative value: none) to the best ``top``."""
+    from video_retrieval.temporal.moment_matcher import temporal_nms
+
+    rows = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+    if nms_iou is not None and nms_iou >= 0 and len(rows):
+        rows = temporal_nms(rows, nms_iou, max_keep=top)
+    rows = rows[np.argsort(-rows[:, 2], kind="stable")][:top]
+    moments = [Moment(start=round(float(s), 3), end=round(float(e), 3),
+                      score=round(min(1.0, max(0.0, float(sc))), 6)) for s, e, sc in rows]  # fmt: skip
+    return Localization(
+        video=str(video), query=query, duration=round(float(duration), 3),
+        clip_len=float(clip_len), method=method, head=head, features=features,
+        windows=int(windows), nms_iou=nms_iou if nms_iou is not None and nms_iou >= 0 else None,
+        moments=moments, saliency=[round(float(x), 6) for x in saliency],
+        saliency_unit="logit" if method == "head" else "cosine", weights=weights or {},
+    ).model_dump()  # fmt: skip
 
 
 class ZeroShotLocalizer:
@@ -76,7 +101,7 @@ class ZeroShotLocalizer:
         self.pool, self.pool_kw = pool, dict(pool_kw or {})
         self.clip_len = float(clip_len)
         self.weights = weights or {}
-        self.method = "zero_shot" if pool is None else "zero_shot_pooled"
+        self.features = "frames" if pool is None else "pooled_clips"
         self._last: tuple[str, tuple] | None = None
 
     @classmethod
@@ -117,12 +142,14 @@ class ZeroShotLocalizer:
             self._last = (path, feats)
         return self._last[1]
 
-    def predict(self, path, query: str, top: int = 5) -> tuple[np.ndarray, np.ndarray, float]:
+    def predict(self, path, query: str, top: int = 5, nms_iou: float = DEFAULT_NMS_IOU
+                ) -> tuple[np.ndarray, np.ndarray, float]:  # fmt: skip
         """(windows [K,3] seconds + score, per-clip similarities [N], duration)."""
         from video_retrieval.moments.zero_shot import zero_shot_query
 
         feats, _, duration = self.encode_video(path)
-        rows, sims = zero_shot_query(self.encoder, feats, duration, query, self.clip_len, top)
+        nms = nms_iou if nms_iou is not None and nms_iou >= 0 else 1.0
+        rows, sims = zero_shot_query(self.encoder, feats, duration, query, self.clip_len, top, nms)
         return rows, sims, duration
 
 
@@ -140,6 +167,7 @@ def localize(
     random_weights: bool = False,
     predictor=None,
     ground_truth=None,
+    nms_iou: float | None = DEFAULT_NMS_IOU,
 ) -> dict:
     """Top-``top`` moments of ``query`` in ``video`` (seconds), best first; see module doc.
 
@@ -148,10 +176,11 @@ def localize(
     ``model``/``pretrained`` resolved as ``vr index`` does (default ``ViT-B-32`` /
     ``laion2b_s34b_b79k``; ``random_weights=True`` only for tests). ``ground_truth``
     (``[[start, end], ...]`` seconds, when known) is drawn as its own band in the ``plot``.
+    ``nms_iou``: a moment overlapping a better one by more than this IoU is not returned
+    (default 0.5; None: every window the localizer ranks).
     """
     path, query = _check(video, query)
-    if top < 1:
-        raise UserError(f"--top must be >= 1, got {top}")
+    top = check("top", top, "--top")
     if checkpoint is not None or predictor is not None:
         if predictor is None:
             if not os.path.exists(checkpoint):
@@ -160,56 +189,30 @@ def localize(
 
             predictor = MomentPredictor.from_checkpoint(checkpoint)
         check_whole_video(path)
-        pred = predictor.predict(path, query, top=top)
-        result = {
-            "video": path,
-            "query": query,
-            "moments": _moments(pred["moments"]),
-            "saliency": [round(float(x), 6) for x in pred["saliency"]],
-            "clip_len": float(pred["clip_len"]),
-            "duration": round(float(pred["duration"]), 3),
-            "method": "moment_detr",
-            "head": str(predictor.meta.get("head", "moment_detr")),
-            "windows": int(pred.get("windows", 1)),
-            "weights": {"kind": "moment_checkpoint", "path": str(checkpoint or "")},
-        }
+        # more candidates than asked: temporal NMS then keeps the best distinct ``top``
+        pred = predictor.predict(path, query, top=max(3 * top, 10))
+        head = str(predictor.meta.get("head", "moment_detr"))
+        result = localization(
+            path, query, pred["moments"], pred["saliency"], pred["clip_len"], pred["duration"],
+            method="head", top=top, nms_iou=nms_iou, head=HEAD_NAMES.get(head, head),
+            windows=int(pred.get("windows", 1)),
+            weights={"kind": "moment_checkpoint", "path": str(checkpoint or "")},
+        )  # fmt: skip
     else:
         zs = ZeroShotLocalizer.build(
             model, pretrained, clip_encoder, encoder, random_weights, clip_len=clip_len
         )
         check_whole_video(path)
-        rows, sims, duration = zs.predict(path, query, top)
-        result = {
-            "video": path,
-            "query": query,
-            "moments": _moments(rows),
-            "saliency": [round(float(x), 6) for x in sims],
-            "clip_len": float(clip_len),
-            "duration": round(float(duration), 3),
-            "method": zs.method,
-            "weights": zs.weights,
-        }
+        rows, sims, duration = zs.predict(path, query, top, nms_iou)
+        result = localization(
+            path, query, rows, sims, clip_len, duration, method="zero_shot", top=top,
+            nms_iou=nms_iou, features=zs.features, weights=zs.weights,
+        )  # fmt: skip
     if plot:
+        from video_retrieval.moments.plot import plot_moments
+
         plot_moments(result, plot, ground_truth=ground_truth)
     return result
-
-
-#: y-axis words for each localization method (what the plotted per-clip curve is)
-CURVE_LABELS = {
-    "moment_detr": "saliency (trained head)",
-    "zero_shot": "query-clip cosine\nsimilarity (zero-shot)",
-    "zero_shot_pooled": "query-clip cosine similarity\n(zero-shot, pooled clips)",
-}
-HEAD_NAMES = {"moment_detr": "Moment-DETR", "qd_detr": "QD-DETR"}
-
-
-def curve_label(result: dict) -> str:
-    """What the ``saliency`` curve of a localization result is, in words, for an axis label."""
-    method = str(result.get("method", ""))
-    if method == "moment_detr":
-        head = HEAD_NAMES.get(str(result.get("head", "moment_detr")), str(result.get("head")))
-        return f"saliency\n({head} head)"
-    return CURVE_LABELS.get(method, "score")
 
 
 def window_iou(a, b) -> float:
@@ -231,113 +234,3 @@ def top_hit(result: dict, ground_truth, threshold: float = 0.5) -> dict | None:
     best = int(np.argmax(ious))
     return {"iou": ious[best], "window": list(top), "ground_truth": list(gts[best]),
             "hit": ious[best] >= threshold}  # fmt: skip
-
-
-def plot_moments(result: dict, out_png, thumbnails: int = 4, ground_truth=None) -> Path:
-    """Write ``moment_figure`` as a PNG (atomically: temp file, then rename)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = moment_figure(result, thumbnails, ground_truth)
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
-    return out
-
-
-def moment_figure(result: dict, thumbnails: int = 4, ground_truth=None):
-    """Figure of a localization result: the per-clip curve (head saliency or zero-shot similarity,
-    named on the y-axis), then one lane per window below it (the ground truth when given,
-    ``ground_truth`` = ``[[start, end], ...]`` seconds, then each predicted moment with its rank
-    and score as the lane's label, so no two labels share a line), a legend, and thumbnails of
-    the top moments. The top prediction and the ground truth are also shaded on the curve."""
-    import textwrap
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    sal = np.asarray(result["saliency"], dtype=np.float64)
-    clip_len = float(result.get("clip_len", 2.0))
-    end = float(result.get("duration") or len(sal) * clip_len)
-    edges = np.minimum(np.arange(len(sal) + 1) * clip_len, max(end, clip_len * (len(sal) - 1)))
-    moments = list(result["moments"])
-    gts = [tuple(map(float, w[:2])) for w in (ground_truth or [])]
-    thumbs = []
-    if moments and thumbnails:
-        try:
-            from video_retrieval.media.decode import load_frames
-
-            times = [0.5 * (m["start"] + m["end"]) for m in moments[:thumbnails]]
-            for t in times:
-                fr = load_frames(
-                    result["video"], num_frames=1, start=max(0.0, t - 0.05), end=t + 0.05, size=96
-                )
-                thumbs.append((t, fr.pixels[0]))
-        except Exception:  # thumbnails are a nicety; the curve is the content
-            thumbs = []
-    lanes = (["ground truth"] if gts else []) + [
-        f"#{i + 1}  score {m['score']:.2f}" for i, m in enumerate(moments)
-    ]
-    lane_h = 0.28
-    heights = [2.4, max(0.6, lane_h * len(lanes))] + ([1.5] if thumbs else [])
-    # constrained layout keeps the title, axis labels, lane labels, legend and thumbnail titles
-    # from overlapping one another
-    fig = plt.figure(figsize=(11, sum(heights) + 1.3), layout="constrained")
-    grid = fig.add_gridspec(len(heights), max(1, len(thumbs)), height_ratios=heights)
-    ax = fig.add_subplot(grid[0, :])
-    gt_colour, top_colour, other_colour = "tab:green", "tab:orange", "tab:gray"
-    handles = []
-    if len(sal):
-        (line,) = ax.step(edges, np.append(sal, sal[-1]), where="post", color="tab:blue", lw=1.5)
-        line.set_label(curve_label(result).replace("\n", " "))
-        handles.append(line)
-    for s, e in gts:
-        ax.axvspan(s, e, color=gt_colour, alpha=0.18, lw=0)
-    if gts:
-        handles.append(Patch(color=gt_colour, alpha=0.35, label="ground truth"))
-    if moments:
-        m0 = moments[0]
-        ax.axvspan(m0["start"], m0["end"], facecolor="none", edgecolor=top_colour, lw=2,
-                   hatch="//", alpha=0.9)  # fmt: skip
-        handles.append(Patch(facecolor="none", edgecolor=top_colour, hatch="//",
-                             label="top prediction (#1)"))  # fmt: skip
-    if len(moments) > 1:
-        handles.append(Patch(color=other_colour, alpha=0.5, label="other predictions (lanes)"))
-    ax.set_xlim(0, max(end, 1e-6))
-    ax.set_ylabel(curve_label(result), fontsize=9)
-    ax.tick_params(labelbottom=False)
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
-              frameon=False)  # fmt: skip
-    title = f'{Path(result["video"]).name}: "{result["query"]}"'
-    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=10)
-
-    lax = fig.add_subplot(grid[1, :], sharex=ax)
-    for row in range(len(lanes)):
-        y = len(lanes) - 1 - row  # first lane on top
-        if gts and row == 0:
-            for s, e in gts:
-                lax.barh(y, e - s, left=s, height=0.7, color=gt_colour, alpha=0.7)
-            continue
-        m = moments[row - (1 if gts else 0)]
-        first = m is moments[0]
-        lax.barh(y, m["end"] - m["start"], left=m["start"], height=0.7,
-                 color=top_colour if first else other_colour, alpha=0.85 if first else 0.5)  # fmt: skip
-    lax.set_yticks(range(len(lanes)), list(reversed(lanes)), fontsize=8)
-    lax.set_ylim(-0.6, len(lanes) - 0.4)
-    lax.set_xlabel("time (s)")
-    lax.grid(axis="x", alpha=0.3)
-    for j, (t, img) in enumerate(thumbs):
-        tax = fig.add_subplot(grid[2, j])
-        tax.imshow(img)
-        tax.set_title(f"#{j + 1} @ {t:.1f}s", fontsize=8)
-        tax.axis("off")
-    return fig

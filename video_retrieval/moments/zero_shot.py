@@ -6,7 +6,10 @@ Recipe (after the CLIP zero-shot baseline of the Moment-DETR paper and TFVTG's p
 2. Gaussian smoothing over clips (sigma 1 clip), then z-scoring within the video.
 3. Candidates: maximal runs of clips above several thresholds (watershed-like grouping,
    "grown from peaks") plus sliding windows of several lengths.
-4. Score = mean(z inside) - mean(z outside) (the outside of a whole-video window counts as 0).
+4. Contrast = mean(z inside) - mean(z outside) (the outside of a whole-video window counts as
+   0); the window's score is ``sigmoid(contrast)`` in (0, 1): 0.5 for a window no different from
+   the rest of the video, about 0.88 for one two standard deviations above it (a monotone map:
+   the ranking, hence every metric, is the contrast's).
 5. Greedy temporal NMS (IoU 0.5); rows (start, end, score) in seconds, sorted by score.
 """
 
@@ -27,7 +30,8 @@ def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     return np.convolve(padded, k, mode="valid")
 
 
-def zero_shot_query(encoder, clip_feats, duration: float, query: str, clip_len: float, top: int):
+def zero_shot_query(encoder, clip_feats, duration: float, query: str, clip_len: float, top: int,
+                    nms_iou: float = 0.5):  # fmt: skip
     """``(windows [K,3], per-clip similarities [N])`` of one query over one video's clip
     features, the sentence embedded by ``encoder`` (the same CLIP that made the features)."""
     import torch
@@ -35,7 +39,7 @@ def zero_shot_query(encoder, clip_feats, duration: float, query: str, clip_len: 
     with torch.no_grad():
         text = encoder.encode_text(encoder.tokenize([query])).sentence[0].float().cpu().numpy()
     sims = clip_similarities(clip_feats, text)
-    return zero_shot_windows(sims, clip_len, duration, top=top), sims
+    return zero_shot_windows(sims, clip_len, duration, top=top, nms_iou=nms_iou), sims
 
 
 def clip_similarities(clip_feats, text_feat) -> np.ndarray:
@@ -95,7 +99,7 @@ def zero_shot_windows(
     sm = _smooth(s, sigma)
     std = sm.std()
     if not np.isfinite(std) or std < 1e-8:
-        return np.array([[0.0, duration, 0.0]])
+        return np.array([[0.0, duration, 0.5]])  # nothing stands out: sigmoid(0)
     z = (sm - sm.mean()) / std
     csum = np.concatenate([[0.0], np.cumsum(z)])
     total = csum[-1]
@@ -108,6 +112,6 @@ def zero_shot_windows(
         end = min(b * clip_len, duration)
         if end <= start:
             continue
-        rows.append((start, end, inside - outside))
+        rows.append((start, end, 1.0 / (1.0 + np.exp(-(inside - outside)))))
     out = temporal_nms(np.array(rows), nms_iou, max_keep=top)
     return out

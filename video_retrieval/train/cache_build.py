@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from video_retrieval.atomic import atomic_write_json
 from video_retrieval.encoders.patches import select_topk_patches
 from video_retrieval.errors import UserError
+from video_retrieval.media.atomic import atomic_write_json
 from video_retrieval.train.cache_encode import decode_one, encode_valid_frames, probe_dims
 from video_retrieval.train.cache_settings import (
     ARRAY_FILES,

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from video_retrieval.atomic import atomic_savez
 from video_retrieval.datasets.captions_jsonl import RetrievalSplit
 from video_retrieval.errors import UserError
+from video_retrieval.media.atomic import atomic_savez
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
@@ -92,13 +93,15 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 def add_docs(app: FastAPI) -> None:
-    """``/docs``: Swagger UI from the ``swagger-ui-bundle`` package, served by the app itself
-    (FastAPI's default page loads it from a CDN, which an offline machine cannot reach). A token
-    given as ``?token=`` is passed on to the page's ``/openapi.json`` request."""
+    """``/docs``: Swagger UI 5 (it reads the OpenAPI 3.1 document FastAPI writes; version 4
+    cannot) from the ``swagger-ui-py`` package's files, served by the app itself (FastAPI's
+    default page loads it from a CDN, which an offline machine cannot reach). A token given as
+    ``?token=`` is passed on to the page's ``/openapi.json`` request."""
+    import swagger_ui
     from fastapi.openapi.docs import get_swagger_ui_html
-    from swagger_ui_bundle import swagger_ui_path
 
-    app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_path)), name="swagger")
+    assets = Path(swagger_ui.__file__).parent / "static"
+    app.mount("/static/swagger", StaticFiles(directory=str(assets)), name="swagger")
 
     @app.get("/docs", include_in_schema=False)
     def docs(request: Request):

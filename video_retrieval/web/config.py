@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from video_retrieval.errors import UserError
-from video_retrieval.index.limits import check
+from video_retrieval.limits import check
 
 # Request limits (also in the OpenAPI schema at /docs).
 MAX_QUERY_CHARS = 300  # the CLIP text tower reads at most 77 tokens

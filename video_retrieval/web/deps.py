@@ -17,7 +17,7 @@ log = logging.getLogger("video_retrieval.web")
 access_log = logging.getLogger("video_retrieval.web.access")
 
 # answered without a token: they hold no index content (the page's code, the health check)
-OPEN_PATHS = frozenset({"/healthz", "/"})
+OPEN_PATHS = frozenset({"/healthz", "/", "/favicon.ico"})
 OPEN_PREFIXES = ("/static/",)
 
 

@@ -41,8 +41,8 @@ from pathlib import Path
 
 import av
 
-from video_retrieval.atomic import atomic_path
 from video_retrieval.errors import UserError
+from video_retrieval.media.atomic import atomic_path
 
 log = logging.getLogger("video_retrieval.web")
 

@@ -1,10 +1,11 @@
-"""Pydantic models of the JSON API. They describe the dicts the services return (the rows of
-``vr search --json`` and the dict of ``localize()``), plus the URLs only HTTP needs."""
+"""Pydantic models of the JSON API: the shared shapes of ``video_retrieval.schemas`` (the rows
+of ``vr search --json``, the dict of ``localize()``) plus what only HTTP needs (URLs, timing)."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from video_retrieval.schemas import Hit, Localization, SearchResult
 from video_retrieval.web.config import MAX_BATCH, MAX_K, MAX_QUERY_CHARS
 
 GENERATION_DOC = (
@@ -12,25 +13,18 @@ GENERATION_DOC = (
 )
 
 
-class SearchHit(BaseModel):
-    rank: int = Field(description="1 = best")
-    id: int = Field(description="index id of the video (its row); use it with /media, /thumb")
-    video: str = Field(description="path of the indexed file")
-    score: float
-    moment: list[float] = Field(
-        min_length=2, max_length=2, description="[start, end] seconds: the best-matching stretch"
-    )
-    thumbnail_time: float = Field(description="seconds: the best-matching frame")
-    thumbnail: str = Field(description="URL of a JPEG of that frame")
+class SearchHit(Hit):
+    """A row of ``vr search --json`` plus the URLs only HTTP needs."""
+
+    thumbnail: str = Field(description="URL of a JPEG of the best-matching frame")
     media: str = Field(description="URL of the video (Range requests; a proxy if needed)")
 
 
-class SearchResponse(BaseModel):
-    query: str
+class SearchResponse(SearchResult):
+    """``vr search --json``'s answer (``schemas.SearchResult``) plus the server's time."""
+
     took_ms: float = Field(description="server time of the search (encode, ANN, rerank)")
-    generation: int | None = Field(
-        None, description="version of the index searched; the hits' URLs carry it as g="
-    )
+    weights: dict = Field(description="where the index's model weights came from")
     results: list[SearchHit]
 
 
@@ -45,24 +39,10 @@ class BatchSearchResponse(BaseModel):
     searches: list[SearchResponse]
 
 
-class ScoredMoment(BaseModel):
-    start: float
-    end: float
-    score: float
+class LocalizeResponse(Localization):
+    """``localize()``'s answer (``schemas.Localization``) for an indexed video."""
 
-
-class LocalizeResponse(BaseModel):
     id: int
-    video: str
-    query: str
-    moments: list[ScoredMoment] = Field(description="best first")
-    saliency: list[float] = Field(description="one score per clip of clip_len seconds")
-    clip_len: float = Field(description="seconds per saliency value")
-    clip_seconds: float = Field(description="the same: seconds per saliency value")
-    duration: float
-    method: str = Field(description="moment_detr (trained head) or zero_shot_index")
-    head: str | None = Field(None, description="the trained head's architecture")
-    windows: int | None = Field(None, description="windows the head slid over (long videos)")
     took_ms: float
 
 

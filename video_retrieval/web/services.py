@@ -34,6 +34,7 @@ import numpy as np
 
 from video_retrieval.errors import UserError
 from video_retrieval.media.files import display_path
+from video_retrieval.moments.localize import DEFAULT_NMS_IOU, HEAD_NAMES, localization
 from video_retrieval.web.config import MAX_K, MAX_QUERY_CHARS, MAX_TOP
 
 
@@ -108,9 +109,11 @@ class SearchService:
         self.candidates = int(candidates)
         self.alpha = float(alpha)
         self.timings = timings or Timings()
-        self.rows = {v["path"]: i for i, v in enumerate(index.videos)}
         # every reranker this service offers, built now (the lazy caches are not thread-safe)
-        self.rerankers = list(dict.fromkeys(["auto", "none", "cliprerank", rerank]))
+        # every reranker vr search takes by name (a checkpoint only if the server was given it)
+        self.rerankers = list(
+            dict.fromkeys(["auto", "none", "cliprerank", "query_scored", "mean", rerank])
+        )
         self.auto = resolve_rerank(index, "auto")
         # no request sees this index yet (start-up, or a reload building the next generation):
         # loading its ANN needs no lock, so searches on the served one go on meanwhile
@@ -122,7 +125,7 @@ class SearchService:
     def search(self, query: str, k: int = 10, rerank: str | None = None) -> dict:
         from video_retrieval.index.queries import encode_query
         from video_retrieval.index.rerank import CLIPRerank
-        from video_retrieval.index.search import rank_candidates, stage_one
+        from video_retrieval.index.search import rank_candidates, results_json, stage_one
 
         query = check_text(query)
         if not 1 <= int(k) <= MAX_K:
@@ -148,20 +151,11 @@ class SearchService:
             self.timings.add(step, (b - a) * 1e3)
         took = (t3 - t0) * 1e3
         self.timings.add("search", took)
-        results = [http_hit(h.to_dict(), self.rows[h.video]) for h in hits]
-        return {
-            "query": query,
-            "took_ms": round(took, 3),
-            "generation": self.generation,
-            "results": results,
-        }
-
-
-def http_hit(row: dict, vid: int) -> dict:
-    """A ``vr search --json`` row as the HTTP API gives it: ``moment`` as ``[start, end]``
-    seconds and the video's index ``id``."""
-    m = row["moment"]
-    return {**row, "video": display_path(row["video"]), "moment": [m["start"], m["end"]], "id": vid}
+        used = self.auto if rerank == "auto" else rerank
+        answer = results_json(query, hits, self.index, used)  # the rows of vr search --json
+        for row in answer["results"]:
+            row["video"] = display_path(row["video"])
+        return {**answer, "took_ms": round(took, 3), "weights": self.index.weights}
 
 
 def index_clip_features(frames: np.ndarray, ts: np.ndarray, duration: float, clip_len: float):
@@ -221,11 +215,12 @@ class LocalizeService:
         self._encodings: OrderedDict[tuple, dict] = OrderedDict()
         self._cached_videos = max(1, int(cached_videos))
         self.encoded = 0  # videos encoded for the head (cache misses)
+        self.checkpoint = checkpoint
         if checkpoint is not None:
             from video_retrieval.moments.predictor import MomentPredictor
 
             self.predictor = MomentPredictor.from_checkpoint(checkpoint)
-        self.method = "moment_detr" if self.predictor is not None else "zero_shot_index"
+        self.method = "head" if self.predictor is not None else "zero_shot"
         from video_retrieval.moments import zero_shot  # noqa: F401  (import cost paid at start-up)
 
     def video(self, vid) -> tuple[int, dict]:
@@ -238,21 +233,23 @@ class LocalizeService:
             raise NotFound(f"unknown video id {vid!r} (ids are 0..{len(self.index.videos) - 1})")
         return row, self.index.videos[row]
 
-    def localize(self, vid, query: str, top: int = 5) -> dict:
+    def localize(self, vid, query: str, top: int = 5, nms_iou: float | None = DEFAULT_NMS_IOU):
+        """``localize()``'s answer for indexed video ``vid`` (plus its ``id`` and ``took_ms``)."""
         row, entry = self.video(vid)
         query = check_text(query)
         if not 1 <= int(top) <= MAX_TOP:
             raise UserError(f"top must be in 1..{MAX_TOP}, got {top}")
         t0 = time.perf_counter()
         if self.predictor is not None:
-            out = self._with_head(row, entry, query, int(top))
+            out = self._with_head(row, entry, query, int(top), nms_iou)
         else:
-            out = self._zero_shot(row, entry, query, int(top))
+            out = self._zero_shot(row, entry, query, int(top), nms_iou)
+        out["video"] = display_path(out["video"])
         took = (time.perf_counter() - t0) * 1e3
         self.timings.add("localize", took)
         return {"id": row, **out, "took_ms": round(took, 3)}
 
-    def _zero_shot(self, row: int, entry: dict, query: str, top: int) -> dict:
+    def _zero_shot(self, row: int, entry: dict, query: str, top: int, nms_iou) -> dict:
         from video_retrieval.moments.zero_shot import zero_shot_query
 
         frames, ts = self.index.frames(row)
@@ -260,20 +257,15 @@ class LocalizeService:
         clip_len = zero_shot_clip_len(ts, duration, self.clip_len)
         feats, duration = index_clip_features(frames, ts, duration, clip_len)
         encoder = self.index.models()[0]
+        nms = nms_iou if nms_iou is not None and nms_iou >= 0 else 1.0
         with self.lock:
-            rows, sims = zero_shot_query(encoder, feats, duration, query, clip_len, top)
-        return {
-            "video": display_path(entry["path"]),
-            "query": query,
-            "moments": _round_moments(rows),
-            "saliency": [round(float(x), 6) for x in sims],
-            "clip_len": clip_len,
-            "clip_seconds": clip_len,
-            "duration": round(duration, 3),
-            "method": self.method,
-        }
+            rows, sims = zero_shot_query(encoder, feats, duration, query, clip_len, top, nms)
+        return localization(
+            entry["path"], query, rows, sims, clip_len, duration, method="zero_shot", top=top,
+            nms_iou=nms_iou, features="index_frames", weights=self.index.weights,
+        )  # fmt: skip
 
-    def _with_head(self, row: int, entry: dict, query: str, top: int) -> dict:
+    def _with_head(self, row: int, entry: dict, query: str, top: int, nms_iou) -> dict:
         path = entry["path"]
         if not os.path.isfile(path):
             raise NotFound(f"video {row} ({display_path(path)}) is no longer on disk")
@@ -289,16 +281,12 @@ class LocalizeService:
                     self._encodings.popitem(last=False)
             else:
                 self._encodings.move_to_end(key)
-            pred = self.predictor.predict(path, query, top=top, video=video)
-        return {
-            "video": display_path(path),
-            "query": query,
-            "moments": _round_moments(pred["moments"]),
-            "saliency": [round(float(x), 6) for x in pred.get("saliency", [])],
-            "clip_len": float(pred.get("clip_len", self.clip_len)),
-            "clip_seconds": float(pred.get("clip_len", self.clip_len)),
-            "duration": round(float(pred.get("duration", entry.get("duration", 0.0))), 3),
-            "method": self.method,
-            "head": str(self.predictor.meta.get("head", "moment_detr")),
-            "windows": int(pred.get("windows", 1)),
-        }
+            pred = self.predictor.predict(path, query, top=max(3 * top, 10), video=video)
+        head = str(self.predictor.meta.get("head", "moment_detr"))
+        return localization(
+            path, query, pred["moments"], pred.get("saliency", []),
+            pred.get("clip_len", self.clip_len),
+            pred.get("duration", entry.get("duration", 0.0)), method="head", top=top,
+            nms_iou=nms_iou, head=HEAD_NAMES.get(head, head), windows=int(pred.get("windows", 1)),
+            weights={"kind": "moment_checkpoint", "path": str(self.checkpoint)},
+        )  # fmt: skip

@@ -50,6 +50,7 @@ class ServiceState:
     _reload_lock: threading.Lock = field(default_factory=threading.Lock)
     reloads: int = 0
     reload_error: str | None = None  # why the index on disk is not the one served, if it is not
+    examples: list[str] = field(default_factory=list)  # queries to suggest on the start page
 
     def reload_if_changed(self) -> bool:
         """Serve the index's current generation if it is not the one served (see the module
@@ -77,6 +78,7 @@ class ServiceState:
             self.search = search
             self.localize.index = new
             self.index = new
+            self.examples = example_queries(new)
             self.reloads += 1
             self.reload_error = None
             log.info(
@@ -132,10 +134,19 @@ class ServiceState:
         return info
 
     def info(self) -> dict:
+        from video_retrieval.models.weights import weights_line
+
         idx = self.index
+        seconds = sum(float(v.get("duration") or 0.0) for v in idx.videos)
         return {
             "index": str(idx.dir),
             "videos": len(idx),
+            "hours": round(seconds / 3600, 3),
+            "model": weights_line(idx.weights),
+            "weights": idx.weights,
+            "examples": self.examples,
+            "default_k": DEFAULT_K,
+            "localize_head": getattr(self.localize.predictor, "meta", {}).get("head"),
             "frames": int(idx.manifest.get("counts", {}).get("frames", 0)),
             "ann": idx.manifest.get("ann"),
             "fingerprint": idx.fingerprint,
@@ -223,7 +234,45 @@ def load_state(config: ServeConfig) -> ServiceState:
         timings.reset()
     seconds = time.perf_counter() - t0
     log.info("loaded %s (%d videos) in %.1f s", config.index, len(index), seconds)
-    return ServiceState(config, index, search, localize, thumbs, proxies, timings, seconds)
+    state = ServiceState(config, index, search, localize, thumbs, proxies, timings, seconds)
+    state.examples = example_queries(index)
+    return state
+
+
+#: results the page and the API return when not told otherwise (vr search's -k default too)
+DEFAULT_K = 10
+
+
+def example_queries(index, n: int = 4) -> list[str]:
+    """Up to ``n`` captions of indexed videos, from a ``captions.jsonl`` beside them (in a
+    folder of indexed videos or its parent, as ``vr synth`` and MSR-VTT-style folders keep it),
+    one per video, for the start page; empty when there is none."""
+    import json
+
+    paths = {v["path"] for v in index.videos}
+    folders = {Path(p).parent for p in paths}
+    found: list[str] = []
+    for f in sorted(folders | {d.parent for d in folders}):
+        jsonl = f / "captions.jsonl"
+        if not jsonl.is_file():
+            continue
+        try:
+            lines = jsonl.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        seen = set()
+        for line in lines:
+            try:
+                row = json.loads(line)
+                video = str((f / row["video"]).resolve())
+                caption = str(row["caption"]).strip()
+            except (ValueError, KeyError, TypeError):
+                continue
+            if video in paths and video not in seen and caption:
+                seen.add(video)
+                found.append(caption)
+    step = max(1, len(found) // n)  # spread over the collection, not its first videos
+    return found[::step][:n]
 
 
 class IndexWatcher:

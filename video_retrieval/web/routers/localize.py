@@ -13,9 +13,7 @@ from video_retrieval.web.schemas import ERRORS, GENERATION_DOC, LocalizeResponse
 router = APIRouter(prefix="/api", tags=["localize"])
 
 
-@router.get(
-    "/localize", response_model=LocalizeResponse, response_model_exclude_none=True, responses=ERRORS
-)
+@router.get("/localize", response_model=LocalizeResponse, responses=ERRORS)
 def localize(
     state: StateDep,
     id: Annotated[str, Query(description="index id of the video (from /api/search)")],

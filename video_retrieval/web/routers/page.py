@@ -15,3 +15,9 @@ router = APIRouter(tags=["page"])
 @router.get("/", include_in_schema=False)
 def page() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> FileResponse:
+    """Browsers ask for /favicon.ico whatever the page links; the same SVG icon."""
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")

@@ -1,5 +1,6 @@
 // The search page of `vr serve`: one fetch helper per endpoint, then the page logic.
 // Plain ES module, no build step. With a token server, open the page as /?token=TOKEN.
+// Answers have the shapes of video_retrieval/schemas.py (the same as vr search --json).
 
 const params = new URLSearchParams(location.search);
 const token = params.get("token");
@@ -31,9 +32,17 @@ export const api = {
 };
 
 const $ = (id) => document.getElementById(id);
-const fmt = (s) => `${Number(s).toFixed(1)} s`;
+const NBSP = "\u00a0";
+const finite = (x) => typeof x === "number" && Number.isFinite(x);
+const fmt = (s) => `${Number(s).toFixed(1)}${NBSP}s`;
+const span = (a, b) => `${Number(a).toFixed(1)}–${Number(b).toFixed(1)}${NBSP}s`;
 const baseName = (p) => p.split(/[\\/]/).pop();
-let current = null; // {hit, query, localized}
+/** a short clip that a caption describes as a whole is played whole, its moment marked */
+const WHOLE_CLIP_S = 10;
+/** the smallest span of the saliency scale, per unit: a flat curve is drawn flat */
+const MIN_SPAN = { cosine: 0.2, logit: 4 };
+const UNIT_NAME = { cosine: "query-clip cosine", logit: "saliency logit" };
+let current = null; // {hit, query, loc, stopAt, mediaError}
 
 function setStatus(text) {
   $("status").textContent = text;
@@ -45,14 +54,16 @@ function hitElement(hit, query) {
   button.type = "button";
   button.className = "hit";
   button.dataset.video = String(hit.id);
-  button.dataset.start = String(hit.moment[0]);
-  button.dataset.end = String(hit.moment[1]);
+  button.dataset.start = String(hit.moment.start);
+  button.dataset.end = String(hit.moment.end);
   button.setAttribute("aria-pressed", "false");
   const name = baseName(hit.video);
+  button.title = hit.video; // the full name on hover
+  const length = finite(hit.duration) ? `, ${fmt(hit.duration)} long` : "";
   button.setAttribute(
     "aria-label",
-    `Result ${hit.rank}: ${name}, score ${hit.score.toFixed(3)}, ` +
-      `moment ${fmt(hit.moment[0])} to ${fmt(hit.moment[1])}. Play it.`,
+    `Result ${hit.rank}: ${name}${length}, score ${hit.score.toFixed(3)}, ` +
+      `best match ${span(hit.moment.start, hit.moment.end)}. Play it.`,
   );
   const img = document.createElement("img");
   img.src = withToken(hit.thumbnail);
@@ -65,7 +76,10 @@ function hitElement(hit, query) {
   title.textContent = `${hit.rank}. ${name}`;
   const detail = document.createElement("span");
   detail.className = "detail";
-  detail.textContent = `score ${hit.score.toFixed(3)} · ${fmt(hit.moment[0])}–${fmt(hit.moment[1])}`;
+  const parts = [`score ${hit.score.toFixed(3)}`];
+  if (finite(hit.duration)) parts.push(fmt(hit.duration));
+  parts.push(`match ${span(hit.moment.start, hit.moment.end)}`);
+  detail.textContent = parts.join(" · ");
   meta.append(title, detail);
   button.append(img, meta);
   button.addEventListener("click", () => openHit(hit, query, button));
@@ -74,26 +88,32 @@ function hitElement(hit, query) {
 }
 
 async function runSearch(q, k, push) {
-  q = q.trim();
-  if (!q) return;
+  const text = q.trim();
+  if (!text) {
+    setStatus("Type a sentence describing what happens in the video.");
+    $("q").focus();
+    return;
+  }
   if (push) {
     const next = new URL(location.href);
-    next.searchParams.set("q", q);
+    next.searchParams.set("q", text);
     next.searchParams.set("k", k);
-    history.pushState({ q, k }, "", next);
+    history.pushState({ q: text, k }, "", next);
   }
-  document.title = `${q} — vr`;
+  document.title = `${text} — vr`;
+  $("about").hidden = true;
   setStatus("Searching…");
   $("hits").replaceChildren();
   try {
-    const result = await api.search(q, k);
+    const result = await api.search(text, k);
     const items = result.results.map((hit) =>
       hitElement({ ...hit, generation: result.generation }, result.query),
     );
     $("hits").replaceChildren(...items);
     setStatus(
       items.length
-        ? `${items.length} results for “${result.query}” in ${result.took_ms.toFixed(0)} ms`
+        ? `${items.length} results for “${result.query}” in ${result.took_ms.toFixed(0)} ms ` +
+            `(score: ${result.score_kind})`
         : "No results (the index is empty).",
     );
   } catch (err) {
@@ -106,64 +126,111 @@ function seekTo(video, t) {
   else video.addEventListener("loadedmetadata", () => (video.currentTime = t), { once: true });
 }
 
+/** Where to play: the localized best moment when there is one, else the search's match; a
+ * short clip whose moment covers most of it is played whole. */
+function playRange(hit, loc, duration) {
+  const best = loc && loc.moments.find((m) => finite(m.start) && finite(m.end) && m.end > m.start);
+  const m = best || hit.moment;
+  const whole = duration > 0 && (duration <= WHOLE_CLIP_S || (m.end - m.start) / duration >= 0.6);
+  return whole ? { start: 0, stop: null, moment: m, whole } : { start: m.start, stop: m.end, moment: m, whole };
+}
+
+function info(text) {
+  // a media error stays visible: later messages are added after it
+  const el = $("moment-info");
+  el.textContent = current?.mediaError ? `${current.mediaError} ${text}` : text;
+}
+
 function openHit(hit, query, button) {
   for (const b of document.querySelectorAll(".hit[aria-pressed=true]")) {
     b.setAttribute("aria-pressed", "false");
   }
   button.setAttribute("aria-pressed", "true");
-  const [start, end] = hit.moment;
-  current = { hit, query, stopAt: end };
+  current = { hit, query, loc: null, stopAt: null, mediaError: null };
+  const state = current;
   $("player").hidden = false;
   $("player-title").textContent = `${baseName(hit.video)} — “${query}”`;
-  $("moment-info").textContent = `Best moment ${fmt(start)}–${fmt(end)}; localizing…`;
+  $("player-title").title = hit.video;
+  info("Finding where it happens…");
   const video = $("video");
-  // the media fragment starts playback at the moment (and stops at its end) ...
-  video.src = `${withToken(hit.media)}#t=${start},${end}`;
-  // ... and an explicit seek covers browsers that ignore it
-  video.addEventListener(
-    "loadedmetadata",
-    () => {
-      if (video.currentTime < start || video.currentTime > end) video.currentTime = start;
-      video.play().catch(() => {}); // autoplay may be refused; the controls remain
-    },
-    { once: true },
-  );
+  video.src = withToken(hit.media);
   video.addEventListener(
     "error",
     () => {
-      if (current?.hit !== hit) return;
-      $("moment-info").textContent =
-        "The video could not be loaded (if the index was updated since this search, search again).";
+      if (current !== state) return;
+      state.mediaError = "The video could not be played (its file may be gone, or the index updated: search again).";
+      info("");
     },
     { once: true },
   );
   drawTimeline(null, hit);
   $("player").scrollIntoView({ block: "nearest" });
+  const start = (loc) => {
+    if (current !== state) return;
+    const duration = (loc && loc.duration) || hit.duration || video.duration || 0;
+    const r = playRange(hit, loc, duration);
+    state.stopAt = r.stop;
+    seekTo(video, r.start);
+    video.play().catch(() => {}); // autoplay may be refused; the controls remain
+    return r;
+  };
   api
     .localize(hit.id, query, 3, hit.generation)
     .then((loc) => {
-      if (current?.hit !== hit) return;
+      if (current !== state) return;
+      state.loc = loc;
       drawTimeline(loc, hit);
+      const r = start(loc);
+      const how = loc.method === "head" ? `${loc.head} head` : "zero-shot";
       const best = loc.moments[0];
-      $("moment-info").textContent = best
-        ? `Localized (${loc.method}): best ${fmt(best.start)}–${fmt(best.end)}; ` +
-          "click a band to jump there."
-        : "No moment found.";
+      info(
+        (best ? `Best moment ${span(best.start, best.end)} (score ${best.score.toFixed(2)}, ${how})` : `No moment found (${how})`) +
+          (r.whole ? "; playing the whole clip." : "; playing it. Click a band to play another."),
+      );
     })
-    .catch((err) => ($("moment-info").textContent = `Localize failed: ${err.message}`));
+    .catch((err) => {
+      if (current !== state) return;
+      info(`Localizing failed: ${err.message} Playing the search's match ${span(hit.moment.start, hit.moment.end)}.`);
+      start(null);
+    });
+}
+
+function niceStep(duration) {
+  const target = duration / 8;
+  for (const s of [0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600]) if (s >= target) return s;
+  return 3600;
+}
+
+function drawAxis(duration) {
+  const axis = $("axis");
+  const step = niceStep(duration);
+  const ticks = [];
+  for (let t = 0; t <= duration + 1e-9; t += step) {
+    const tick = document.createElement("span");
+    tick.className = "tick";
+    tick.style.left = `${(t / duration) * 100}%`;
+    tick.textContent = t >= 60 ? `${Math.floor(t / 60)}:${String(Math.round(t % 60)).padStart(2, "0")}` : `${t}${NBSP}s`;
+    ticks.push(tick);
+  }
+  axis.replaceChildren(...ticks);
 }
 
 function drawTimeline(loc, hit) {
   const video = $("video");
-  const duration = loc?.duration || Math.max(hit.moment[1], video.duration || 0) || 1;
-  const bands = $("bands");
-  bands.replaceChildren();
+  const duration = (loc && loc.duration) || hit.duration || Math.max(hit.moment.end, video.duration || 0) || 1;
   const line = $("saliency");
-  if (loc && loc.saliency.length) {
-    const s = loc.saliency;
-    const lo = Math.min(...s);
-    const hi = Math.max(...s);
-    const y = (v) => 95 - (hi > lo ? ((v - lo) / (hi - lo)) * 90 : 45);
+  const s = loc ? loc.saliency.filter(finite) : [];
+  if (s.length) {
+    const unit = loc.saliency_unit;
+    let lo = Math.min(...s);
+    let hi = Math.max(...s);
+    const minSpan = MIN_SPAN[unit] || 0;
+    if (hi - lo < minSpan) {
+      const mid = (hi + lo) / 2;
+      lo = mid - minSpan / 2;
+      hi = mid + minSpan / 2;
+    }
+    const y = (v) => 95 - ((v - lo) / (hi - lo)) * 90;
     const pts = [];
     s.forEach((v, i) => {
       const x0 = ((i * loc.clip_len) / duration) * 1000;
@@ -171,24 +238,41 @@ function drawTimeline(loc, hit) {
       pts.push(`${x0.toFixed(1)},${y(v).toFixed(1)}`, `${x1.toFixed(1)},${y(v).toFixed(1)}`);
     });
     line.setAttribute("points", pts.join(" "));
+    $("scale-hi").textContent = hi.toFixed(2);
+    $("scale-lo").textContent = lo.toFixed(2);
+    $("legend").textContent =
+      `Curve: ${UNIT_NAME[unit] || unit} per ${loc.clip_len}${NBSP}s (scale ${lo.toFixed(2)} to ${hi.toFixed(2)}). ` +
+      "Bands: moments with their score (0–1); dashed: the search's match.";
   } else {
     line.setAttribute("points", "");
+    $("scale-hi").textContent = "";
+    $("scale-lo").textContent = "";
+    $("legend").textContent = loc ? "" : "Dashed: the search's match.";
   }
-  const moments = loc ? loc.moments : [{ ...hit.moment, score: hit.score }];
+  drawAxis(duration);
+  const bands = $("bands");
+  bands.replaceChildren();
+  const match = document.createElement("div");
+  match.className = "match";
+  match.style.left = `${(hit.moment.start / duration) * 100}%`;
+  match.style.width = `${((hit.moment.end - hit.moment.start) / duration) * 100}%`;
+  match.title = `Search match ${span(hit.moment.start, hit.moment.end)}`;
+  bands.append(match);
+  const moments = loc ? loc.moments.filter((m) => finite(m.start) && finite(m.end) && m.end > m.start) : [];
   moments.forEach((m, i) => {
     const band = document.createElement("button");
     band.type = "button";
-    band.className = "band";
+    band.className = i === 0 ? "band best" : "band";
     band.style.left = `${(m.start / duration) * 100}%`;
     band.style.width = `${((m.end - m.start) / duration) * 100}%`;
-    // one lane per moment (best on top), so overlapping windows stay clickable
     band.style.top = `${(i / moments.length) * 100}%`;
     band.style.height = `${100 / moments.length}%`;
-    band.textContent = String(i + 1);
-    band.setAttribute(
-      "aria-label",
-      `Moment ${i + 1}: ${fmt(m.start)} to ${fmt(m.end)}, score ${m.score.toFixed(3)}. Jump there.`,
-    );
+    const label = `#${i + 1} ${span(m.start, m.end)} · ${m.score.toFixed(2)}`;
+    band.textContent = label;
+    band.title = label;
+    band.dataset.start = m.start;
+    band.dataset.end = m.end;
+    band.setAttribute("aria-label", `Moment ${i + 1}: ${fmt(m.start)} to ${fmt(m.end)}, score ${m.score.toFixed(2)}. Play it.`);
     band.addEventListener("click", () => {
       current.stopAt = m.end;
       seekTo(video, m.start);
@@ -196,6 +280,52 @@ function drawTimeline(loc, hit) {
     });
     bands.append(band);
   });
+}
+
+function tooltipAt(event) {
+  const plot = $("plot");
+  const tip = $("tooltip");
+  if (!current) return;
+  const box = plot.getBoundingClientRect();
+  const frac = Math.min(1, Math.max(0, (event.clientX - box.left) / box.width));
+  const loc = current.loc;
+  const duration = (loc && loc.duration) || current.hit.duration || $("video").duration || 0;
+  if (!duration) return;
+  const t = frac * duration;
+  let text = `${t.toFixed(1)}${NBSP}s`;
+  if (loc && loc.saliency.length) {
+    const v = loc.saliency[Math.min(loc.saliency.length - 1, Math.floor(t / loc.clip_len))];
+    if (finite(v)) text += ` · ${UNIT_NAME[loc.saliency_unit] || "score"} ${v.toFixed(3)}`;
+  }
+  tip.textContent = text;
+  tip.style.left = `${frac * 100}%`;
+  tip.hidden = false;
+}
+
+async function showIndexed() {
+  try {
+    const i = await api.info();
+    const hours = i.hours >= 1 ? `${i.hours.toFixed(1)}${NBSP}h` : `${Math.round(i.hours * 60)}${NBSP}min`;
+    $("indexed").textContent = `${i.videos} videos (${hours}) indexed with ${i.model}.`;
+    const items = i.examples.map((text) => {
+      const li = document.createElement("li");
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "example";
+      b.textContent = text;
+      b.addEventListener("click", () => {
+        $("q").value = text;
+        runSearch(text, $("k").value, true);
+      });
+      li.append(b);
+      return li;
+    });
+    $("examples").replaceChildren(...items);
+    $("examples-label").hidden = items.length === 0;
+    if (!new URLSearchParams(location.search).get("q")) $("about").hidden = false;
+  } catch (err) {
+    setStatus(`Error: ${err.message}`);
+  }
 }
 
 function init() {
@@ -210,19 +340,30 @@ function init() {
       video.pause();
     }
   });
+  $("plot").addEventListener("mousemove", tooltipAt);
+  $("plot").addEventListener("mouseleave", () => ($("tooltip").hidden = true));
   $("search-form").addEventListener("submit", (e) => {
     e.preventDefault();
     runSearch($("q").value, $("k").value, true);
   });
   window.addEventListener("popstate", () => fromURL());
   fromURL();
+  showIndexed();
 }
 
 function fromURL() {
   const p = new URLSearchParams(location.search);
   const q = p.get("q") || "";
   const k = p.get("k");
-  if (k && [...$("k").options].some((o) => o.value === k)) $("k").value = k;
+  if (k && /^[1-9][0-9]*$/.test(k)) {
+    // a shared link may ask for a count the menu lacks: it is added, the server bounds it
+    if (![...$("k").options].some((o) => o.value === k)) {
+      const option = new Option(k, k);
+      const after = [...$("k").options].find((o) => Number(o.value) > Number(k));
+      $("k").add(option, after || null);
+    }
+    $("k").value = k;
+  }
   $("q").value = q;
   if (q) runSearch(q, $("k").value, false);
 }

@@ -9,7 +9,7 @@ temporary file and re-raises; the target keeps its old content. Temporary names 
 run) and keep the target's suffix, for writers that choose a format by it (ffmpeg, matplotlib,
 ``np.savez``).
 
-Layer: the bottom of the package, beside ``errors``; imports only the standard library and numpy.
+Imports only the standard library and numpy.
 """
 
 from __future__ import annotations

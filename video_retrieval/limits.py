@@ -1,5 +1,7 @@
-"""Bounds of the numeric options of indexing and search, one table for the CLI, ``vr serve`` and
-the Python API, so that a value one of them accepts the others accept too.
+"""Bounds of the numeric options of indexing, search and localization, one table for the CLI,
+``vr serve`` and the Python API, so that a value one of them accepts the others accept too.
+
+Layer: the bottom of the package, beside ``errors`` and ``schemas``.
 
 Each bound is inclusive; ``None`` means unbounded on that side. The upper bounds stop values that
 would only waste hours before failing (a billion frames per video, a sampling rate of 1e-9 fps
@@ -24,8 +26,9 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "num_frames": (1, 4096, "frames per video"),
     "fps": (0.001, 240.0, "frames per second"),
     "recall_sample": (1, 10_000_000, "sampled vectors"),
-    "target_recall": (0.0, 1.0, "recall@10"),
+    "target_recall": (0.01, 1.0, "recall@10"),
     "top": (1, 100, "moments"),
+    "nms_iou": (0.0, 1.0, "IoU"),
     "patches": (0, 1024, "patch tokens per frame"),
 }
 
@@ -50,3 +53,10 @@ def check(name: str, value, label: str | None = None):
     if (lo is not None and number < lo) or (hi is not None and number > hi):
         raise UserError(f"{label} must be in {lo}..{hi} ({what}), got {value}")
     return int(number) if integral else number
+
+
+def check_query(query) -> str:
+    """The stripped query sentence; an empty one is refused (before any model is loaded)."""
+    if not isinstance(query, str) or not query.strip():
+        raise UserError("the query is empty: give a sentence to search for")
+    return query.strip()
