@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint layers format bench setup clean
+.PHONY: demo test test-slow lint layers mutation format bench setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,11 @@ lint: $(STAMP)
 # the import-linter contracts of pyproject.toml (docs/architecture.md)
 layers: $(STAMP)
 	$(BIN)/python tools/lint_imports.py
+
+# mutation testing of the numeric core (hours on 2 cores; survivors: docs/testing.md);
+# ONLY=metrics limits it to the targets whose path contains that text
+mutation: $(STAMP)
+	$(BIN)/python tools/mutation.py --max-children 2 $(if $(ONLY),--only $(ONLY))
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .

@@ -6,7 +6,9 @@ setuptools' package-dir mapping (``encoders/``, ``temporal/``, ``datasets/`` ins
 the unmutated originals, so this builds a workspace in the installed layout under
 ``build/mutation/`` (sources, tests, configs, a pyproject with the mutmut settings below) and runs
 mutmut there. Results stay in ``build/mutation/mutants/``; ``mutmut results`` / ``mutmut show
-NAME`` run in that folder. Survivors and why each is left: docs/testing.md.
+NAME`` run in that folder. Survivors and why each is left: docs/testing.md. The sources are
+the last commit (``git archive HEAD``), not the working tree, so edits in progress do not
+change what is mutated or break the baseline run.
 
     python tools/mutation.py                 # every target below (hours on 2 cores)
     python tools/mutation.py --only metrics  # the targets whose path contains "metrics"
@@ -46,27 +48,38 @@ TARGETS = {
 
 
 def _sync(src: Path, dst: Path) -> None:
-    """Copy ``src`` over ``dst`` keeping modification times (files that did not change keep
-    theirs, so a rerun of mutmut resumes instead of starting again)."""
+    """Copy ``src`` over ``dst``, only the files whose bytes differ (the others keep their
+    modification times, so a rerun of mutmut resumes instead of starting again)."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(src, dst, ignore=ignore, dirs_exist_ok=True, copy_function=_copy_if_changed)
 
 
 def _copy_if_changed(src: str, dst: str) -> None:
     s, d = Path(src), Path(dst)
-    if not d.exists() or s.stat().st_mtime != d.stat().st_mtime or s.read_bytes() != d.read_bytes():
+    if not d.exists() or s.read_bytes() != d.read_bytes():
         shutil.copy2(s, d)
+
+
+def committed_tree() -> Path:
+    """The last commit's files under ``build/mutation-head/`` (replaced on every run)."""
+    head = ROOT / "build" / "mutation-head"
+    shutil.rmtree(head, ignore_errors=True)
+    head.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(head)], input=archive.stdout, check=True)
+    return head
 
 
 def workspace(targets: dict[str, list[str]]) -> Path:
     """``build/mutation/``: the package in its installed layout, the tests, the configs."""
-    _sync(ROOT / "video_retrieval", WORK / "video_retrieval")
+    src = committed_tree()
+    _sync(src / "video_retrieval", WORK / "video_retrieval")
     for name in MAPPED:
-        _sync(ROOT / name, WORK / "video_retrieval" / name)
+        _sync(src / name, WORK / "video_retrieval" / name)
     for name in ("tests", "configs", "benchmarks"):
-        _sync(ROOT / name, WORK / name)
+        _sync(src / name, WORK / name)
     tests = sorted({t for ts in targets.values() for t in ts})
-    toml = (ROOT / "pyproject.toml").read_text()
+    toml = (src / "pyproject.toml").read_text()
     only = [p + "*" if p.endswith("/") else p for p in targets]
     toml += (
         "\n[tool.mutmut]\n"
