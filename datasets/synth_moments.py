@@ -131,8 +131,11 @@ def plan_moments(seed: int, **params) -> dict:
     n = int(p["num_videos"])
     n_val = int(round(n * float(p["val_fraction"])))
     n_test = int(round(n * float(p["test_fraction"])))
-    if n >= 3:
-        n_val, n_test = max(1, n_val), max(1, n_test)
+    if n >= 3:  # a split asked for gets at least one video; one not asked for (0) gets none
+        n_val = max(1, n_val) if float(p["val_fraction"]) > 0 else 0
+        n_test = max(1, n_test) if float(p["test_fraction"]) > 0 else 0
+    n_test = min(n_test, n)
+    n_val = min(n_val, n - n_test)  # never more videos than num_videos
     n_train = max(0, n - n_val - n_test)
     splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
     videos, queries = {}, {"train": [], "val": [], "test": []}

@@ -417,6 +417,16 @@ def test_moments_determinism(tmp_path):
     ).read_bytes()
 
 
+def test_moment_splits_never_exceed_num_videos(tmp_path):
+    """A split asked to be empty stays empty (vr demo's 3 long videos are 3 test videos, not a
+    val video more)."""
+    out = generate_moments(tmp_path / "d", seed=3, num_videos=3, val_fraction=0.0,
+                           test_fraction=1.0, min_duration=30, max_duration=32)  # fmt: skip
+    names = sorted(p.name for p in (tmp_path / "d" / "videos").iterdir())
+    assert names == ["synmom0000_test.mp4", "synmom0001_test.mp4", "synmom0002_test.mp4"]
+    assert out["videos"] == {"train": 0, "val": 0, "test": 3}
+
+
 # ------------------------------------------------------------------------------------- CLI
 
 

@@ -30,7 +30,7 @@ def test_demo_reduced(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())
-    assert s["videos"] == 16 and len(s["searches"]) == 2
+    assert s["videos"] == 16 + 1 and len(s["searches"]) == 2  # the long video is indexed too
     for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
         assert step in printed
     assert "<- the described video" in printed  # a search found its own video among the top 3

@@ -3,6 +3,8 @@ Range requests, proxies of non-playable codecs, thumbnails, and the same answers
 
 from __future__ import annotations
 
+import json
+
 import io
 import os
 import re
@@ -145,6 +147,28 @@ def test_search_gives_the_cli_rows_plus_id_and_urls(client, state, world):
     assert body["results"][0]["id"] == cap["id"]
 
 
+def test_vr_search_json_and_the_http_api_give_identical_answers(client, world, capsys):
+    """One shape: `vr search --json` and GET /api/search give the same answer, row for row,
+    apart from the HTTP URLs and the time taken."""
+    from video_retrieval.cli import main
+
+    for cap in world["captions"][:2]:
+        for rerank in ("none", "cliprerank"):
+            rc = main(["search", cap["caption"], "--index", str(world["index"]), "-k", "5",
+                       "--rerank", rerank, "--json"])  # fmt: skip
+            cli = json.loads(capsys.readouterr().out)
+            assert rc == 0
+            http = client.get(
+                "/api/search", params={"q": cap["caption"], "k": 5, "rerank": rerank}
+            ).json()
+            assert {k: v for k, v in http.items() if k not in ("results", "took_ms")} == {
+                k: v for k, v in cli.items() if k != "results"
+            }
+            rows = [{k: v for k, v in r.items() if k not in ("thumbnail", "media")}
+                    for r in http["results"]]  # fmt: skip
+            assert rows == cli["results"]
+
+
 def test_search_rerank_choice_and_whitespace(client, state, world):
     q = world["captions"][2]["caption"]
     r = client.get("/api/search", params={"q": f"  {q}  ", "k": 3, "rerank": "none"}).json()
@@ -272,6 +296,28 @@ def test_localize_bad_inputs(client, state):
     )
     assert error_of(get(q="a"), 422) == "id: Field required"
     assert "at most" in error_of(get(id=0, q="y" * 301), 422)
+    assert (
+        error_of(get(id=0, q="a", nms=1.5), 422) == "nms: Input should be less than or equal to 1"
+    )
+
+
+def test_localize_suppresses_overlapping_moments_unless_asked(client, world):
+    from video_retrieval.moments.localize import window_iou
+
+    cap = world["captions"][1]
+    params = {"id": cap["id"], "q": cap["caption"], "top": 8}
+    default = client.get("/api/localize", params=params).json()
+    every = client.get("/api/localize", params={**params, "nms": 1.0}).json()
+    assert default["nms_iou"] == 0.5 and every["nms_iou"] == 1.0
+
+    def worst_overlap(moments):
+        return max(window_iou((a["start"], a["end"]), (b["start"], b["end"]))
+                   for i, a in enumerate(moments) for b in moments[i + 1 :])  # fmt: skip
+
+    assert worst_overlap(default["moments"]) <= 0.5
+    # without suppression the overlapping candidates come back (the zero-shot windows of a
+    # 4-s clip overlap a lot)
+    assert worst_overlap(every["moments"]) > 0.5
 
 
 def test_localize_with_the_moment_head_encodes_each_video_once(world, tmp_path):

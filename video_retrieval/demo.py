@@ -177,12 +177,18 @@ def run_demo(
         f"{world['moments']['queries']['test']} moment queries"
     )
 
-    _say(f"\n[2/5] Indexing {coll / 'videos'} with the demo model {ckpt.name}")
-    # the checkpoint's own sampling (8 frames between the first and last frame centres)
-    index = Index.build([coll / "videos"], out / "index", checkpoint=str(ckpt), batch_size=64)
-    summ = index.build_summary or {}
+    long_dir = out / "long_videos"
     _say(
-        f"      indexed {len(index)} videos ({summ.get('frames', '?')} frames), index at {out / 'index'}"
+        f"\n[2/5] Indexing {coll / 'videos'} and {long_dir / 'videos'} with the demo model {ckpt.name}"
+    )
+    # the checkpoint's own sampling (8 frames between the first and last frame centres)
+    index = Index.build([coll / "videos", long_dir / "videos"], out / "index",
+                        checkpoint=str(ckpt), batch_size=64)  # fmt: skip
+    summ = index.build_summary or {}
+    n_long = len(list((long_dir / "videos").glob("*.mp4")))
+    _say(
+        f"      indexed {len(index)} videos ({len(index) - n_long} short, {n_long} long; "
+        f"{summ.get('frames', '?')} frames), index at {out / 'index'}"
     )
 
     from video_retrieval.index.search import resolve_rerank
@@ -194,7 +200,6 @@ def run_demo(
     shown = run_searches(index, captions, searches, k=3)
 
     _say("\n[4/5] Localizing a query inside a long video")
-    long_dir = out / "long_videos"
     queries = _read_jsonl(long_dir / "test.jsonl")
     q = queries[0]
     plot = out / "localize.png"
@@ -230,6 +235,8 @@ def run_demo(
     if default not in ret:
         ret[default] = evaluate_retrieval(index, captions, rerank=default)["t2v"]
     chance = 100.0 / max(1, len(index))
+    _say(f"      retrieval: {len(captions)} captions of the short videos, each ranking all "
+         f"{len(index)} videos")  # fmt: skip
     label = {"none": "stage 1 only", "cliprerank": "+ CLIPRerank"}
     for rr, m in ret.items():
         mark = "  <- the default search" if rr == default else ""

@@ -155,3 +155,12 @@ def shown(text: str) -> str:
         else:
             out.append(ch.encode("unicode_escape").decode("ascii"))
     return "".join(out)
+
+
+def shown_path(path) -> str:
+    """A file's path for text output: relative to the working folder when it is inside it (what
+    the user typed), else absolute; escaped as ``shown``. ``--json`` keeps absolute paths."""
+    import os
+
+    rel = os.path.relpath(os.fspath(path))
+    return shown(os.fspath(path) if rel.startswith(".." + os.sep) or rel == ".." else rel)

@@ -49,8 +49,18 @@ def run(args) -> int:
         moment_checkpoint=args.moment_checkpoint,
         clip_checkpoint=args.clip_checkpoint,
     )
+    from video_retrieval.models.assets import DEMO_MOMENTS
+
     index = os.path.join(args.out, "index")
+    head = args.moment_checkpoint or _short(DEMO_MOMENTS)
     print(
-        f"\nSearch and watch it in a browser: vr serve --index {index}  (open http://127.0.0.1:8000/)"
+        f"\nSearch and watch it in a browser (open http://127.0.0.1:8000/):\n"
+        f"  vr serve --index {index} --localize-checkpoint {head}"
     )
     return 0
+
+
+def _short(path) -> str:
+    """``path`` relative to the working folder when it is inside it (the README's commands)."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from video_retrieval.cli.common import add_model_arguments, bounded, shown
+from video_retrieval.cli.common import add_model_arguments, bounded, shown_path
 from video_retrieval.datasets.text_files import json_line, text_lines
 from video_retrieval.errors import UserError
 from video_retrieval.media.atomic import atomic_path
@@ -95,7 +95,7 @@ def run(args) -> int:
         print()
         return 0
     how = f"{res['head']} head" if res["method"] == "head" else f"zero-shot ({res['features']})"
-    print(f'{shown(res["video"])} ({res["duration"]:.1f} s): "{res["query"]}", {how}')
+    print(f'{shown_path(res["video"])} ({res["duration"]:.1f} s): "{res["query"]}", {how}')
     print("rank  start - end        score (0-1)")
     for i, m in enumerate(res["moments"], start=1):
         print(f"{i:>4}  {m['start']:7.2f} - {m['end']:7.2f} s  {m['score']:.3f}")

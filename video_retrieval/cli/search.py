@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from video_retrieval.cli.common import bounded, shown
+from video_retrieval.cli.common import bounded, shown_path
 
 
 def add_arguments(parser) -> None:
@@ -67,7 +67,7 @@ def _print_hits(hits, kind: str) -> None:
     print(f"rank  score ({kind})  video  best moment  thumbnail")
     for h in hits:
         print(
-            f"{h.rank:>4}  {h.score:+.4f}  {shown(h.video)}  "
+            f"{h.rank:>4}  {h.score:+.4f}  {shown_path(h.video)}  "
             f"{h.moment.start:.2f}-{h.moment.end:.2f} s  {h.thumbnail_time:.2f} s"
         )
 
