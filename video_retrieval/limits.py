@@ -60,3 +60,24 @@ def check_query(query) -> str:
     if not isinstance(query, str) or not query.strip():
         raise UserError("the query is empty: give a sentence to search for")
     return query.strip()
+
+#: the aggregators ``--rerank`` may name (``temporal.AGGREGATORS``; a test keeps the two equal),
+#: known here so that a mistyped reranker is refused before torch is imported
+AGGREGATOR_NAMES = (
+    "mean",
+    "query_scored",
+    "seq_lstm",
+    "seq_transformer",
+    "tight_transformer",
+    "ucofia",
+)
+
+
+def check_rerank(spec: str) -> str:
+    """``--rerank``'s value: auto, none, cliprerank, an aggregator name or an existing file."""
+    import os
+
+    if spec in ("auto", "none", "cliprerank", *AGGREGATOR_NAMES) or os.path.exists(spec):
+        return spec
+    known = ", ".join(["auto", "none", "cliprerank", *AGGREGATOR_NAMES])
+    raise UserError(f"unknown reranker {spec!r}: use one of {known}, or a checkpoint path")

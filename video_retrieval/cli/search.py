@@ -23,11 +23,18 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--index",
-        required=True,
         action="append",
         metavar="DIR",
         help="index directory built by vr index; repeat it to search several indexes built "
-        "with one model (hits merged by score)",
+        "with one model (hits merged by score); required unless --server",
+    )
+    parser.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help="send the search to a running vr serve (e.g. http://127.0.0.1:8000; default: "
+        "$VR_SERVER) and print its answer as a local search would, without loading any model; "
+        "its token from $VR_SERVE_TOKEN; the server's --candidates and CLIPRerank settings apply",
     )
     parser.add_argument("-k", type=bounded("k"), default=10, help="results to return (default 10)")
     parser.add_argument(
@@ -121,15 +128,22 @@ def run_many(args, indexes) -> int:
 
 
 def run(args) -> int:
+    from video_retrieval.cli import remote
     from video_retrieval.errors import UserError
-    from video_retrieval.limits import check_query
+    from video_retrieval.limits import check_query, check_rerank
 
+    url = remote.server_url(args)
+    if url is None and not args.index:
+        raise UserError("--index DIR is required (or --server URL: a running vr serve)")
     # what can be refused without a model is refused before torch is imported (~1.5 s)
     if (args.query is None) == (args.queries is None):
         raise UserError('give one query ("QUERY") or --queries FILE, not both' if args.queries
                         else 'give a query to search for ("QUERY") or --queries FILE')  # fmt: skip
     if args.queries is None:
         check_query(args.query)
+    if url is not None:
+        return remote.search(args, url, _print_hits)
+    check_rerank(args.rerank)
     from video_retrieval.index.api import Index
     from video_retrieval.index.search import resolve_rerank, results_json, score_kind
     from video_retrieval.models.weights import warn_if_random

@@ -36,9 +36,10 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--rerank",
         default="auto",
-        help="default reranker: auto | none | cliprerank | a checkpoint path (default auto, as "
-        "vr search: none over a trained temporal aggregator's index, cliprerank otherwise); "
-        "requests may choose auto, none, cliprerank or this one",
+        help="default reranker: auto | none | cliprerank | query_scored | mean | a checkpoint "
+        "path (auto, as vr search: query_scored when the index's median video is 30 s or "
+        "longer, none for shorter ones); requests may choose auto, none, cliprerank, "
+        "query_scored, mean or this one",
     )
     parser.add_argument(
         "--candidates",
@@ -122,7 +123,10 @@ def run(args) -> int:
         reload_interval=args.reload_interval,
     ).check()
     check_port_free(config.host, config.port)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # our own messages at INFO; libraries only when something is wrong (faiss names every
+    # SIMD build it tries, open_clip how it found the tokenizer)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("video_retrieval").setLevel(logging.INFO)
     logging.getLogger("video_retrieval.web.access").setLevel(
         logging.INFO if args.access_log else logging.WARNING
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from video_retrieval.datasets.text_files import read_query_file  # noqa: F401  (re-exported)
 from video_retrieval.errors import UserError
 from video_retrieval.index.rerank import (
     QueryFeatures,
@@ -49,40 +50,4 @@ def check_queries(queries) -> list[str]:
         out.append(q.strip())
     if not out:
         raise UserError("no queries given")
-    return out
-
-
-def read_query_file(path, flag: str = "--queries") -> list[tuple[int, str]]:
-    """(line number, query) of a queries file: one query per line, or ``captions.jsonl`` lines
-    (a JSON object with a ``"caption"``, or ``"query"``, string). Blank lines are skipped; an
-    invalid line is a ``UserError`` naming it."""
-    import json
-    from pathlib import Path
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{flag}: no such file: {path}")
-    out = []
-    try:
-        with open(p, encoding="utf-8") as f:
-            for n, raw in enumerate(f, start=1):
-                line = raw.strip()
-                if not line:
-                    continue
-                if line.startswith("{"):
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise UserError(f"{path} line {n}: not valid JSON ({exc.msg})") from None
-                    text = obj.get("caption", obj.get("query"))
-                    if not isinstance(text, str):
-                        raise UserError(f'{path} line {n}: no "caption" string')
-                    line = text.strip()
-                    if not line:
-                        raise UserError(f"{path} line {n}: the caption is empty")
-                out.append((n, line))
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a UTF-8 text file") from None
-    if not out:
-        raise UserError(f"{path}: no queries (the file is empty)")
     return out
