@@ -117,6 +117,35 @@ def add_arguments(parser) -> None:
         help="collection vectors (each with its own row left out of its answers, kept out of the quantizer training) and at most as many captions that recall is measured on",
     )
     parser.add_argument(
+        "--store",
+        default=None,
+        choices=["faiss", "milvus"],
+        help="where the vectors go: faiss (files in --index) or milvus (pooled vectors and "
+        "frames in Milvus; --index keeps the metadata) (default: the index's own; faiss for a "
+        "new index, milvus when a --milvus-* option is given)",
+    )
+    parser.add_argument(
+        "--milvus-uri",
+        default=None,
+        metavar="URI",
+        help="--store milvus: a Milvus Lite file (PATH.db, embedded) or a server "
+        "(http://host:19530) (default: the index's own; INDEX/milvus.db for a new index)",
+    )
+    parser.add_argument(
+        "--milvus-collection",
+        default=None,
+        metavar="NAME",
+        help="--store milvus: prefix of the collections NAME_videos, NAME_frames (and "
+        "NAME_patches) (default: the index's own; vr_ + the index folder's name)",
+    )
+    parser.add_argument(
+        "--milvus-token",
+        default=None,
+        metavar="TOKEN",
+        help="--store milvus: the server's token (user:password or an API key; never written "
+        "to the index; default: $VR_MILVUS_TOKEN, which every vr command reads)",
+    )
+    parser.add_argument(
         "--prune", action="store_true", help="drop indexed files that no longer exist"
     )
     parser.add_argument(
@@ -152,6 +181,9 @@ def _print_summary(s: dict) -> None:
         f"index {s['index']}: {s['videos']} videos, {s['frames']} frames, "
         f"ANN {summary_line(s['ann'])}"
     )
+    if s.get("store", {}).get("kind") == "milvus":
+        names = ", ".join(n for n in s["store"]["collections"].values() if n)
+        print(f"vectors in Milvus {s['store']['uri']}: {names}")
     print(f"weights: {weights_line(s['weights'])}; sampling: {s['sampling']}")
     if s["missing"]:
         print(f"{s['missing']} indexed file(s) no longer exist (use --prune to drop them)")
@@ -210,6 +242,10 @@ def run(args) -> int:
         recall_captions=args.recall_captions,
         recall_sample=args.recall_sample,
         num_nodes=args.num_nodes,
+        store=args.store,
+        milvus_uri=args.milvus_uri,
+        milvus_collection=args.milvus_collection,
+        milvus_token=args.milvus_token,
         wait=not args.no_wait,
         progress=False if (args.no_progress or args.json) else None,
     )

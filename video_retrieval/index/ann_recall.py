@@ -133,18 +133,22 @@ def recall_sample(x: np.ndarray, sample: int, text_queries=None, seed: int = 0) 
     )
 
 
-def measure_recall(index, x: np.ndarray, rs: RecallSample, rerank: int = 0) -> dict:
+def measure_recall(index, x: np.ndarray, rs: RecallSample, rerank: int = 0, search=None) -> dict:
     """Recall@k of ``index`` (as searched with its current parameters) on the sample:
-    ``{"all", "video", "text"}`` (None where there were no such queries)."""
+    ``{"all", "video", "text"}`` (None where there were no such queries). ``search(q, k)``
+    (rows [Q,k], -1 = none) replaces the FAISS search: another engine's (``milvus_ann``)."""
     if not len(rs.queries):
         return {"all": 1.0, "video": None, "text": None}
 
-    def search(q, k):  # as vr search asks: k results (+1 for a video query's own row)
+    def faiss_search(q, k):  # as vr search asks: k results (+1 for a video query's own row)
         if not len(q):
             return np.zeros((0, k), np.int64)
         if rerank:
             return ann_search(index, q, k, rerank_from=x, rerank=rerank)[1]
         return ann_search(index, q, k)[1]
+
+    if search is None:
+        search = faiss_search
 
     nv = rs.n_video
     kv = int(rs.k[0]) + 1 if nv else 1

@@ -254,9 +254,9 @@ def finalize(
 
 
 def encode_local(
-    items, cfg: IndexConfig, encoder, index_dir, run: int, progress: bool
+    items, cfg: IndexConfig, encoder, index_dir, run: int, progress: bool, sink=None
 ) -> ShardWriter:
-    writer = ShardWriter(index_dir, run, 0, cfg.shard_size, cfg.shard_frames)
+    writer = ShardWriter(index_dir, run, 0, cfg.shard_size, cfg.shard_frames, sink)
     if not items:
         return writer
     loader = make_loader(items, cfg.sampling(), getattr(encoder, "image_size", None), cfg.workers)
@@ -343,8 +343,15 @@ def run_indexing(inputs, index_dir, cfg: IndexConfig | None = None) -> dict | No
 def _open_for_writing(index_dir: Path, cfg: IndexConfig):
     """Models, resolved config, fingerprint and manifest of a run (the manifest is written for
     a new index, and checked against the run's settings for an existing one)."""
+    from video_retrieval.index import milvus_write
+
     store.clean_temp_files(index_dir)
     manifest = store.read_manifest(index_dir)
+    cfg = milvus_write.resolve_store(index_dir, cfg, manifest)
+    if cfg.store == "milvus":
+        from video_retrieval.index.milvus_ann import check_kind
+
+        check_kind(cfg.ann)
     if manifest is not None:
         cfg = reuse_index_settings(cfg, manifest)
     cfg = replace(cfg, patches=int(cfg.patches or 0))
@@ -355,6 +362,8 @@ def _open_for_writing(index_dir: Path, cfg: IndexConfig):
         diff = store.fingerprint_mismatch(manifest["fingerprint"], fp)
         if diff:
             raise mismatch_error(index_dir, manifest, diff)
+        if cfg.store == "milvus":  # its collections checked (and a new --milvus-uri taken)
+            manifest["store"] = milvus_write.open_store(index_dir, cfg, manifest, encoder.embed_dim)
     else:
         _check_fresh_folder(index_dir)
         manifest = {
@@ -365,6 +374,8 @@ def _open_for_writing(index_dir: Path, cfg: IndexConfig):
             "counts": {"videos": 0, "frames": 0, "shards": 0, "failures": 0},
             "complete": False,
         }
+        if cfg.store == "milvus":  # the collections exist before any shard is inserted
+            manifest["store"] = milvus_write.open_store(index_dir, cfg, manifest, encoder.embed_dim)
         atomic_write_json(index_dir / store.MANIFEST, manifest)
     warn_if_random(manifest_weights(manifest))
     return encoder, pool_agg, cfg, manifest
@@ -407,6 +418,12 @@ def _run_locked(paths: list[Path], index_dir: Path, cfg: IndexConfig) -> dict:
         "embed_dim": manifest["embed_dim"],
     }
     store.Journal(index_dir, run, 0).append(config_event, *events)
+    sink = None
+    if cfg.store == "milvus":
+        from video_retrieval.index import milvus_write
+
+        sink = milvus_write.make_sink(cfg, index_dir, manifest["store"])
+        milvus_write.clean_killed_runs(sink.calls, manifest["store"], state, run)
 
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     t_enc = time.perf_counter()
@@ -423,10 +440,11 @@ def _run_locked(paths: list[Path], index_dir: Path, cfg: IndexConfig) -> dict:
             "index_dir": str(index_dir),
             "run": run,
             "image_size": getattr(encoder, "image_size", None),
+            "milvus": manifest.get("store") if cfg.store == "milvus" else None,
         }
         ddp.predict_distributed(plan, IndexConfig(**conf), encoder)
     else:
-        encode_local(todo, cfg, encoder, index_dir, run, progress)
+        encode_local(todo, cfg, encoder, index_dir, run, progress, sink)
     enc_seconds = time.perf_counter() - t_enc
 
     state = store.replay(index_dir)
@@ -437,7 +455,12 @@ def _run_locked(paths: list[Path], index_dir: Path, cfg: IndexConfig) -> dict:
         if p in new_paths and v["shard"].startswith(f"{run:05d}-")
     ]
     frames_now = int(sum(v["length"] for v in encoded_now))
-    manifest = finalize(index_dir, state, pool_agg, manifest, ann_opts)
+    if cfg.store == "milvus":
+        manifest = milvus_write.finalize(
+            index_dir, state, pool_agg, manifest, ann_opts, pool_videos, cfg.milvus_token, run
+        )
+    else:
+        manifest = finalize(index_dir, state, pool_agg, manifest, ann_opts)
     store.remove_orphans(index_dir, state, keep=store.referenced_shards(index_dir, manifest))
     given = {str(p) for p in paths}
     failed = [
@@ -456,6 +479,7 @@ def _run_locked(paths: list[Path], index_dir: Path, cfg: IndexConfig) -> dict:
         "videos": manifest["counts"]["videos"],
         "frames": manifest["counts"]["frames"],
         "ann": manifest["ann"],
+        "store": store.store_summary(manifest),
         "weights": manifest_weights(manifest),
         "sampling": manifest["fingerprint"]["sampling"],
         "device": str(encoder.device),

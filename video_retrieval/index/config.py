@@ -5,7 +5,7 @@ flag that differs in one line)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from video_retrieval.errors import UserError
@@ -59,6 +59,12 @@ class IndexConfig:
     backend: str = "open_clip"  # or "hf": a Hugging Face CLIP directory / hub id as ``model``
     wait: bool = True  # another writer holds the index: wait (False: one-line error)
     encoder_spec: dict | None = None  # set from an existing index's manifest (reuse its model)
+    # where the vectors go: "faiss" (files in the index folder) or "milvus"; None: the index's
+    # own (faiss for a new index, milvus when a --milvus-* option is given)
+    store: str | None = None
+    milvus_uri: str | None = None  # a Milvus Lite .db path or http(s)://host:19530
+    milvus_collection: str | None = None  # the collections' name prefix
+    milvus_token: str | None = field(default=None, repr=False)  # never written anywhere
 
     def model_flags_given(self) -> bool:
         return bool(
@@ -67,7 +73,10 @@ class IndexConfig:
         )  # fmt: skip
 
     def check(self) -> IndexConfig:
-        """Refuse numeric options outside ``limits.BOUNDS`` (the bounds of the CLI flags)."""
+        """Refuse numeric options outside ``limits.BOUNDS`` (the bounds of the CLI flags) and
+        an unknown store."""
+        if self.store not in (None, "faiss", "milvus"):
+            raise UserError(f"--store {self.store!r}: choose faiss or milvus")
         for name in ("batch_size", "workers", "devices", "num_nodes", "shard_size",
                      "recall_sample", "fps", "num_frames", "patches", "target_recall"):  # fmt: skip
             value = getattr(self, name)

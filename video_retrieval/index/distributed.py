@@ -174,8 +174,13 @@ def predict_distributed(plan: dict | None, cfg, encoder) -> bool:
 
         def setup(self, trainer, pl_module, stage):
             p, c = trainer.datamodule.plan, trainer.datamodule.cfg
+            sink = None
+            if p.get("milvus"):  # every rank inserts its frames into Milvus itself
+                from video_retrieval.index.milvus_write import make_sink
+
+                sink = make_sink(c, p["index_dir"], p["milvus"])
             self.writer = ShardWriter(
-                p["index_dir"], p["run"], trainer.global_rank, c.shard_size, c.shard_frames
+                p["index_dir"], p["run"], trainer.global_rank, c.shard_size, c.shard_frames, sink
             )
 
         def write_on_batch_end(

@@ -438,6 +438,13 @@ def read_manifest(index_dir) -> dict | None:
     return m
 
 
+def store_summary(manifest: dict) -> dict:
+    """Where the index's vectors are: ``{"kind": "faiss"}`` (this folder) or Milvus's URI and
+    collections (``{"kind": "milvus", "uri", "collections"}``, ``index.milvus``)."""
+    entry = manifest.get("store") or {"kind": "faiss"}
+    return {k: entry[k] for k in ("kind", "uri", "collections") if k in entry}
+
+
 def fingerprint_mismatch(a: dict, b: dict) -> list[str]:
     """The fingerprint keys on which two fingerprints differ (empty when equal)."""
     return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

@@ -194,8 +194,13 @@ def encode_videos(encoder, items: list[dict], batch_size: int, patch_topk: int =
 class ShardWriter:
     """Buffers encoded videos into shards; each shard is written atomically, then committed."""
 
-    def __init__(self, index_dir, run: int, rank: int = 0, shard_size=64, shard_frames=8192):
+    def __init__(
+        self, index_dir, run: int, rank: int = 0, shard_size=64, shard_frames=8192, sink=None
+    ):
         self.index_dir = Path(index_dir)
+        # where a shard's frames go: files in the index folder (``files.write_shard``), or
+        # Milvus (``milvus_write.MilvusSink``); either returns the files' checksums
+        self.sink = sink or store.write_shard
         self.run, self.rank = run, rank
         self.shard_size, self.shard_frames = shard_size, shard_frames
         self.journal = store.Journal(index_dir, run, rank)
@@ -244,7 +249,7 @@ class ShardWriter:
         if self.buffer[0][2] is not None:
             patches = np.concatenate([p for _, _, p in self.buffer])
         frames = np.concatenate([e for _, e, _ in self.buffer])
-        files = store.write_shard(self.index_dir, name, frames, metas, patches)
+        files = self.sink(self.index_dir, name, frames, metas, patches)
         # the journal line holds everything the shard's .json does, and the files' checksums,
         # so that either can rebuild the other
         self.journal.append({"event": "shard", "shard": name, "videos": metas, "files": files})

@@ -12,6 +12,10 @@ newest one on disk, so a reader that opened it keeps working across one update; 
 generation is gone (two updates while it was open) the reader gets ``GenerationGone`` and
 ``api.Index`` reopens the newest generation and tries once more, instead of calling a healthy
 index damaged.
+
+An index built with ``--store milvus`` keeps its pooled vectors, frames and patch tokens in
+Milvus: the same methods then read them through ``milvus_read`` (search filtered to the opened
+generation; ``pooled`` is a view that looks rows up), and the folder holds only metadata.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class IndexStore:
         self._shard_cache: dict[str, np.ndarray] = {}
         self._shard_records: dict | None = None
         self.build_summary: dict | None = None
+        self._milvus = None  # milvus_read.MilvusVectors of a --store milvus index
 
     # construction
     @classmethod
@@ -121,6 +126,13 @@ class IndexStore:
                 d, d / files["videos"], f"lists {len(videos)} videos, the manifest "
                 f"{manifest['counts']['videos']}"
             )  # fmt: skip
+        if (manifest.get("store") or {}).get("kind") == "milvus":
+            from video_retrieval.index.milvus_read import MilvusVectors, PooledView
+
+            vectors = MilvusVectors(d, manifest, videos)
+            idx = cls(d, manifest, videos, PooledView(vectors))
+            idx._milvus = vectors
+            return idx
         pooled = load_index_npy(d, d / files["pooled"])
         if pooled.ndim != 2 or pooled.shape[0] != len(videos):
             raise IndexDamaged(
@@ -206,7 +218,11 @@ class IndexStore:
         return describe(self.manifest.get("ann"))
 
     def ann(self):
-        """The FAISS index, with the search parameter ``vr index`` tuned (efSearch / nprobe)."""
+        """The FAISS index, with the search parameter ``vr index`` tuned (efSearch / nprobe)
+        (a Milvus index: its loaded collection)."""
+        if self._milvus is not None:
+            self._milvus.load()
+            return self._milvus
         if self._ann is None:
             from video_retrieval.index.ann import load_ann
 
@@ -235,13 +251,16 @@ class IndexStore:
         from video_retrieval.index.ann import ann_search, search_params
 
         _, depth = search_params(self.ann_info)
-        if depth:
+        if self._milvus is not None:
+            self._check_milvus_generation()
+            scores, rows = self._milvus.search(queries, k)
+        elif depth:
             scores, rows = ann_search(self.ann(), queries, k, rerank_from=self.pooled, rerank=depth)
         else:
             scores, rows = ann_search(self.ann(), queries, k)
         found = scores[rows >= 0]
         if found.size and (np.abs(found).max() > 1 + SCORE_SLACK or not np.isfinite(found).all()):
-            path = self.dir / manifest_files(self.manifest)["ann"]
+            path = self.dir / manifest_files(self.manifest).get("ann", "manifest.json")
             raise IndexDamaged(self.dir, path, "answers scores that are not cosines (corrupt)")
         return scores, rows
 
@@ -252,6 +271,16 @@ class IndexStore:
         except UserError:
             return False
         return bool(on_disk) and on_disk.get("generation") != self.manifest.get("generation")
+
+    def _check_milvus_generation(self) -> None:
+        """A Milvus index deletes the rows removed two generations ago: a reader whose
+        generation is older than the one before the newest would miss them."""
+        try:
+            on_disk = read_manifest(self.dir) or {}
+        except UserError:
+            return
+        if int(on_disk.get("generation", 0)) >= int(self.manifest.get("generation", 0)) + 2:
+            raise GenerationGone(self.dir, self.dir / "manifest.json", "moved two generations on")
 
     def _damaged(self, path: Path, why: str) -> IndexDamaged:
         """The error for a file of this generation: ``GenerationGone`` when it is missing
@@ -297,6 +326,9 @@ class IndexStore:
     def frames(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Stored frame embeddings (float32 [T,D]) and timestamps (s) of video row ``i``."""
         v = self.videos[i]
+        if self._milvus is not None:
+            self._check_milvus_generation()
+            return self._milvus.frames(i), np.asarray(v["timestamps"])
         arr = self._shard(i)
         o, n = v["offset"], v["length"]
         return np.asarray(arr[o : o + n], dtype=np.float32), np.asarray(v["timestamps"])
@@ -311,6 +343,10 @@ class IndexStore:
         if not self.patch_topk:
             raise UserError(f"index {self.dir} stores no patch tokens: rebuild it with --patches K")
         v = self.videos[i]
+        if self._milvus is not None:
+            self._check_milvus_generation()
+            flat = self._milvus.frames(i, "patches")
+            return flat.reshape(len(flat), self.patch_topk, self.embed_dim)
         arr = self._shard(i, patches=True)
         o, n = v["offset"], v["length"]
         return np.asarray(arr[o : o + n], dtype=np.float32)
