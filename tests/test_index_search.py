@@ -188,12 +188,15 @@ def test_search_cli_json_schema_and_refusals(index_dir, capsys):
     out = json.loads(cap.out)
     assert rc == 0 and set(out) == {
         "query",
+        "query_kind",
+        "example",
         "results",
         "weights",
         "rerank",
         "score_kind",
         "generation",
     }
+    assert out["query_kind"] == "text" and out["example"] is None
     assert out["score_kind"] == "cosine" and out["generation"] == 1
     assert out["query"] == "a blue box" and out["rerank"] == "none"  # auto: short videos
     assert out["weights"] == {"kind": "random", "model": "vr-tiny", "seed": 0}
@@ -201,7 +204,8 @@ def test_search_cli_json_schema_and_refusals(index_dir, capsys):
     assert len(out["results"]) == 2
     for r in out["results"]:
         assert set(r) == {"rank", "id", "video", "score", "base_score", "moment", "thumbnail_time",
-                          "duration"}  # fmt: skip
+                          "duration", "matched_frame_time"}  # fmt: skip
+        assert r["matched_frame_time"] is None  # a text query matches no image
         assert r["score"] == r["base_score"]  # no reranking: the stage-1 cosine
         assert set(r["moment"]) == {"start", "end"} and Path(r["video"]).is_absolute()
     assert main(["search", "   ", "--index", str(index_dir / "idx")]) == 2

@@ -101,6 +101,8 @@ def test_vr_search_queries_file_prints_one_json_line_per_query(world, capsys):
     assert [r["line"] for r in rows] == [1, 3, 4, 5, 6]  # the blank line 2 is skipped
     assert set(rows[0]) == {
         "query",
+        "query_kind",
+        "example",
         "results",
         "rerank",
         "score_kind",

@@ -30,6 +30,9 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "top": (1, 100, "moments"),
     "nms_iou": (0.0, 1.0, "IoU"),
     "patches": (0, 1024, "patch tokens per frame"),
+    "image_weight": (0.0, 1.0, "weight of the image in a text + image query"),
+    "seconds": (0.0, 10_000_000.0, "seconds into the video"),
+    "max_seconds": (0.1, 86_400.0, "seconds per exported clip"),
 }
 
 
@@ -60,6 +63,7 @@ def check_query(query) -> str:
     if not isinstance(query, str) or not query.strip():
         raise UserError("the query is empty: give a sentence to search for")
     return query.strip()
+
 
 #: the aggregators ``--rerank`` may name (``temporal.AGGREGATORS``; a test keeps the two equal),
 #: known here so that a mistyped reranker is refused before torch is imported

@@ -42,6 +42,11 @@ class Hit(BaseModel):
     moment: Span = Field(description="the best-matching stretch of the video")
     thumbnail_time: float = Field(description="seconds: the best-matching frame")
     duration: float | None = Field(None, description="seconds: the whole video")
+    matched_frame_time: float | None = Field(
+        None,
+        description="seconds: for an image query, the stored frame most like the image; for a "
+        "clip query, the stored frame the clip's first frame was aligned with (null for text)",
+    )
 
     def to_dict(self) -> dict:
         """The hit as ``vr search --json`` prints it."""
@@ -51,7 +56,15 @@ class Hit(BaseModel):
 class SearchResult(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    query: str
+    query: str = Field(description="the text searched for (for a query by example: what it was)")
+    query_kind: str = Field(
+        "text",
+        description="text, image, text+image, video (a clip of a file) or like (an "
+        "indexed video: more like this)",
+    )
+    example: dict | None = Field(
+        None, description="a query by example: its images, video and range, or index id"
+    )
     rerank: str = Field(description="the reranker used (auto resolved)")
     score_kind: str = Field(description="cosine or logit: the scale of the hits' score")
     generation: int | None = Field(None, description="version of the index searched")

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "index": "Index videos or folders into a searchable index directory",
     "search": "Search an index with a text query (two-stage: ANN + rerank)",
     "localize": "Find where a query happens inside one video",
+    "clip": "Cut a moment out of a video (an index id or a file) into an MP4",
     "eval": "Evaluate retrieval (index vs captions) or moments (predictions vs ground truth)",
     "data": "Check a dataset folder (MSR-VTT, DiDeMo, QVHighlights, Charades-STA) before training",
     "synth": "Generate the synthetic video world (retrieval or moments)",

@@ -2,6 +2,7 @@
 
 ``--queries FILE`` searches many queries in one pass (one per line, or captions.jsonl lines);
 ``--index`` given several times searches every index (one model) and merges the hits by score.
+``--image``, ``--video`` and ``--like`` search by example (``cli.search_examples``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
+from video_retrieval.cli import search_examples
 from video_retrieval.cli.common import bounded, shown_path
 
 
@@ -64,6 +66,7 @@ def add_arguments(parser) -> None:
         help="CLIPRerank weight of the base score (default 0.4)",
     )
     parser.add_argument("--json", action="store_true", help="print results as JSON")
+    search_examples.add_arguments(parser)
 
 
 def _print_hits(hits, kind: str) -> None:
@@ -135,6 +138,14 @@ def run(args) -> int:
     url = remote.server_url(args)
     if url is None and not args.index:
         raise UserError("--index DIR is required (or --server URL: a running vr serve)")
+    if search_examples.wanted(args):  # --image, --video, --like
+        if url is not None:
+            raise UserError(
+                "--server sends text queries; --image, --video and --like search an --index"
+            )
+        return search_examples.run(args)
+    if args.start is not None or args.end is not None or args.include_self:
+        raise UserError("--start, --end and --include-self go with --video or --like")
     # what can be refused without a model is refused before torch is imported (~1.5 s)
     if (args.query is None) == (args.queries is None):
         raise UserError('give one query ("QUERY") or --queries FILE, not both' if args.queries

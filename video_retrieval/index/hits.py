@@ -9,7 +9,8 @@ __all__ = ["Hit", "Span", "make_hit"]
 
 def make_hit(rank: int, row: int, video: str, score: float, base_score: float,
              moment: tuple[float, float], thumbnail_time: float,
-             duration: float | None = None) -> Hit:  # fmt: skip
+             duration: float | None = None,
+             matched_frame_time: float | None = None) -> Hit:  # fmt: skip
     """A hit with its numbers rounded as every output shows them (6 decimals: frame times such
     as 1.9375 s at 16 fps stay exact), so that the CLI, the API and Python give the same rows."""
     return Hit(
@@ -21,4 +22,6 @@ def make_hit(rank: int, row: int, video: str, score: float, base_score: float,
         moment=Span(start=round(float(moment[0]), 6), end=round(float(moment[1]), 6)),
         thumbnail_time=round(float(thumbnail_time), 6),
         duration=None if not duration else round(float(duration), 6),
-    )
+        matched_frame_time=None if matched_frame_time is None
+        else round(float(matched_frame_time), 6),
+    )  # fmt: skip

@@ -14,6 +14,9 @@ MAX_QUERY_CHARS = 300  # the CLIP text tower reads at most 77 tokens
 MAX_K = 100  # results per search
 MAX_BATCH = 32  # queries per POST /api/search
 MAX_TOP = 20  # moments per localize request
+MAX_IMAGES = 8  # images per query by example (a query set)
+MAX_UPLOAD_BYTES = 32 * 2**20  # the body of an image or clip upload to POST /api/search
+MAX_CLIP_SECONDS = 300.0  # the longest moment GET /media/{id}/clip cuts
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 # Host names a token-less server answers to (requests naming another host are refused)
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -48,6 +51,7 @@ class ServeConfig:
     cache_dir: str | Path | None = None
     thumb_cache_mb: float = 64.0
     media_cache_mb: float = 2048.0
+    clip_cache_mb: float = 512.0  # exported moments (GET /media/{id}/clip)
     encodings_cached: int = 16  # videos whose moment-head encodings stay in memory
     transcode_timeout_s: float = 900.0
     reload_interval: float = 5.0  # seconds between checks for an updated index (0: never)

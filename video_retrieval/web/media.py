@@ -23,7 +23,11 @@ Thumbnails (``ThumbnailCache``)
     A JPEG of the frame presented at ``t`` (quantised to 0.1 s), decoded with the project's
     decoder (``video_retrieval.media.decode.load_frames``), short side at most 180 px.
 
-Both caches live beside the index (``<index>/serve_cache/{media,thumbs}``), are bounded in bytes,
+Exported moments (``ClipCache``)
+    The MP4s of ``GET /media/{id}/clip`` (``media.cut``: an exact H.264 cut, or a stream copy
+    from a keyframe), cut on the first request and cached.
+
+The caches live beside the index (``<index>/serve_cache/{media,thumbs,clips}``), are bounded in bytes,
 drop the least recently used files first, and key every file by the source's path, size and
 mtime, so a re-encoded source never gets a stale proxy.
 """
@@ -245,6 +249,31 @@ def transcode_proxy(
         opts.update({"c:a": "aac", "b:a": "128k"})
     run(ffmpeg.output(*streams, str(dst), **opts), src, timeout=timeout_s)
     return Path(dst)
+
+
+class ClipCache:
+    """Exported moments (``GET /media/{id}/clip``): MP4s cut by ``media.cut.cut_clip``, kept
+    on disk (bounded, least recently used first) so a second download costs nothing; one cut at
+    a time (ffmpeg uses every core)."""
+
+    def __init__(self, root, max_bytes: int, timeout_s: float = 900.0):
+        self.cache = DiskCache(root, max_bytes)
+        self.timeout_s = timeout_s
+        self._one_at_a_time = threading.Lock()
+        self.cuts = 0
+
+    def get(self, src, start: float, end: float, copy: bool = False) -> Path:
+        from video_retrieval.media.cut import cut_clip
+
+        mode = "copy" if copy else "exact"
+        name = source_key(src, "clip-v1", mode, f"{start:.6f}", f"{end:.6f}") + ".mp4"
+
+        def make(tmp: Path) -> None:
+            with self._one_at_a_time:
+                cut_clip(src, start, end, tmp, copy=copy, timeout=self.timeout_s)
+                self.cuts += 1
+
+        return self.cache.get_or_make(name, make)
 
 
 class ThumbnailCache:

@@ -157,6 +157,55 @@ class SearchService:
             row["video"] = display_path(row["video"])
         return {**answer, "took_ms": round(took, 3), "weights": self.index.weights}
 
+    def search_example(self, k: int = 10, rerank: str | None = None, include_self: bool = False,
+                       *, images=None, names=None, text=None, image_weight: float = 0.5,
+                       video=None, video_label=None, like=None, start=None, end=None) -> dict:  # fmt: skip
+        """A query by example (``images`` as file bytes or arrays, with ``text`` too: text +
+        image; a ``video`` file; ``like``: an index id): the answer of ``vr search --image /
+        --video / --like --json`` plus ``took_ms``. Encoding and pooling hold the model lock;
+        ranking (stored frames) does not."""
+        from video_retrieval.index.example_search import (
+            example_results_json,
+            rank_example,
+            resolve_example_rerank,
+        )
+        from video_retrieval.index.examples import image_query, like_query, video_query
+        from video_retrieval.media.image import read_image
+
+        if not 1 <= int(k) <= MAX_K:
+            raise UserError(f"k must be in 1..{MAX_K}, got {k}")
+        if text is not None:
+            text = check_text(text)
+        t0 = time.perf_counter()
+        if images is not None:
+            names = list(names or [f"image {i + 1}" for i in range(len(images))])
+            pixels = [read_image(x, what=n) for x, n in zip(images, names)]  # before the lock
+            with self.lock:
+                ex = image_query(self.index, self.encoder, self.pool_aggregator, pixels,
+                                 text=text, image_weight=image_weight, names=names)  # fmt: skip
+        elif video is not None:
+            with self.lock:
+                ex = video_query(self.index, self.encoder, self.pool_aggregator, video, start, end,
+                                 label=video_label)  # fmt: skip
+        else:
+            with self.lock:  # a range is pooled by the aggregator (a model for seqTransf)
+                ex = like_query(self.index, self.pool_aggregator, like, start, end)
+        used = resolve_example_rerank(ex.kind, rerank)
+        t1 = time.perf_counter()
+        hits = rank_example(self.index, ex, k=int(k), candidates=max(self.candidates, int(k)),
+                            rerank=used, alpha=self.alpha, include_self=include_self)  # fmt: skip
+        t2 = time.perf_counter()
+        self.timings.add("example_encode", (t1 - t0) * 1e3)
+        self.timings.add("example_rank", (t2 - t1) * 1e3)
+        self.timings.add("example_search", (t2 - t0) * 1e3)
+        answer = example_results_json(ex, hits, self.index, used)
+        for row in answer["results"]:
+            row["video"] = display_path(row["video"])
+        if isinstance(answer["example"].get("video"), str):
+            answer["example"]["video"] = display_path(answer["example"]["video"])
+        took = round((t2 - t0) * 1e3, 3)
+        return {**answer, "took_ms": took, "weights": self.index.weights}
+
 
 def index_clip_features(frames: np.ndarray, ts: np.ndarray, duration: float, clip_len: float):
     """Stored frame embeddings [T,D] at times ``ts`` -> L2-normalised clip features [N,D], each

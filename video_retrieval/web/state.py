@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from video_retrieval.web.config import ServeConfig
-from video_retrieval.web.media import MediaInfo, ProxyCache, ThumbnailCache, media_info
+from video_retrieval.web.media import ClipCache, MediaInfo, ProxyCache, ThumbnailCache, media_info
 from video_retrieval.web.services import (
     LocalizeService,
     NotFound,
@@ -51,6 +51,7 @@ class ServiceState:
     reloads: int = 0
     reload_error: str | None = None  # why the index on disk is not the one served, if it is not
     examples: list[str] = field(default_factory=list)  # queries to suggest on the start page
+    clips: ClipCache | None = None  # exported moments (GET /media/{id}/clip)
 
     def reload_if_changed(self) -> bool:
         """Serve the index's current generation if it is not the one served (see the module
@@ -97,6 +98,17 @@ class ServiceState:
         except GenerationGone:
             self.reload_if_changed()
             return self.search.search(query, k=k, rerank=rerank)
+
+    def run_example(self, **query) -> dict:
+        """``search.search_example`` (a query by example), retried on the newest generation
+        as ``run_search`` is."""
+        from video_retrieval.index.store import GenerationGone
+
+        try:
+            return self.search.search_example(**query)
+        except GenerationGone:
+            self.reload_if_changed()
+            return self.search.search_example(**query)
 
     def video(self, vid) -> tuple[int, dict]:
         return self.localize.video(vid)
@@ -164,6 +176,9 @@ class ServiceState:
                 "thumbnails": dict(zip(("files", "bytes"), self.thumbs.cache.usage())),
                 "proxies": dict(zip(("files", "bytes"), self.proxies.cache.usage())),
                 "proxy_transcodes": self.proxies.transcodes,
+                "clips": dict(zip(("files", "bytes"), self.clips.cache.usage()))
+                if self.clips is not None
+                else None,
                 "moment_encodings": self.localize.encoded,
             },
         }
@@ -177,6 +192,9 @@ def limits() -> dict:
         "max_k": c.MAX_K,
         "max_batch": c.MAX_BATCH,
         "max_top": c.MAX_TOP,
+        "max_images": c.MAX_IMAGES,
+        "max_upload_bytes": c.MAX_UPLOAD_BYTES,
+        "max_clip_seconds": c.MAX_CLIP_SECONDS,
     }
 
 
@@ -235,6 +253,9 @@ def load_state(config: ServeConfig) -> ServiceState:
     seconds = time.perf_counter() - t0
     log.info("loaded %s (%d videos) in %.1f s", config.index, len(index), seconds)
     state = ServiceState(config, index, search, localize, thumbs, proxies, timings, seconds)
+    state.clips = ClipCache(
+        root / "clips", int(config.clip_cache_mb * 2**20), config.transcode_timeout_s
+    )
     state.examples = example_queries(index)
     return state
 

@@ -1,5 +1,6 @@
 """``/media/{id}``: an indexed video (or its browser-playable proxy) with HTTP Range;
-``/thumb/{id}?t=``: a JPEG of one frame. Only index ids are accepted, never a path."""
+``/media/{id}/clip?start=&end=``: a moment of it as a downloadable MP4; ``/thumb/{id}?t=``: a
+JPEG of one frame. Only index ids are accepted, never a path."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from video_retrieval.errors import UserError
+from video_retrieval.web.config import MAX_CLIP_SECONDS
 from video_retrieval.web.deps import StateDep
 from video_retrieval.web.schemas import ERRORS, GENERATION_DOC
 
@@ -65,6 +67,46 @@ def media(state: StateDep, vid: VideoId, request: Request, g: Generation = None)
         headers={
             "Cache-Control": "private, max-age=3600",
             "X-Media-Source": "original" if info.playable else "proxy",
+        },
+    )
+
+
+@router.get(
+    "/media/{vid}/clip",
+    responses={**ERRORS, 200: {"content": {"video/mp4": {}}, "description": "the moment (MP4)"}},
+)
+def clip(
+    state: StateDep,
+    vid: VideoId,
+    start: Annotated[float, Query(ge=0, description="seconds into the video")],
+    end: Annotated[float, Query(gt=0, description="seconds into the video")],
+    copy: Annotated[
+        bool, Query(description="stream copy from the keyframe at or before start (fast)")
+    ] = False,
+    g: Generation = None,
+):
+    """The moment ``start``-``end`` of an indexed video as a downloadable MP4 (at most
+    ``MAX_CLIP_SECONDS``; a range outside the video is a 400): cut exactly (re-encoded H.264,
+    faststart) or, with ``copy``, copied from the keyframe at or before ``start`` (the
+    ``X-Clip-Start`` header says where it starts). Cached."""
+    from video_retrieval.media.cut import check_range, clip_name, keyframe_before
+
+    state.check_generation(g)
+    _row, entry, path = state.source(vid)
+    info = state.media(path)  # refuses a file that is no longer a video
+    duration = float(entry.get("duration") or 0.0)
+    s, e = check_range(start, end, duration, MAX_CLIP_SECONDS)
+    first = keyframe_before(path, s) if copy else s
+    file = state.clips.get(path, s, e, copy=copy)
+    return FileResponse(
+        file,
+        media_type="video/mp4",
+        filename=clip_name(path, s, e),
+        headers={
+            "Cache-Control": "private, max-age=3600",
+            "X-Clip-Start": f"{first:.6f}",
+            "X-Media-Source": "copy" if copy else "exact",
+            "X-Source-Codec": info.video_codec,
         },
     )
 
