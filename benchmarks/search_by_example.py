@@ -111,22 +111,72 @@ def frame_table(index, queries) -> list[str]:
     lines = ["| query frames | stage 1 | stage 2 | R@1 | R@1 twin-aware | R@5 | ms per query |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for variant, qs in queries.items():
-        for space in ("frame", "pooled"):
-            for rerank in ("none", "frames", "cliprerank"):
+        settings = [
+            (sp, r, 100) for sp in ("frame", "pooled") for r in ("none", "frames", "cliprerank")
+        ] + [("frame", "frames", len(index))]
+        for space, rerank, cands in settings:  # fmt: skip
+            if True:
                 r1 = r5 = twin = 0.0
                 t0 = time.perf_counter()
                 for row, img in qs:
                     ex = image_query(index, encoder, agg, img, space=space)
-                    hits = rank_example(index, ex, k=10, rerank=rerank)
+                    hits = rank_example(index, ex, k=10, rerank=rerank, candidates=cands)
                     rank, credit = rank_of(hits, row)
                     r1 += rank == 1
                     r5 += rank <= 5
                     twin += credit
                 ms = (time.perf_counter() - t0) * 1e3 / len(qs)
                 n = len(qs)
-                lines.append(f"| {variant} | {space} | {rerank} | {100 * r1 / n:.1f} | "
+                lines.append(f"| {variant} | {space} | {rerank} ({cands}) | {100 * r1 / n:.1f} | "
                              f"{100 * twin / n:.1f} | {100 * r5 / n:.1f} | {ms:.1f} |")  # fmt: skip
                 print(lines[-1], flush=True)
+    return lines
+
+
+def text_image_table(index, work: Path, seed: int) -> list[str]:
+    """A caption of each test video plus a frame of it: text alone, image alone, both."""
+    import csv
+
+    from video_retrieval.index.example_search import rank_example
+    from video_retrieval.index.examples import image_query
+    from video_retrieval.index.queries import encode_query
+    from video_retrieval.index.search import rank_candidates, stage_one
+    from video_retrieval.media.decode import load_frames
+
+    rng = np.random.default_rng(seed + 2)
+    rows = {Path(v["path"]).stem: i for i, v in enumerate(index.videos)}
+    caps = {}
+    with open(work / "synth" / "test.csv") as f:
+        for r in csv.DictReader(f):
+            caps.setdefault(r["video_id"], r["sentence"])
+    encoder, agg = index.models()
+    qs = []
+    for vid, text in caps.items():
+        v = index.videos[rows[vid]]
+        t = float(rng.uniform(0.0, float(v["duration"]) - 0.01))
+        qs.append((rows[vid], text, load_frames(v["path"], num_frames=1, start=t,
+                                                end=t + 0.005).pixels[0]))  # fmt: skip
+    lines = ["| caption + frame of one video | W | stage 2 | R@1 | R@5 |", "|---|---|---|---|---|"]
+    r1 = r5 = 0
+    for row, text, _ in qs:  # the text search as vr search runs it on this index (rerank none)
+        q = encode_query(encoder, agg, text)
+        base, cand = stage_one(index, q.embedding, 100)
+        hits = rank_candidates(index, q, base, cand, None, 10)
+        rank = next((h.rank for h in hits if h.id == row), 10**6)
+        r1, r5 = r1 + (rank == 1), r5 + (rank <= 5)
+    lines.append(f"| text alone | 0 | none | {100 * r1 / len(qs):.1f} | {100 * r5 / len(qs):.1f} |")
+    for w, rerank in [(1.0, "frames"), (0.5, "none"), (0.5, "frames"), (0.3, "frames"),
+                      (0.7, "frames")]:  # fmt: skip
+        r1 = r5 = 0
+        for row, text, img in qs:
+            ex = image_query(index, encoder, agg, img, text=None if w == 1.0 else text,
+                             image_weight=w)  # fmt: skip
+            rank, _ = rank_of(rank_example(index, ex, k=10, rerank=rerank), row)
+            r1, r5 = r1 + (rank == 1), r5 + (rank <= 5)
+        what = "image alone" if w == 1.0 else "text + image"
+        lines.append(f"| {what} | {w} | {rerank} | {100 * r1 / len(qs):.1f} | "
+                     f"{100 * r5 / len(qs):.1f} |")  # fmt: skip
+        print(lines[-1], flush=True)
     return lines
 
 
@@ -145,14 +195,18 @@ def clip_table(index, work: Path, seed: int) -> list[str]:
         out = clips / f"{row}_{s}.mp4"
         if not out.exists():
             cut_clip(v["path"], s, s + 2.0, out)
-        queries.append((row, video_query(index, encoder, agg, out, label=out.name)))
-    lines = ["| clip queries | stage 2 | R@1 | R@1 twin-aware | R@5 | moment start error (median s) |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
-    for rerank in ("none", "frames", "cliprerank"):
+        queries.append((row, out))
+    lines = ["| clip queries | stage 1 | stage 2 | R@1 | R@1 twin-aware | R@5 | "
+             "moment start error (median s) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    encoded = {space: [(row, video_query(index, encoder, agg, out, label=out.name, space=space))
+                       for row, out in queries] for space in ("pooled", "frame")}  # fmt: skip
+    for space, rerank, cands in [(sp, r, 100) for sp in ("pooled", "frame")
+                                 for r in ("none", "frames", "cliprerank")] + [
+                                     ("frame", "frames", len(index))]:  # fmt: skip
         r1 = r5 = twin = 0.0
         errs = []
-        for row, ex in queries:
-            hits = rank_example(index, ex, k=10, rerank=rerank)
+        for row, ex in encoded[space]:
+            hits = rank_example(index, ex, k=10, rerank=rerank, candidates=cands)
             rank, credit = rank_of(hits, row)
             r1 += rank == 1
             r5 += rank <= 5
@@ -160,7 +214,8 @@ def clip_table(index, work: Path, seed: int) -> list[str]:
             start = float(Path(ex.example["video"]).stem.split("_")[1])
             errs += [abs(h.moment.start - start) for h in hits if h.id == row]
         n = len(queries)
-        lines.append(f"| 2 s sub-clip | {rerank} | {100 * r1 / n:.1f} | {100 * twin / n:.1f} | "
+        lines.append(f"| 2 s sub-clip | {space} | {rerank} ({cands} candidates) | "
+                     f"{100 * r1 / n:.1f} | {100 * twin / n:.1f} | "
                      f"{100 * r5 / n:.1f} | {np.median(errs):.2f} |")  # fmt: skip
         print(lines[-1], flush=True)
     return lines
@@ -229,6 +284,7 @@ def main() -> None:
     ap.add_argument("--serve", type=int, default=0, help="image queries through vr serve (0: skip)")
     ap.add_argument("--skip-frames", action="store_true")
     ap.add_argument("--skip-clips", action="store_true")
+    ap.add_argument("--skip-text", action="store_true")
     args = ap.parse_args()
     import torch
 
@@ -242,6 +298,8 @@ def main() -> None:
         print("\n".join(frame_table(index, frame_queries(index, args.frames_per_video, args.seed))))
     if not args.skip_clips:
         print("\n".join(clip_table(index, work, args.seed)))
+    if not args.skip_text:
+        print("\n".join(text_image_table(index, work, args.seed)))
     if args.serve:
         print("\n".join(serve_latency(index, work, args.serve)))
     print(f"# load average at the end {os.getloadavg()}")

@@ -251,3 +251,97 @@ def test_every_held_out_codec_plays_and_seeks(server, world, page, name):
     assert frame_of(out["at2"]) == round(2.0 * CODEC_FPS)  # the frame shown at 2.0 s
     assert frame_of(out["at06"]) == round(0.6 * CODEC_FPS)  # and after seeking back
     assert out["played"] > 0.6  # playback moved on from the seek point
+
+
+# -- search by example, more like this, download this moment (issue 30) --------------------------
+DROP_IMAGE = """async ([b64, how, text]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const file = new File([bytes], 'grab.png', { type: 'image/png' });
+  const dt = new DataTransfer();
+  dt.items.add(file);
+  if (how === 'drop') {
+    const form = document.getElementById('search-form');
+    form.dispatchEvent(new DragEvent('dragover', { dataTransfer: dt, bubbles: true, cancelable: true }));
+    form.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+  } else {
+    const q = document.getElementById('q');
+    q.value = text;
+    q.dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true }));
+  }
+}"""
+
+PLAY_CLIP = """async (src) => {
+  const v = document.createElement('video');
+  v.muted = true;
+  document.body.append(v);
+  await new Promise((ok, bad) => {
+    v.onloadeddata = ok;
+    v.onerror = () => bad(new Error('media error ' + (v.error && v.error.code)));
+    v.src = src;
+  });
+  await v.play();
+  await new Promise((ok) => v.addEventListener('ended', ok, { once: true }));
+  return { duration: v.duration, width: v.videoWidth, ended: v.ended };
+}"""
+
+
+def frame_png_b64(path, t: float) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    from video_retrieval.media.decode import load_frames
+
+    buf = io.BytesIO()
+    Image.fromarray(load_frames(path, num_frames=1, start=t, end=t + 0.005).pixels[0]).save(
+        buf, format="PNG"
+    )
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_a_dropped_frame_finds_its_video_and_the_moment_downloads(server, world, page):
+    from video_retrieval.index.store import IndexStore
+
+    cap = world["captions"][3]
+    path = IndexStore.open(world["index"]).videos[cap["id"]]["path"]
+    page.goto(f"{server}/?token={TOKEN}")
+    page.evaluate(DROP_IMAGE, [frame_png_b64(path, 2.3), "drop", ""])
+    page.wait_for_selector("[data-video]")
+    assert page.locator("[data-video]").first.get_attribute("data-video") == str(cap["id"])
+    assert "“image grab.png”" in page.locator("#status").inner_text()
+    assert page.locator("#query-image").is_visible()
+    page.locator("[data-video]").first.click()
+    page.wait_for_function("() => document.getElementById('moment-info').textContent.length > 0")
+    assert "matched frame at" in page.locator("#moment-info").inner_text()
+    link = page.locator("#download")
+    assert link.is_visible() and link.inner_text().startswith("Download this moment")
+    start, end = float(link.get_attribute("data-start")), float(link.get_attribute("data-end"))
+    href = link.get_attribute("href")
+    assert f"media/{cap['id']}/clip?start=" in href and f"token={TOKEN}" in href
+    out = page.evaluate(PLAY_CLIP, href)  # the exported moment plays to its end in the browser
+    assert out["ended"] and out["width"] > 0
+    assert abs(out["duration"] - (end - start)) <= 1 / 8 + 0.02, (out, start, end)  # 8 fps
+    # pasted with a sentence in the box: a text + image query
+    page.evaluate(DROP_IMAGE, [frame_png_b64(path, 1.0), "paste", cap["caption"]])
+    page.wait_for_function(
+        "() => document.getElementById('status').textContent.includes('+ image grab.png')"
+    )
+    assert page.locator("[data-video]").first.get_attribute("data-video") == str(cap["id"])
+
+
+def test_more_like_this_leaves_its_video_out(server, world, page):
+    cap = world["captions"][0]
+    page.goto(f"{server}/?q={quote(cap['caption'])}&k=5&token={TOKEN}")
+    page.wait_for_selector("[data-like]")
+    source = page.locator("[data-like]").first.get_attribute("data-like")
+    page.locator("[data-like]").first.click()
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('like')")
+    page.wait_for_selector("[data-video]")
+    shown = [h.get_attribute("data-video") for h in page.locator("[data-video]").all()]
+    assert len(shown) == 5 and source not in shown
+    assert f"like={source}" in page.url and "q=" not in page.url
+    page.reload()  # the URL reproduces it
+    page.wait_for_selector("[data-video]")
+    again = [h.get_attribute("data-video") for h in page.locator("[data-video]").all()]
+    assert again == shown

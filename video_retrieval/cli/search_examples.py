@@ -109,7 +109,7 @@ def run(args) -> int:
         args.query, image=args.image, image_weight=args.image_weight, video=args.video,
         start=args.start, end=args.end, like=args.like,
     )  # fmt: skip
-    rerank = resolve_example_rerank(ex.kind, args.rerank)
+    rerank = resolve_example_rerank(ex, args.rerank)
     hits = index.search_example(
         ex, k=args.k, candidates=args.candidates, rerank=rerank, alpha=args.alpha,
         include_self=args.include_self,

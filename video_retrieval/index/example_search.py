@@ -42,13 +42,17 @@ RERANKS = ("auto", "none", "frames", "cliprerank")
 AUTO_RERANK = {"image": "frames", "text+image": "frames", "video": "frames", "like": "none"}
 
 
-def resolve_example_rerank(kind: str, rerank: str | None) -> str:
+def resolve_example_rerank(ex: ExampleQuery, rerank: str | None) -> str:
+    """``rerank`` with ``auto`` resolved for the query ``ex`` (``AUTO_RERANK``; a range of an
+    indexed video is a clip: ``frames``)."""
     rerank = rerank or "auto"
     if rerank not in RERANKS:
         raise UserError(
             f"--rerank {rerank}: an image or clip query reranks with one of {', '.join(RERANKS)}"
         )
-    return AUTO_RERANK[kind] if rerank == "auto" else rerank
+    if rerank != "auto":
+        return rerank
+    return "frames" if ex.kind == "like" and "start" in ex.example else AUTO_RERANK[ex.kind]
 
 
 def align(clip: np.ndarray, times: np.ndarray, span: float, frames: np.ndarray, ts: np.ndarray,
@@ -102,7 +106,7 @@ def rank_example(
     k = check("k", k)
     candidates = max(check("candidates", candidates), k)
     alpha = check("alpha", alpha)
-    rerank = resolve_example_rerank(ex.kind, rerank)
+    rerank = resolve_example_rerank(ex, rerank)
     drop = None if include_self else ex.exclude
     _, rows = stage_one(index, ex.embedding, candidates + (drop is not None))
     rows = np.array([r for r in rows.tolist() if r != drop][:candidates], dtype=np.int64)

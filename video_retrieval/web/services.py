@@ -190,7 +190,7 @@ class SearchService:
         else:
             with self.lock:  # a range is pooled by the aggregator (a model for seqTransf)
                 ex = like_query(self.index, self.pool_aggregator, like, start, end)
-        used = resolve_example_rerank(ex.kind, rerank)
+        used = resolve_example_rerank(ex, rerank)
         t1 = time.perf_counter()
         hits = rank_example(self.index, ex, k=int(k), candidates=max(self.candidates, int(k)),
                             rerank=used, alpha=self.alpha, include_self=include_self)  # fmt: skip

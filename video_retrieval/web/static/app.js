@@ -23,9 +23,33 @@ async function getJSON(path, query) {
   return body;
 }
 
+async function postForm(path, form) {
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const response = await fetch(new URL(path, location.href).pathname, { method: "POST", body: form, headers });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+  return body;
+}
+
 /** The JSON API (cf. clip-retrieval's clip-service.js). */
 export const api = {
   search: (q, k) => getJSON("api/search", { q, k }),
+  /** a query by example: an image (with text: both count), uploaded as multipart */
+  searchImage: (image, q, k) => {
+    const form = new FormData();
+    form.append("image", image, image.name || "pasted image");
+    if (q) form.append("q", q);
+    form.append("k", String(k));
+    return postForm("api/search", form);
+  },
+  /** more like this: an indexed video's stored vectors (itself left out) */
+  like: (id, k, g = null) => getJSON("api/search", g == null ? { like: id, k } : { like: id, k, g }),
+  /** the URL of a moment as a downloadable MP4 */
+  clipURL: (id, start, end, g = null) => {
+    const q = new URLSearchParams({ start: start.toFixed(3), end: end.toFixed(3) });
+    if (g != null) q.set("g", g);
+    return withToken(`media/${id}/clip?${q}`);
+  },
   localize: (id, q, top = 3, g = null) =>
     getJSON("api/localize", g == null ? { id, q, top } : { id, q, top, g }),
   info: () => getJSON("api/info"),
@@ -83,8 +107,77 @@ function hitElement(hit, query) {
   meta.append(title, detail);
   button.append(img, meta);
   button.addEventListener("click", () => openHit(hit, query, button));
-  li.append(button);
+  const like = document.createElement("button");
+  like.type = "button";
+  like.className = "like";
+  like.dataset.like = String(hit.id);
+  like.textContent = "More like this";
+  like.setAttribute("aria-label", `More videos like ${name}`);
+  like.addEventListener("click", () => runLike(hit.id, $("k").value, true, hit.generation));
+  li.append(button, like);
   return li;
+}
+
+/** the image the next search uses (dropped, pasted or chosen), or null */
+let queryImage = null;
+
+function setQueryImage(file) {
+  if (queryImage) URL.revokeObjectURL(queryImage.url);
+  queryImage = file ? { file, url: URL.createObjectURL(file) } : null;
+  $("query-image").hidden = !queryImage;
+  $("query-image-preview").src = queryImage ? queryImage.url : "";
+  $("query-image-name").textContent = queryImage ? file.name || "pasted image" : "";
+  if (!file) $("image-file").value = "";
+}
+
+function imageOf(list) {
+  return [...(list || [])].find((f) => f.type.startsWith("image/")) || null;
+}
+
+function showResults(result) {
+  const items = result.results.map((hit) =>
+    hitElement({ ...hit, generation: result.generation, query_kind: result.query_kind }, result.query),
+  );
+  $("hits").replaceChildren(...items);
+  setStatus(
+    items.length
+      ? `${items.length} results for “${result.query}” in ${result.took_ms.toFixed(0)} ms ` +
+          `(score: ${result.score_kind})`
+      : "No results.",
+  );
+}
+
+async function runImageSearch(text, k) {
+  const image = queryImage.file;
+  document.title = `${image.name || "image"} — vr`;
+  $("about").hidden = true;
+  setStatus("Searching with the image…");
+  $("hits").replaceChildren();
+  try {
+    showResults(await api.searchImage(image, text.trim(), k));
+  } catch (err) {
+    setStatus(`Error: ${err.message}`);
+  }
+}
+
+async function runLike(id, k, push, g = null) {
+  if (push) {
+    const next = new URL(location.href);
+    next.searchParams.delete("q");
+    next.searchParams.set("like", id);
+    next.searchParams.set("k", k);
+    history.pushState({ like: id, k }, "", next);
+  }
+  $("about").hidden = true;
+  setStatus("Finding videos like it…");
+  $("hits").replaceChildren();
+  try {
+    const result = await api.like(id, k, g);
+    document.title = `${result.query} — vr`;
+    showResults(result);
+  } catch (err) {
+    setStatus(`Error: ${err.message}`);
+  }
 }
 
 async function runSearch(q, k, push) {
@@ -96,6 +189,7 @@ async function runSearch(q, k, push) {
   }
   if (push) {
     const next = new URL(location.href);
+    next.searchParams.delete("like");
     next.searchParams.set("q", text);
     next.searchParams.set("k", k);
     history.pushState({ q: text, k }, "", next);
@@ -105,17 +199,7 @@ async function runSearch(q, k, push) {
   setStatus("Searching…");
   $("hits").replaceChildren();
   try {
-    const result = await api.search(text, k);
-    const items = result.results.map((hit) =>
-      hitElement({ ...hit, generation: result.generation }, result.query),
-    );
-    $("hits").replaceChildren(...items);
-    setStatus(
-      items.length
-        ? `${items.length} results for “${result.query}” in ${result.took_ms.toFixed(0)} ms ` +
-            `(score: ${result.score_kind})`
-        : "No results (the index is empty).",
-    );
+    showResults(await api.search(text, k));
   } catch (err) {
     setStatus(`Error: ${err.message}`);
   }
@@ -164,6 +248,7 @@ function openHit(hit, query, button) {
     { once: true },
   );
   drawTimeline(null, hit);
+  setDownload(hit, hit.moment.start, hit.moment.end);
   $("player").scrollIntoView({ block: "nearest" });
   const start = (loc) => {
     if (current !== state) return;
@@ -174,6 +259,17 @@ function openHit(hit, query, button) {
     video.play().catch(() => {}); // autoplay may be refused; the controls remain
     return r;
   };
+  if (hit.query_kind && hit.query_kind !== "text") {
+    // a query by example: its moment comes from the stored frames it matched (no sentence to
+    // localize); the matched frame is named
+    const r = start(null);
+    const what = hit.query_kind === "video" || hit.query_kind === "like" ? "the clip aligns" : "matched frame";
+    info(
+      `Best match ${span(hit.moment.start, hit.moment.end)} (${what} at ${fmt(hit.matched_frame_time)})` +
+        (r.whole ? "; playing the whole clip." : "; playing it."),
+    );
+    return;
+  }
   api
     .localize(hit.id, query, 3, hit.generation)
     .then((loc) => {
@@ -181,6 +277,7 @@ function openHit(hit, query, button) {
       state.loc = loc;
       drawTimeline(loc, hit);
       const r = start(loc);
+      setDownload(hit, r.moment.start, r.moment.end);
       const how = loc.method === "head" ? `${loc.head} head` : "zero-shot";
       const best = loc.moments[0];
       info(
@@ -193,6 +290,22 @@ function openHit(hit, query, button) {
       info(`Localizing failed: ${err.message} Playing the search's match ${span(hit.moment.start, hit.moment.end)}.`);
       start(null);
     });
+}
+
+/** the "download this moment" link: the moment being played, as an MP4 cut by the server */
+function setDownload(hit, start, end) {
+  const link = $("download");
+  const s = Math.max(0, start);
+  const e = finite(hit.duration) ? Math.min(end, hit.duration) : end;
+  if (!(e > s)) {
+    link.hidden = true;
+    return;
+  }
+  link.href = api.clipURL(hit.id, s, e, hit.generation);
+  link.dataset.start = s.toFixed(3);
+  link.dataset.end = e.toFixed(3);
+  link.textContent = `Download this moment (${span(s, e)})`;
+  link.hidden = false;
 }
 
 function niceStep(duration) {
@@ -274,6 +387,7 @@ function drawTimeline(loc, hit) {
     band.dataset.end = m.end;
     band.setAttribute("aria-label", `Moment ${i + 1}: ${fmt(m.start)} to ${fmt(m.end)}, score ${m.score.toFixed(2)}. Play it.`);
     band.addEventListener("click", () => {
+      setDownload(hit, m.start, m.end);
       current.stopAt = m.end;
       seekTo(video, m.start);
       video.play().catch(() => {});
@@ -322,7 +436,8 @@ async function showIndexed() {
     });
     $("examples").replaceChildren(...items);
     $("examples-label").hidden = items.length === 0;
-    if (!new URLSearchParams(location.search).get("q")) $("about").hidden = false;
+    const p = new URLSearchParams(location.search);
+    if (!p.get("q") && !p.get("like")) $("about").hidden = false;
   } catch (err) {
     setStatus(`Error: ${err.message}`);
   }
@@ -344,7 +459,42 @@ function init() {
   $("plot").addEventListener("mouseleave", () => ($("tooltip").hidden = true));
   $("search-form").addEventListener("submit", (e) => {
     e.preventDefault();
-    runSearch($("q").value, $("k").value, true);
+    if (queryImage) runImageSearch($("q").value, $("k").value);
+    else runSearch($("q").value, $("k").value, true);
+  });
+  const form = $("search-form");
+  form.addEventListener("dragover", (e) => {
+    e.preventDefault(); // allows the drop
+    form.classList.add("dragging");
+  });
+  form.addEventListener("dragleave", () => form.classList.remove("dragging"));
+  form.addEventListener("drop", (e) => {
+    e.preventDefault();
+    form.classList.remove("dragging");
+    const file = imageOf(e.dataTransfer && e.dataTransfer.files);
+    if (!file) {
+      setStatus("Drop an image file (PNG, JPEG, WebP, …).");
+      return;
+    }
+    setQueryImage(file);
+    runImageSearch($("q").value, $("k").value);
+  });
+  $("q").addEventListener("paste", (e) => {
+    const file = imageOf(e.clipboardData && e.clipboardData.files);
+    if (!file) return; // text is pasted as usual
+    e.preventDefault();
+    setQueryImage(file);
+    runImageSearch($("q").value, $("k").value);
+  });
+  $("image-file").addEventListener("change", () => {
+    const file = imageOf($("image-file").files);
+    if (!file) return;
+    setQueryImage(file);
+    runImageSearch($("q").value, $("k").value);
+  });
+  $("query-image-clear").addEventListener("click", () => {
+    setQueryImage(null);
+    $("q").focus();
   });
   window.addEventListener("popstate", () => fromURL());
   fromURL();
@@ -365,7 +515,9 @@ function fromURL() {
     $("k").value = k;
   }
   $("q").value = q;
-  if (q) runSearch(q, $("k").value, false);
+  const like = p.get("like");
+  if (like && /^[0-9]+$/.test(like)) runLike(like, $("k").value, false);
+  else if (q) runSearch(q, $("k").value, false);
 }
 
 init();
