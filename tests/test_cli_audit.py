@@ -7,7 +7,7 @@ or index file gets the same treatment without anyone writing its case:
   random bytes: ``vr search`` answers or says in one line which file (exit 2), never an internal
   error; ``vr index --repair`` then brings the index back;
 * eval inputs: files of the wrong kind, not UTF-8, empty, with out-of-range numbers;
-* HTTP: every route's bad parameters answer a 4xx JSON error, never a 500.
+* HTTP: every route's bad parameters (and bad uploads) answer a 4xx JSON error, never a 500.
 
 Checkpoints are ``test_models_checkpoint_safety`` (every loader) and ``test_models_compat``.
 """
@@ -59,7 +59,9 @@ def test_the_enumeration_sees_the_bounded_flags():
     flags = {(" ".join(w), f) for w, f, _ in NUMERIC}
     for expected in [("index", "--workers"), ("index", "--fps"), ("search", "-k"),
                      ("search", "--candidates"), ("serve", "--candidates"), ("demo", "--num-videos"),
-                     ("localize", "--top"), ("eval retrieval", "--alpha")]:  # fmt: skip
+                     ("localize", "--top"), ("eval retrieval", "--alpha"),
+                     ("search", "--image-weight"), ("search", "--start"),
+                     ("clip", "--max-seconds")]:  # fmt: skip
         assert expected in flags, expected
     assert len(NUMERIC) >= 20
 
@@ -189,12 +191,23 @@ def test_http_bad_parameters_are_4xx_json_never_500(pristine, tmp_path):
         ("GET", "/api/localize", {"id": "0", "q": " "}), ("GET", "/api/localize", {"id": "0", "q": "x", "top": "0"}),
         ("GET", "/thumb/0", {"t": "-5"}), ("GET", "/thumb/0", {"t": "nan"}), ("GET", "/thumb/99", {}),
         ("GET", "/media/99", {}), ("GET", "/media/0", {"g": "12345"}),
+        ("GET", "/api/search", {"like": "999"}), ("GET", "/api/search", {"like": "x"}),
+        ("GET", "/api/search", {"like": "0", "start": "1", "end": "99"}),
+        ("GET", "/api/search", {"like": "0", "q": "x"}),
+        ("GET", "/media/0/clip", {"start": "0", "end": "99"}), ("GET", "/media/0/clip", {}),
+        ("GET", "/media/0/clip", {"start": "x", "end": "1"}),
+        ("GET", "/media/99/clip", {"start": "0", "end": "1"}),
+        ("UPLOAD", "/api/search", {"image": ("x.png", b"not an image", "image/png")}),
+        ("UPLOAD", "/api/search", {"video": ("v.mp4", b"not a video", "video/mp4")}),
+        ("UPLOAD", "/api/search", {"picture": ("x.png", b"x", "image/png")}),
         ("POST", "/api/search", None), ("GET", "/nope", {}),
     ]  # fmt: skip
     with TestClient(create_app(state=st), base_url="http://127.0.0.1") as c:
         for method, url, params in cases:
             if method == "GET":
                 r = c.get(url, params=params)
+            elif method == "UPLOAD":  # a query by example: multipart
+                r = c.post(url, files=params)
             else:
                 r = c.post(url, content=b"not json", headers={"content-type": "application/json"})
             assert 400 <= r.status_code < 500, (url, params, r.status_code, r.text)
