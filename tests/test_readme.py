@@ -206,3 +206,28 @@ def test_the_screenshot_is_the_demo_collection(demo_cwd, tmp_path):
         pw.stop()
         proc.terminate()
         proc.wait(30)
+
+
+SEARCH_BY_EXAMPLE = section(README.read_text(), "Search by example")
+EXPORT = section(README.read_text(), "Export: take the moment with you")
+
+
+def test_search_by_example_and_export_commands_print_what_the_readme_shows(demo_cwd, monkeypatch,
+                                                                           capsys):  # fmt: skip
+    """The "Search by example" snippet (it grabs frame.png) and every command of it and of
+    "Export", word for word on the demo output."""
+    monkeypatch.chdir(demo_cwd)
+    (code,) = python_blocks(SEARCH_BY_EXAMPLE)
+    exec(compile(code, "README.md Search by example", "exec"), {"__name__": "__readme__"})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("1 ") and printed[0].endswith("video0.mp4 1.0 3.125"), printed
+    steps = [s for text in (SEARCH_BY_EXAMPLE, EXPORT) for b in console_blocks(text) for s in b]
+    assert len(steps) == 7
+    for command, shown in steps:
+        assert command.startswith(".venv/bin/vr "), command
+        run = subprocess.run(shlex.split(command), cwd=demo_cwd, capture_output=True, text=True)
+        assert run.returncode == 0, (command, run.stderr)
+        got = run.stdout.splitlines()
+        assert len(got) == len(shown), (command, got)
+        for want, line in zip(shown, got):
+            assert same_line(want, line), (command, want, line)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 
-from video_retrieval.cli.common import bounded, shown
+from video_retrieval.cli.common import bounded, shown, shown_path
 
 
 def add_arguments(parser) -> None:
@@ -92,7 +92,7 @@ def _print(hits, out: dict) -> None:
     print(f"rank  score ({out['score_kind']}, {out['rerank']})  video  moment  matched frame")
     for h in hits:
         print(
-            f"{h.rank:>4}  {h.score:+.4f}  {shown(h.video)}  "
+            f"{h.rank:>4}  {h.score:+.4f}  {shown_path(h.video)}  "
             f"{h.moment.start:.2f}-{h.moment.end:.2f} s  {h.matched_frame_time:.2f} s"
         )
 

@@ -9,7 +9,9 @@ Two ways, through ffmpeg-python with ``imageio-ffmpeg``'s binary (``media.write.
   the clip is ``end - start`` long within one frame.
 * **copy** (``copy=True``): the packets themselves, no re-encoding (fast, no quality loss, any
   length), which can only start on a keyframe: the cut moves back to the keyframe at or before
-  ``start``, and ``Cut.moved_by`` says by how much (the caller prints it).
+  ``start``, and ``Cut.moved_by`` says by how much (the caller prints it). Packets are cut in
+  decode order, so with B-frames the clip may also run a few frames past ``end``; ``Cut.end`` is
+  where the written clip really ends (its packet scan).
 
 The range is checked against the video's real duration (a packet scan, ``decode.probe_video``)
 before ffmpeg runs: ``0 <= start < end <= duration`` (a frame's length of slack at the end), and
