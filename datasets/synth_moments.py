@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ from video_retrieval.datasets.synth_captions import query_text
 from video_retrieval.datasets.synth_moment_plan import CLIP_LEN, MomentPlanner
 from video_retrieval.datasets.synth_render import (
     COLOURS,
+    encode_all,
     render_frames,
 )
 
@@ -249,20 +249,16 @@ def moment_clip_pairs(world: dict, seed: int = 0) -> list[dict]:
 
 
 def generate_moments(
-    out: str | os.PathLike, seed: int = 0, workers: int = 2, codec: str = "h264", **params
-) -> dict:
+    out: str | os.PathLike, seed: int = 0, workers: int = 2, codec: str = "h264",
+    progress: bool = False, **params,
+) -> dict:  # fmt: skip
     """Generate the moments world under ``out``; returns a JSON-able summary."""
     t0 = time.perf_counter()
     out = Path(out)
     world = plan_moments(seed, **params)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     jobs = [(out / "videos" / f"{vid}.mp4", spec) for vid, spec in world["videos"].items()]
-    if workers and workers > 1:
-        with ThreadPoolExecutor(max_workers=workers) as ex:
-            list(ex.map(lambda a: _encode(a[0], a[1], codec), jobs))
-    else:
-        for path, spec in jobs:
-            _encode(path, spec, codec)
+    encode_all(jobs, lambda path, spec: _encode(path, spec, codec), workers, progress)
     clips = []
     for split, rows in world["queries"].items():
         atomic_write_text(out / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))

@@ -261,3 +261,32 @@ def track_to_json(track: dict) -> dict:
 
 def object_radius_px(obj: dict, scale: float = 1.0) -> float:
     return float(obj["size_px"]) * scale / 2.0
+
+
+def encode_all(jobs, encode, workers: int, progress: bool = False, desc: str = "rendering") -> None:
+    """``encode(path, spec)`` for every ``(path, spec)`` job, on ``workers`` threads, with a
+    progress bar on stderr when asked (and only when stderr is a terminal)."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), unit="video", desc=desc, file=sys.stderr, disable=None)
+
+    def one(job) -> None:
+        encode(*job)
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        if workers and workers > 1:
+            with ThreadPoolExecutor(max_workers=workers) as ex:
+                list(ex.map(one, jobs))
+        else:
+            for job in jobs:
+                one(job)
+    finally:
+        if bar is not None:
+            bar.close()

@@ -34,7 +34,6 @@ import io
 import json
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +52,7 @@ from video_retrieval.datasets.synth_render import (
     GROW_FACTOR,
     SHAPES,
     SIZES_PX,
+    encode_all,
     render_frames,
 )
 
@@ -268,6 +268,7 @@ def generate_retrieval(
     codec: str = "h264",
     num_partial: int = 0,
     partial: dict | None = None,
+    progress: bool = False,
     **params,
 ) -> dict:
     """Generate the retrieval world under ``out``; returns a JSON-able summary. With
@@ -280,12 +281,7 @@ def generate_retrieval(
     videos = world["videos"]
 
     jobs = [(out / "videos" / f"{vid}.mp4", spec) for vid, spec in videos.items()]
-    if workers and workers > 1:
-        with ThreadPoolExecutor(max_workers=workers) as ex:
-            list(ex.map(lambda a: _encode(a[0], a[1], codec), jobs))
-    else:
-        for path, spec in jobs:
-            _encode(path, spec, codec)
+    encode_all(jobs, lambda path, spec: _encode(path, spec, codec), workers, progress)
 
     msr_videos, sentences, cap_lines = [], [], []
     split_rows: dict[str, list[list]] = {"test": [], "test_compositional": [], "test_partial": []}

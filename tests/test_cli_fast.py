@@ -35,7 +35,8 @@ def test_usage_errors_import_no_model_code(argv, needle):
 
 
 def test_the_light_reranker_names_are_the_aggregators():
-    from video_retrieval.limits import AGGREGATOR_NAMES
     from video_retrieval.temporal import AGGREGATORS
+
+    from video_retrieval.limits import AGGREGATOR_NAMES
 
     assert set(AGGREGATOR_NAMES) == set(AGGREGATORS)

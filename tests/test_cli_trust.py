@@ -68,6 +68,14 @@ def test_a_model_without_weights_is_refused(command, vids, tmp_path, capsys):
     one_line_error(err, "--model vr-tiny has no weights", "--pretrained", "--random-weights")
 
 
+def test_the_refusal_names_the_default_tag_first(vids, capsys):
+    """open_clip's ViT-B-32 has 20-odd tags; the refusal names the one every command defaults to
+    (laion2b_s34b_b79k) first, not only the first four of open_clip's list."""
+    rc, _, err = run_cli(capsys, "localize", vids / "v0.mp4", "a box", "--model", "ViT-B-32")
+    assert rc == 2
+    one_line_error(err, "(tags for ViT-B-32: laion2b_s34b_b79k, openai, ", "more)")
+
+
 def test_random_weights_are_said_loudly_and_recorded(vids, tmp_path, capsys):
     rc, out, err = run_cli(capsys, "index", vids, "--index", tmp_path / "i", *TINY, "--json",
                            "--workers", "0")  # fmt: skip

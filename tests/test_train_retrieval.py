@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -179,12 +180,24 @@ def test_config_typo_is_reported(capsys):
     assert "aggregatr" in capsys.readouterr().err
 
 
-def test_checkpoint_roundtrip_and_resume(world, tmp_path):
+def test_checkpoint_roundtrip_and_resume(world, tmp_path, capsys):
     cfg = REPO / "configs" / "synth_seq_transformer.yaml"
     args = ["fit", "--config", str(cfg), *_tiny(world, tmp_path), "--trainer.limit_val_batches=0"]
+    capsys.readouterr()
     assert _cli([*args, "--trainer.max_steps=2"]) == 0
     ckpts = sorted(glob.glob(f"{tmp_path}/**/last.ckpt", recursive=True))
     assert ckpts, os.listdir(tmp_path)
+    out, err = capsys.readouterr()
+    assert f"last checkpoint: {ckpts[0]}" in out.splitlines()  # the run says where it wrote
+    assert "Tip:" not in out + err and "tensorboardX" not in out + err
+    # vr train test: each metric once, rounded, after a header (Lightning's table is off)
+    assert _cli(["test", "--config", str(cfg), *_tiny(world, tmp_path / "t"),
+                 f"--ckpt_path={ckpts[0]}"]) == 0  # fmt: skip
+    out = capsys.readouterr().out.splitlines()
+    table = out[out.index("test metrics:") + 1 :]
+    names = [line.split()[0] for line in table]
+    assert "test/t2v_R1" in names and len(names) == len(set(names)), table
+    assert all(re.fullmatch(r"\s+\S+\s+-?\d+\.\d\d", line) for line in table), table
     raw = torch.load(ckpts[0], map_location="cpu", weights_only=True)
     assert raw["global_step"] == 2 and raw["hyper_parameters"]["aggregator"] == "seq_transformer"
     json.dumps(raw["hyper_parameters"])  # plain JSON-able

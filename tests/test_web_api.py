@@ -3,9 +3,8 @@ Range requests, proxies of non-playable codecs, thumbnails, and the same answers
 
 from __future__ import annotations
 
-import json
-
 import io
+import json
 import os
 import re
 import threading

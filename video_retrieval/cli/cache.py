@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 
+from video_retrieval.cli.common import add_progress_flag
 from video_retrieval.errors import UserError
 
 
@@ -92,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=bounded("workers"), default=2, help="decoding threads (default 2)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cache")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_progress_flag(parser, "--quiet")  # --quiet: its earlier name
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         videos, captions = videos_from_list_or_dir(args.videos), []
     encoder, weights = cache_encoder(args)
     warn_if_random(weights)
-    log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = None if args.no_progress else (lambda msg: print(msg, file=sys.stderr, flush=True))
     report = build_cache(
         encoder,
         videos,

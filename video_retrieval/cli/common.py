@@ -54,6 +54,7 @@ class VRArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _Subcommands)
 
     def unknown_options(self) -> list[str]:
         """Options of the command line this parser does not know (for a parser with
@@ -100,12 +101,30 @@ class VRArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}; see {self.prog} --help")
 
 
+class _Subcommands(argparse._SubParsersAction):
+    """Subcommands whose own ``--help`` page starts with the line the parent's list shows."""
+
+    def add_parser(self, name, **kwargs):
+        if kwargs.get("help") and "description" not in kwargs:
+            kwargs["description"] = kwargs["help"]
+        return super().add_parser(name, **kwargs)
+
+
 class DefaultsHelpFormatter(argparse.HelpFormatter):
-    """Help lines end with the default where there is one (not for flags and ``None``)."""
+    """Help lines end with the default where there is one (not for flags and ``None``, nor when
+    the text already names it)."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS):
+        default = action.default  # by identity: a default of 0 is shown, False (a flag) is not
+        if (
+            "%(default)" in text
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
+        ):
+            return text
+        if "(default " in text or "default:" in text:
             return text
         if action.option_strings and action.nargs != 0:
             return f"{text} (default: %(default)s)"
@@ -164,3 +183,10 @@ def shown_path(path) -> str:
 
     rel = os.path.relpath(os.fspath(path))
     return shown(os.fspath(path) if rel.startswith(".." + os.sep) or rel == ".." else rel)
+
+
+def add_progress_flag(parser, *aliases: str) -> None:
+    """``--no-progress``, the one spelling of every command (bars go to stderr, and only when it
+    is a terminal)."""
+    parser.add_argument("--no-progress", *aliases, dest="no_progress", action="store_true",
+                        help="no progress bar on stderr")  # fmt: skip

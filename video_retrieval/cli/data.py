@@ -29,7 +29,7 @@ def add_arguments(parser) -> None:
     c.add_argument(
         "--workers", type=int, default=None, help="decoding threads (default: min(8, CPUs))"
     )
-    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     c.add_argument("--json", action="store_true", help="the report as JSON")
 
 
@@ -80,7 +80,11 @@ def print_report(rep: dict, out=None) -> None:
             )
     for n in rep["notes"]:
         print(f"  note: {n}", file=out)
-    print("OK" if rep["ok"] else "PROBLEMS FOUND (see above)", file=out)
+    if not rep["ok"]:  # no command to run next: a training run on this folder would fail or mislead
+        print("PROBLEMS FOUND (see above): fix them and run this check again (vr train refuses "
+              "missing or empty videos unless --data.init_args.allow_missing true)", file=out)  # fmt: skip
+        return
+    print("OK", file=out)
     print("next:", file=out)
     for cmd in rep["next"]:
         print(f"  {cmd}", file=out)

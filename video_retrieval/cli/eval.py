@@ -2,7 +2,7 @@
 
 Retrieval: every caption of ``captions.jsonl`` (``{"video": path, "caption": str}``, video paths
 relative to the file's folder) whose video is in the index is a text-to-video query against the
-whole index; R@1/5/10 (percent), MdR and MnR from ``retrieval_metrics``. With ``--rerank`` the top
+whole index; R1/R5/R10 (recall at 1/5/10, percent), MdR and MnR from ``retrieval_metrics``. With ``--rerank`` the top
 ``--candidates`` of each query (exact base cosine) are rescored and ranked above the rest, as
 ``vr search`` does. A line whose ``video`` is not a non-empty string or whose ``caption`` is not a
 string is refused naming the line; an empty caption is counted as ``invalid`` (and named in a
@@ -21,15 +21,19 @@ import json
 import sys
 from pathlib import Path
 
-from video_retrieval.cli.common import bounded
+from video_retrieval.cli.common import add_progress_flag, bounded
 from video_retrieval.errors import UserError
 from video_retrieval.index.evaluate import evaluate_retrieval, read_caption_lines
 
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="what", metavar="{retrieval,moments}")
-    r = sub.add_parser("retrieval", help="t2v R@K / MdR / MnR of an index against captions.jsonl")
-    r.add_argument("--index", required=True, metavar="DIR")
+    r = sub.add_parser(
+        "retrieval", help="t2v R1/R5/R10, MdR, MnR of an index against captions.jsonl"
+    )
+    r.add_argument(
+        "--index", required=True, metavar="DIR", help="index directory built by vr index"
+    )
     r.add_argument(
         "--captions", required=True, metavar="FILE", help='captions.jsonl ({"video", "caption"})'
     )
@@ -45,10 +49,13 @@ def add_arguments(parser) -> None:
         metavar="CKPT",
         help="CLIPRerank's frame-level CLIP, independent of the index's model (vr train checkpoint)",
     )
-    r.add_argument("--candidates", type=bounded("candidates"), default=100)
-    r.add_argument("--alpha", type=bounded("alpha"), default=0.4)
+    r.add_argument("--candidates", type=bounded("candidates"), default=100,
+                   help="stage-1 ANN candidates to rerank, as vr search")  # fmt: skip
+    r.add_argument("--alpha", type=bounded("alpha"), default=0.4,
+                   help="CLIPRerank weight of the base score")  # fmt: skip
     r.add_argument("--split", default=None, help="only captions whose 'split' equals this")
-    r.add_argument("--json", action="store_true")
+    r.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_progress_flag(r)
     m = sub.add_parser(
         "moments", help="moment metrics (QVHighlights, DiDeMo, Charades-STA) of predictions"
     )
@@ -126,6 +133,7 @@ def run(args) -> int:
         args.candidates,
         args.alpha,
         args.rerank_model,
+        progress=not args.no_progress,
     )
     res = {"index": str(index.dir), "captions": str(args.captions), **res, "weights": index.weights}
     if res["invalid"]:
@@ -143,7 +151,7 @@ def run(args) -> int:
         print(
             f"t2v over {res['queries']} captions x {res['videos']} videos (rerank {res['rerank']}"
             f"{' with ' + res['rerank_model'] if res['rerank_model'] else ''}): "
-            f"R@1 {t['R1']:.1f}  R@5 {t['R5']:.1f}  R@10 {t['R10']:.1f}  MdR {t['MdR']:.1f}  MnR {t['MnR']:.1f}"
+            f"R1 {t['R1']:.1f}  R5 {t['R5']:.1f}  R10 {t['R10']:.1f}  MdR {t['MdR']:.1f}  MnR {t['MnR']:.1f}"
         )
         if res["skipped"]:
             print(f"{res['skipped']} caption(s) skipped (video not in the index)")

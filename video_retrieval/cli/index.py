@@ -164,7 +164,7 @@ def add_arguments(parser) -> None:
         action="store_true",
         help="exit at once when another vr index is writing the index (default: wait)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 

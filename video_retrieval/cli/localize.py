@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from video_retrieval.cli.common import add_model_arguments, bounded, shown_path
+from video_retrieval.cli.common import add_model_arguments, add_progress_flag, bounded, shown_path
 from video_retrieval.datasets.text_files import json_line, text_lines
 from video_retrieval.errors import UserError
 from video_retrieval.media.atomic import atomic_path
@@ -51,6 +51,7 @@ def add_arguments(parser) -> None:
         "the QVHighlights evaluator expects)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_progress_flag(parser)
     parser.add_argument(
         "--queries",
         default=None,
@@ -189,9 +190,14 @@ def run_batch(args) -> int:
         check_whole_video(video)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(rows), unit="query", desc="localizing", file=sys.stderr,
+               disable=True if args.no_progress else None)  # fmt: skip
+    with bar, atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for r in rows:
             windows, saliency = predict(r["video"], r["query"])
+            bar.update(1)
             line = {
                 "qid": r["qid"],
                 "query": r["query"],

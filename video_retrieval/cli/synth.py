@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from video_retrieval.cli.common import add_progress_flag
 from video_retrieval.errors import UserError
 
 
@@ -14,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m = sub.add_parser("moments", help="Long videos with QVHighlights-style moment queries")
     for p in (r, m):
         p.add_argument("--out", required=True, help="output directory")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0, help="random seed of the world")
+        add_progress_flag(p)
         p.add_argument("--workers", type=int, default=2, help="parallel encoders (default 2)")
         p.add_argument("--json", action="store_true", help="print a JSON summary")
         p.add_argument(
@@ -88,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
                 codec=args.codec,
                 num_partial=args.partial,
                 partial=partial,
+                progress=not args.no_progress,
                 **params,
             )
         except (ValueError, RuntimeError) as exc:
@@ -121,8 +124,9 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         summary = generate_moments(
-            args.out, seed=args.seed, workers=args.workers, codec=args.codec, **params
-        )
+            args.out, seed=args.seed, workers=args.workers, codec=args.codec,
+            progress=not args.no_progress, **params,
+        )  # fmt: skip
     except (ValueError, RuntimeError) as exc:
         raise UserError(str(exc)) from exc
     if args.json:

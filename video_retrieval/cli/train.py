@@ -209,7 +209,12 @@ def _main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     # the seed is in the saved config; Lightning's "Seed set to N" line is noise beside errors
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
-    VRLightningCLI(
+    _quiet_lightning()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sub = argv[0] if argv else None
+    if sub in ("test", "validate") and not any(a.startswith("--verbose") for a in argv):
+        argv += ["--verbose", "false"]  # its table repeats every metric per dataloader: ours below
+    cli = VRLightningCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
@@ -218,7 +223,62 @@ def _main(argv: list[str] | None = None) -> int:
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )
+    if sub == "fit":
+        print_checkpoints(cli.trainer)
+    elif sub in ("test", "validate"):
+        print_metrics(cli.trainer, sub)
     return 0
+
+
+class _NoTips(logging.Filter):
+    """Lightning's advertisements for its cloud products ("Tip: ... litlogger / litmodels")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_NoTips())
+    # the CSV logger is the chosen default here, not a missing TensorBoard
+    warnings.filterwarnings("ignore", message=r"Starting from v1\.9\.0, `tensorboardX`")
+
+
+def print_checkpoints(trainer) -> None:
+    """Where the run's checkpoints are: the last one (to resume) and the best by the monitored
+    metric (the one to evaluate and ship)."""
+    if not trainer.is_global_zero:
+        return
+    ck = getattr(trainer, "checkpoint_callback", None)
+    if ck is None:
+        return
+    last = ck.last_model_path or ""
+    best = ck.best_model_path or ""
+    if last:
+        print(f"last checkpoint: {last}")
+    if best and best != last:
+        score = ck.best_model_score
+        value = f", {ck.monitor} {float(score):.4g}" if score is not None and ck.monitor else ""
+        print(f"best checkpoint: {best}{value}")
+    elif best:
+        print(f"checkpoint: {best}")
+
+
+def print_metrics(trainer, stage: str) -> None:
+    """The metrics of ``vr train test|validate``, each once, rounded, sorted by name (Lightning's
+    own table repeats them per dataloader, unrounded)."""
+    if not trainer.is_global_zero:
+        return
+    metrics = {}
+    for name, value in trainer.callback_metrics.items():
+        base = name.split("/dataloader_idx_")[0]
+        metrics.setdefault(base, float(value))
+    if not metrics:
+        return
+    width = max(len(n) for n in metrics)
+    print(f"{stage} metrics:")
+    for name in sorted(metrics):
+        print(f"  {name:<{width}}  {metrics[name]:.2f}")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def read_caption_lines(path, split=None) -> list[tuple[str, str, int]]:
 
 
 def evaluate_retrieval(
-    index, captions, rerank="auto", candidates=100, alpha=0.4, rerank_model=None
+    index, captions, rerank="auto", candidates=100, alpha=0.4, rerank_model=None, progress=False
 ) -> dict:
     """Metrics of ``index`` for ``captions`` [(abs video path, caption[, line])], ranking the
     videos as ``vr search`` does: the top ``candidates`` of the ANN (so its recall counts),
@@ -91,7 +91,17 @@ def evaluate_retrieval(
     pooled = np.asarray(index.pooled, dtype=np.float32)
     sim = np.zeros((len(texts), len(index)), dtype=np.float64)
     frames_cache: dict[int, np.ndarray] = {}
+    bar = None
+    if progress:  # on stderr, and only when it is a terminal
+        import sys
+
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(texts), unit="query", desc=f"evaluating ({rerank})", file=sys.stderr,
+                   disable=None)  # fmt: skip
     for i, text in enumerate(texts):
+        if bar is not None:
+            bar.update(1)
         q = encode_query(encoder, pool, text, words=bool(getattr(reranker, "needs_words", False)))
         base = pooled @ q.embedding
         ann_scores, cand = stage_one(index, q.embedding, max(1, candidates))
@@ -107,6 +117,8 @@ def evaluate_retrieval(
             frames = [frames_cache[int(r)] for r in cand]
         with torch.no_grad():
             sim[i, cand] = rerank_scores(index, reranker, q, ann_scores, cand, frames)
+    if bar is not None:
+        bar.close()
     res = retrieval_metrics(sim, np.asarray(targets))
     return {
         "queries": len(texts),

@@ -104,7 +104,12 @@ def resolve_encoder_args(
 
     name = check_model_name(model)
     tags = pretrained_tags(name)
-    known = f" (tags for {name}: {', '.join(tags[:4])})" if tags else ""
+    if (
+        name == DEFAULT_MODEL and DEFAULT_PRETRAINED in tags
+    ):  # the one every command defaults to first
+        tags = [DEFAULT_PRETRAINED, *(t for t in tags if t != DEFAULT_PRETRAINED)]
+    more = f", ... {len(tags) - 5} more" if len(tags) > 5 else ""
+    known = f" (tags for {name}: {', '.join(tags[:5])}{more})" if tags else ""
     raise UserError(f"--model {name} has no weights: {HOW_TO}{known}")
 
 
