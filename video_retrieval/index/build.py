@@ -417,6 +417,8 @@ def _run_locked(paths: list[Path], index_dir: Path, cfg: IndexConfig) -> dict:
         "model": manifest["model"],
         "embed_dim": manifest["embed_dim"],
     }
+    if manifest.get("store"):  # so that --repair finds the vectors without the manifest
+        config_event["store"] = manifest["store"]
     store.Journal(index_dir, run, 0).append(config_event, *events)
     sink = None
     if cfg.store == "milvus":

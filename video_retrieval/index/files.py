@@ -162,7 +162,11 @@ class IndexLock:
 
 def writer_active(index_dir) -> bool:
     """True while some process holds the writer lock of ``index_dir``."""
-    path = Path(index_dir) / LOCK
+    return lock_held(Path(index_dir) / LOCK)
+
+
+def lock_held(path: Path) -> bool:
+    """True while some process holds an exclusive ``flock`` on ``path``."""
     if not path.exists():
         return False
     try:
@@ -286,7 +290,7 @@ class IndexState:
     videos: dict[str, dict] = field(default_factory=dict)  # path -> shard entry
     failures: dict[str, dict] = field(default_factory=dict)  # path -> {reason, size, mtime_ns,...}
     shards: set[str] = field(default_factory=set)  # every committed shard
-    config: dict | None = None  # the last run's {"fingerprint", "model", "embed_dim"}
+    config: dict | None = None  # the last run's {"fingerprint", "model", "embed_dim"[, "store"]}
     shard_files: dict[str, dict] = field(default_factory=dict)  # shard -> {file: checksum}
     dropped: set[str] = field(default_factory=set)  # paths pruned (or lost) since last indexed
 
@@ -329,7 +333,7 @@ def _apply(state: IndexState, e: dict) -> None:
             if e["path"] in table:
                 table[e["path"]].update(size=e["size"], mtime_ns=e["mtime_ns"])
     elif kind == "config":
-        state.config = {k: e[k] for k in ("fingerprint", "model", "embed_dim") if k in e}
+        state.config = {k: e[k] for k in ("fingerprint", "model", "embed_dim", "store") if k in e}
 
 
 # -- generations and clean-up ------------------------------------------------------------------

@@ -58,6 +58,8 @@ GET_BATCH = 4000
 
 def pymilvus():
     """The ``pymilvus`` module, or one line saying how to install it."""
+    # gRPC's C core logs a line whenever a process forks (decoding does) while its threads run
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
         import pymilvus as module
     except ImportError:
@@ -185,32 +187,30 @@ def rank_range(run: int, rank: int, first_seq: int = 0) -> tuple[int, int]:
 # -- the connection and its errors -------------------------------------------------------------
 def _lite_locked_by_other(path: str) -> bool:
     """Is the Lite data folder held by another process (Milvus Lite's own ``LOCK`` file)?"""
-    import fcntl
+    from video_retrieval.index.files import lock_held
 
-    lock = Path(path) / "LOCK"
-    if not lock.exists():
-        return False
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+    return lock_held(Path(path) / "LOCK")
 
 
-def _lite_open_here(path: str) -> bool:
-    try:
-        from milvus_lite.server_manager import server_manager_instance
-    except ImportError:
-        return False
-    return os.path.abspath(path) in getattr(server_manager_instance, "_servers", {})
+#: one client per address and token, made once per process: pymilvus's shared connections
+#: fail to reconnect after half a minute idle (its health check), a dedicated one does not
+_CLIENTS: dict[tuple[str, str], object] = {}
+
+
+def _lite_address(uri: str) -> str:
+    """The address of the in-process Milvus Lite server of file ``uri`` (started once)."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    address = server_manager_instance.start_and_get_uri(uri)
+    if address is None:
+        if _lite_locked_by_other(uri):
+            raise UserError(
+                f"Milvus Lite file {uri} is open in another process (Milvus Lite serves one "
+                f"process at a time): stop it, or serve the file with `milvus-lite server "
+                f"--data-dir {uri}` and use --milvus-uri http://127.0.0.1:19530"
+            )
+        raise UserError(f"Milvus Lite could not open {uri} (not a Milvus Lite folder?)")
+    return address
 
 
 def connect(target: Target, token: str | None = None, create: bool = False):
@@ -218,7 +218,7 @@ def connect(target: Target, token: str | None = None, create: bool = False):
     missing pymilvus or Milvus Lite, a Lite file another process holds, an unreachable server,
     a refused token."""
     pm = pymilvus()
-    uri = target.resolved_uri
+    uri = address = target.resolved_uri
     if is_lite(target.uri):
         try:
             import milvus_lite  # noqa: F401
@@ -229,18 +229,24 @@ def connect(target: Target, token: str | None = None, create: bool = False):
                 f"the index's Milvus Lite file {uri} is missing (moved or deleted); rebuild the "
                 "index or put the file back"
             )
-        if not _lite_open_here(uri) and _lite_locked_by_other(uri):
-            raise UserError(
-                f"Milvus Lite file {uri} is open in another process (Milvus Lite serves one "
-                f"process at a time): stop it, or serve the file with `milvus-lite server "
-                f"--data-dir {uri}` and use --milvus-uri http://127.0.0.1:19530"
-            )
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        address = _lite_address(uri)
+    key = (address, token_from(token))
+    cached = _CLIENTS.pop(key, None)
     try:
-        client = pm.MilvusClient(uri=uri, token=token_from(token), timeout=CONNECT_TIMEOUT_S)
-        client.list_collections()
+        if cached is not None:
+            try:
+                cached.list_collections()  # still answers: reuse it
+                _CLIENTS[key] = cached
+                return cached
+            except Exception:  # noqa: BLE001  a server restarted, a channel gone: a new client
+                pass
+        client = pm.MilvusClient(uri=address, token=key[1], timeout=CONNECT_TIMEOUT_S,
+                                 dedicated=True)  # fmt: skip
+        client.list_collections()  # the server answers, and takes the token
     except Exception as exc:  # noqa: BLE001  pymilvus raises MilvusException and gRPC errors
         raise milvus_error(exc, target) from None
+    _CLIENTS[key] = client
     return client
 
 
@@ -288,7 +294,9 @@ class Calls:
             except Exception as exc:  # noqa: BLE001
                 # a writer changing the index releases the collection for a moment (Milvus
                 # needs it released to drop an index): a reader loads it again and retries
-                if attempt == 0 and args and "not loaded" in _message(exc).lower():
+                # (Milvus Lite opens a file with its collections released: the same remedy)
+                low = _message(exc).lower()
+                if attempt == 0 and args and ("not loaded" in low or "released" in low):
                     try:
                         self.client.load_collection(args[0])
                         continue

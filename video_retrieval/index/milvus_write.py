@@ -20,6 +20,8 @@ seeing exactly their rows until then (``milvus.generation_filter``).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -46,6 +48,7 @@ from video_retrieval.index.milvus import (
     is_lite,
     pymilvus,
     rank_range,
+    shard_base,
     video_key,
 )
 from video_retrieval.index.milvus_read import get_vectors
@@ -141,21 +144,71 @@ def open_store(index_dir: Path, cfg, manifest: dict, dim: int) -> dict:
             )
     entry = {"kind": "milvus", "uri": target.recorded_uri, "collection": target.collection,
              "collections": names, "index_id": uuid.uuid4().hex, "clean_below_run": 0}  # fmt: skip
-    pm = pymilvus()
     for part, name in names.items():
+        if name:
+            _create(calls, part, name, dim * (patches if part == "patches" else 1), entry)
+    return entry
+
+
+def _create(calls: Calls, part: str, name: str, width: int, entry: dict) -> None:
+    params = calls("prepare_index_params")
+    params.add_index("vector", index_type="FLAT", metric_type="COSINE")
+    if part != "videos":  # a video's rows are found by key; the index serves deletes
+        params.add_index("video", index_type="INVERTED")
+    props = {INDEX_PROPERTY: entry["index_id"]}
+    if part != "videos":  # read a few at a time: a server may keep them on disk
+        props["mmap.enabled"] = "true"
+    calls("create_collection", name, schema=_schema(pymilvus(), part, width),
+          index_params=params, properties=props)  # fmt: skip
+
+
+# -- repair --------------------------------------------------------------------------------------
+def restore_collections(index_dir: Path, cfg, manifest: dict, report) -> dict:
+    """``--repair``: create the index's collections Milvus lost (empty: what they held is
+    recovered or re-encoded by the repair), check the others; returns the store entry."""
+    target = target_of(cfg, index_dir)
+    calls = Calls(connect(target, cfg.milvus_token, create=True), target)
+    entry = {**manifest["store"], "uri": target.recorded_uri}
+    dim = int(manifest["embed_dim"])
+    topk = int((manifest["fingerprint"].get("patches") or {}).get("topk", 0))
+    present = {}
+    for part, name in entry["collections"].items():
         if not name:
             continue
-        params = calls("prepare_index_params")
-        params.add_index("vector", index_type="FLAT", metric_type="COSINE")
-        if part != "videos":  # a video's rows are found by key; the index serves deletes
-            params.add_index("video", index_type="INVERTED")
-        width = dim * (patches if part == "patches" else 1)
-        props = {INDEX_PROPERTY: entry["index_id"]}
-        if part != "videos":  # read a few at a time: a server may keep them on disk
-            props["mmap.enabled"] = "true"
-        calls("create_collection", name, schema=_schema(pm, part, width),
-              index_params=params, properties=props)  # fmt: skip
+        if calls("has_collection", name):
+            present[part] = name
+            continue
+        _create(calls, part, name, dim * (topk if part == "patches" else 1), entry)
+        report.rebuilt.append(f"Milvus collection {name}")
+    check_collections(calls, {**manifest, "store": entry}, dim)
     return entry
+
+
+class MilvusShards:
+    """``repair.Shards`` for frames in Milvus: which frame (and patch) rows of each shard Milvus
+    holds; a video is recovered when it holds all of the video's."""
+
+    def __init__(self, calls: Calls, entry: dict, patches: bool):
+        self.calls, self.entry, self.patches = calls, entry, patches
+        self.records: dict = {}
+        self.held: dict[str, set[int]] = {}
+
+    def check(self, name: str) -> str | None:
+        if name not in self.held:
+            base = shard_base(name)
+            held = None
+            for part in ("frames", "patches") if self.patches else ("frames",):
+                ids = _ids(self.calls, self.entry["collections"][part],
+                           ids_filter([(base, base + (1 << 20))]))  # fmt: skip
+                rows = {k - base for k in ids}
+                held = rows if held is None else held & rows
+            self.held[name] = held
+        return None if self.held[name] else f"{self.calls.target.shown()} holds none of its frames"
+
+    def holds(self, entry: dict) -> bool:
+        rows = self.held[entry["shard"]]
+        return all(r in rows for r in range(int(entry["offset"]),
+                                            int(entry["offset"]) + int(entry["length"])))  # fmt: skip
 
 
 # -- the shard sink ------------------------------------------------------------------------------
@@ -362,6 +415,8 @@ def finalize(
         "checksums": written,
         "complete": True,
     }
+    if os.environ.pop("VR_TEST_PAUSE_BEFORE_SWITCH", None):  # the reader test stops here once
+        os.kill(os.getpid(), signal.SIGSTOP)
     atomic_write_json(index_dir / store.MANIFEST, manifest)  # the switch
     # 5. rows removed two generations ago (no reader of a kept generation sees them)
     stale = _ids(calls, names["videos"], f"dead > 0 and dead <= {gen}")

@@ -33,7 +33,13 @@ import numpy as np
 
 from video_retrieval.errors import UserError
 from video_retrieval.index import files as store
-from video_retrieval.index.build import ann_options, encode_local, finalize, make_plan
+from video_retrieval.index.build import (
+    ann_options,
+    encode_local,
+    finalize,
+    make_plan,
+    pool_videos,
+)
 from video_retrieval.index.checksums import mismatch
 from video_retrieval.index.config import IndexConfig, load_models, reuse_index_settings
 from video_retrieval.models.weights import manifest_weights
@@ -144,11 +150,16 @@ class Shards:
         self.rows[name] = min(rows)
         return None
 
+    def holds(self, entry: dict) -> bool:
+        """Does the (checked) shard hold every row of ``entry``?"""
+        return self.rows[entry["shard"]] >= int(entry["offset"]) + int(entry["length"])
+
 
 # -- the repair --------------------------------------------------------------------------------
 def _config_of(manifest: dict | None, state: store.IndexState) -> dict | None:
     if manifest is not None:
-        return {k: manifest[k] for k in ("fingerprint", "model", "embed_dim")}
+        keys = ("fingerprint", "model", "embed_dim", "store")
+        return {k: manifest[k] for k in keys if k in manifest}
     return state.config
 
 
@@ -200,7 +211,7 @@ def _choose(path: str, cands: list[tuple[str, dict]], shards: Shards):
         if bad:
             why = bad
             continue
-        if shards.rows[e["shard"]] < int(e["offset"]) + int(e["length"]):
+        if not shards.holds(e):
             why = f"shard {e['shard']} holds fewer rows than it needs"
             continue
         return e, None
@@ -241,6 +252,14 @@ def run_repair(index_dir, cfg: IndexConfig | None = None) -> dict:
             }  # fmt: skip
         patches = bool(config["fingerprint"].get("patches"))
         shards = Shards(index_dir, _shard_checksums(index_dir, state), patches, quarantine)
+        sink = None
+        if (config.get("store") or {}).get("kind") == "milvus":  # frames in Milvus, not shards/
+            from video_retrieval.index import milvus_write
+
+            cfg = milvus_write.resolve_store(index_dir, cfg, {**manifest, "store": config["store"]})
+            manifest["store"] = milvus_write.restore_collections(index_dir, cfg, manifest, report)
+            sink = milvus_write.make_sink(cfg, index_dir, manifest["store"])
+            shards = milvus_write.MilvusShards(sink.calls, manifest["store"], patches)
         cands = _candidates(index_dir, state, quarantine)
         chosen, lost = {}, {}
         for path in sorted(cands):
@@ -282,13 +301,17 @@ def run_repair(index_dir, cfg: IndexConfig | None = None) -> dict:
             repaired_cfg = replace(repaired_cfg, patches=int(repaired_cfg.patches or 0))
             todo, plan_events, _ = make_plan(sources, state, prune=False)
             store.Journal(index_dir, run + 1, 0).append(*plan_events)
-            encode_local(todo, repaired_cfg, encoder, index_dir, run + 1, progress=False)
+            encode_local(todo, repaired_cfg, encoder, index_dir, run + 1, False, sink)
             state = store.replay(index_dir)
             report.reencoded = sorted(p for p in map(str, sources) if p in state.videos)
         report.lost = [{"path": p, "reason": why} for p, why in lost.items()
                        if p not in state.videos]  # fmt: skip
         opts = ann_options(cfg, encoder, pool_agg, manifest)
-        manifest = finalize(index_dir, state, pool_agg, manifest, opts)
+        if sink is not None:
+            manifest = milvus_write.finalize(index_dir, state, pool_agg, manifest, opts,
+                                             pool_videos, cfg.milvus_token, run + 1)  # fmt: skip
+        else:
+            manifest = finalize(index_dir, state, pool_agg, manifest, opts)
         report.rebuilt += sorted(store.manifest_files(manifest).values()) + [store.MANIFEST]
         _quarantine_unused(index_dir, state, manifest, quarantine)
     return {
