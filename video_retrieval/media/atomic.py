@@ -61,9 +61,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         _fsync_file(tmp)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and not exc.filename:
+            exc.filename = str(out)  # a write into an open file names none (a full disk)
         raise
     fsync_dir(out.parent)
 
