@@ -78,11 +78,10 @@ def local_shape(answer: dict) -> dict:
     return out
 
 
-def search(args, url: str, print_hits) -> int:
+def search(args, url: str, print_answer) -> int:
     """``vr search`` through the server: the same output as a local search."""
     from video_retrieval.datasets.text_files import read_query_file
     from video_retrieval.limits import check_query
-    from video_retrieval.schemas import Hit
 
     if args.index:
         raise UserError("--server searches the server's index: leave out --index")
@@ -103,13 +102,5 @@ def search(args, url: str, print_hits) -> int:
             params = {"q": texts[0], "k": args.k} | ({"rerank": rerank} if rerank else {})
             answers.append(call(url, "/api/search", params=params))
     for (line, _), answer in zip(lines, answers):
-        out = local_shape(answer)
-        if args.json:
-            if line is not None:
-                out["line"] = line
-            print(json.dumps(out, indent=None if args.queries else 1))
-            continue
-        if args.queries:
-            print(f"query (line {line}): {out['query']}")
-        print_hits([Hit.model_validate(h) for h in out["results"]], out["score_kind"])
+        print_answer(local_shape(answer), args, line)
     return 0

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from video_retrieval.cli import search_examples
 from video_retrieval.cli.common import bounded, shown_path
@@ -69,16 +68,24 @@ def add_arguments(parser) -> None:
     search_examples.add_arguments(parser)
 
 
-def _print_hits(hits, kind: str) -> None:
-    """Hits as text, under a header that says what each column is."""
-    if not hits:
+def print_answer(out: dict, args, line: int | None = None) -> None:
+    """One query's answer (``results_json``'s dict, the HTTP answer's too) as ``vr search``
+    prints it: JSON, indented for one query and one line each for a queries file; or text, each
+    hit a line under a header that says what the columns are."""
+    if args.json:
+        print(json.dumps(out if line is None else {**out, "line": line},
+                         indent=None if args.queries else 1))  # fmt: skip
+        return
+    if args.queries:
+        print(f"query (line {line}): {out['query']}")
+    if not out["results"]:
         print("no results (the index is empty)")
         return
-    print(f"rank  score ({kind})  video  best moment  thumbnail")
-    for h in hits:
+    print(f"rank  score ({out['score_kind']})  video  best moment  thumbnail")
+    for h in out["results"]:
         print(
-            f"{h.rank:>4}  {h.score:+.4f}  {shown_path(h.video)}  "
-            f"{h.moment.start:.2f}-{h.moment.end:.2f} s  {h.thumbnail_time:.2f} s"
+            f"{h['rank']:>4}  {h['score']:+.4f}  {shown_path(h['video'])}  "
+            f"{h['moment']['start']:.2f}-{h['moment']['end']:.2f} s  {h['thumbnail_time']:.2f} s"
         )
 
 
@@ -88,7 +95,6 @@ def run_many(args, indexes) -> int:
     from video_retrieval.index.search import (
         resolve_rerank,
         results_json,
-        score_kind,
         search_batch,
     )
     from video_retrieval.index.store import GenerationGone
@@ -115,18 +121,10 @@ def run_many(args, indexes) -> int:
     weights = indexes[0].weights
     rerank = resolve_rerank(indexes[0], args.rerank, args.rerank_model)
     for (line, query), hits in zip(lines, results):
-        if args.json:
-            out = {**results_json(query, hits, indexes[0], rerank), "weights": weights}
-            if len(indexes) > 1:
-                out["generation"] = None  # hits come from several indexes (each hit's "index")
-            if line is not None:
-                out["line"] = line
-            # one object per query: indented for one query, one line each for a file
-            print(json.dumps(out, indent=None if args.queries else 1))
-            continue
-        if args.queries:
-            print(f"query (line {line}): {query}")
-        _print_hits(hits, score_kind(rerank))
+        out = {**results_json(query, hits, indexes[0], rerank), "weights": weights}
+        if len(indexes) > 1:
+            out["generation"] = None  # hits come from several indexes (each hit's "index")
+        print_answer(out, args, line)
     return 0
 
 
@@ -153,10 +151,10 @@ def run(args) -> int:
     if args.queries is None:
         check_query(args.query)
     if url is not None:
-        return remote.search(args, url, _print_hits)
+        return remote.search(args, url, print_answer)
     check_rerank(args.rerank)
     from video_retrieval.index.api import Index
-    from video_retrieval.index.search import resolve_rerank, results_json, score_kind
+    from video_retrieval.index.search import resolve_rerank, results_json
     from video_retrieval.models.weights import warn_if_random
 
     indexes = [Index.open(d) for d in args.index]
@@ -174,10 +172,5 @@ def run(args) -> int:
         rerank_model=args.rerank_model,
     )
     rerank = resolve_rerank(index, args.rerank, args.rerank_model)
-    if args.json:
-        out = {**results_json(query, hits, index, rerank), "weights": index.weights}
-        json.dump(out, sys.stdout, indent=1)
-        print()
-        return 0
-    _print_hits(hits, score_kind(rerank))
+    print_answer({**results_json(query, hits, index, rerank), "weights": index.weights}, args)
     return 0
