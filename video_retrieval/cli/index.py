@@ -257,6 +257,8 @@ def run(args) -> int:
             print(json.dumps(report, indent=1))
         else:
             print(f"index {report['index']}: all {report['checked']} files match their checksums")
+            if report.get("collections"):
+                print(f"its {report['collections']} Milvus collections hold its rows")
             if report["unrecorded"]:
                 print(f"{len(report['unrecorded'])} shard(s) from an earlier vr have no checksums")
         return 0

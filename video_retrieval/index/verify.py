@@ -42,4 +42,38 @@ def verify_index(index_dir) -> dict:
         if why:
             raise store.IndexDamaged(d, path, why)
         checked += 1
-    return {"index": str(d), "checked": checked, "unrecorded": unrecorded}
+    out = {"index": str(d), "checked": checked, "unrecorded": unrecorded}
+    if (manifest.get("store") or {}).get("kind") == "milvus":
+        out["collections"] = _verify_milvus(d, manifest)
+    return out
+
+
+def _verify_milvus(d: Path, manifest: dict) -> int:
+    """The index's collections in Milvus: made for it, of its dimension, holding a row for
+    every video of the generation and at least its frames. Returns the collections checked."""
+    from video_retrieval.index.milvus import (
+        Calls,
+        Target,
+        check_collections,
+        connect,
+        generation_filter,
+    )
+
+    target = Target.of_manifest(d, manifest)
+    calls = Calls(connect(target), target)
+    names = check_collections(calls, manifest, int(manifest["embed_dim"]))
+
+    def count(part: str, expr: str = "") -> int:
+        calls("load_collection", names[part])
+        got = calls("query", names[part], filter=expr, output_fields=["count(*)"])
+        return int(got[0]["count(*)"])
+
+    counts = manifest["counts"]
+    live = count("videos", generation_filter(int(manifest["generation"])))
+    frames = count("frames")
+    if live != counts["videos"] or frames < counts["frames"]:
+        raise store.IndexDamaged(
+            d, d / store.MANIFEST, f"counts {counts['videos']} videos and {counts['frames']} "
+            f"frames; {target.shown()} holds {live} and {frames}",
+        )  # fmt: skip
+    return len(names)
