@@ -42,6 +42,7 @@ TARGETS = {
     "video_retrieval/index/ann_recall.py": ["tests/test_index_ann_recall.py"],
     "video_retrieval/models/checkpoints.py": [
         "tests/test_models_checkpoint_safety.py", "tests/test_models_compat.py",
+        "tests/test_models_slim.py",
     ],
     "video_retrieval/models/class_paths.py": ["tests/test_models_compat.py"],
 }  # fmt: skip
@@ -89,7 +90,22 @@ def workspace(targets: dict[str, list[str]]) -> Path:
         'also_copy = ["tests", "configs", "benchmarks"]\n'
     ).replace("'", '"')
     (WORK / "pyproject.toml").write_text(toml)
+    _drop_unmutated_copies(WORK, targets)
     return WORK
+
+
+def _drop_unmutated_copies(work: Path, targets) -> None:
+    """mutmut makes a file's mutants again only when the source is newer than its copy under
+    ``mutants/``. A file that was not a target of an earlier run (``--only metrics``) was copied
+    there unmutated, and that copy is newer: later runs would skip the file, its mutants never
+    made and never counted. Such copies (the same bytes as the source) are removed so mutmut
+    mutates the file; results recorded for unchanged functions stay (mutmut's ``.meta``)."""
+    for target in targets:
+        src = work / target
+        for f in sorted(src.rglob("*.py")) if src.is_dir() else [src]:
+            copy = work / "mutants" / f.relative_to(work)
+            if copy.is_file() and copy.read_bytes() == f.read_bytes():
+                copy.unlink()
 
 
 def main(argv: list[str]) -> int:
