@@ -80,6 +80,16 @@ def same_line(shown: str, got: str) -> bool:
     )
 
 
+def prints_as_shown(command: str, shown: list[str], cwd: Path) -> None:
+    """Run a README command in ``cwd``: it succeeds and prints the lines shown (``same_line``)."""
+    run = subprocess.run(shlex.split(command), cwd=cwd, capture_output=True, text=True)
+    assert run.returncode == 0, (command, run.stderr)
+    got = run.stdout.splitlines()
+    assert len(got) == len(shown), (command, got)
+    for want, line in zip(shown, got):
+        assert same_line(want, line), (command, want, line)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -130,12 +140,7 @@ def test_try_it_commands_print_what_the_readme_shows(b, demo_cwd):
                 proc.terminate()
                 proc.wait(30)
             continue
-        run = subprocess.run(shlex.split(command), cwd=demo_cwd, capture_output=True, text=True)
-        assert run.returncode == 0, (command, run.stderr)
-        got = run.stdout.splitlines()
-        assert len(got) == len(shown), (command, got)
-        for want, line in zip(shown, got):
-            assert same_line(want, line), (command, want, line)
+        prints_as_shown(command, shown, demo_cwd)
         if "--plot" in command:
             png = demo_cwd / command.split("--plot ")[1].split()[0]
             assert png.read_bytes()[:4] == b"\x89PNG"
@@ -225,9 +230,4 @@ def test_search_by_example_and_export_commands_print_what_the_readme_shows(demo_
     assert len(steps) == 7
     for command, shown in steps:
         assert command.startswith(".venv/bin/vr "), command
-        run = subprocess.run(shlex.split(command), cwd=demo_cwd, capture_output=True, text=True)
-        assert run.returncode == 0, (command, run.stderr)
-        got = run.stdout.splitlines()
-        assert len(got) == len(shown), (command, got)
-        for want, line in zip(shown, got):
-            assert same_line(want, line), (command, want, line)
+        prints_as_shown(command, shown, demo_cwd)
